@@ -1,0 +1,3 @@
+"""bksdm: compress and distil Stable Diffusion U-Nets the BK-SDM way."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,30 @@
+"""BK-SDM students as data: removal specs, student configs, the teacher -> student weight map, costs."""
+
+from bksdm.arch.report import UnitCost, render_report, report_dict, unet_cost, unit_names
+from bksdm.arch.spec import PAPER_VARIANTS, RemovalSpec, resolve_variant, variant_name
+from bksdm.arch.student import (
+    build_student,
+    check_teacher_topology,
+    student_config,
+    student_weight_map,
+    unit_map,
+    weight_map,
+)
+
+__all__ = [
+    "PAPER_VARIANTS",
+    "RemovalSpec",
+    "UnitCost",
+    "build_student",
+    "check_teacher_topology",
+    "render_report",
+    "report_dict",
+    "resolve_variant",
+    "student_config",
+    "student_weight_map",
+    "unet_cost",
+    "unit_map",
+    "unit_names",
+    "variant_name",
+    "weight_map",
+]

@@ -1,0 +1,48 @@
+"""python -m bksdm.arch teacher=sd14 arch=tiny: what a student keeps and removes, params and MACs per unit."""
+
+from __future__ import annotations
+
+import json
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from bksdm.arch.report import render_report, report_dict
+from bksdm.components import teacher_unet_config
+
+FORMATS = ("table", "json")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="arch_report")
+def main(cfg: DictConfig) -> None:
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format={cfg.format!r} is not accepted: use one of {list(FORMATS)}")
+    if not isinstance(cfg.resolution, int) or cfg.resolution % 8:
+        raise ValueError(
+            f"resolution={cfg.resolution!r} must be a pixel size divisible by 8 (SD's VAE factor)"
+        )
+    embedded = cfg.teacher.unet_config
+    teacher = teacher_unet_config(
+        cfg.teacher.source,
+        OmegaConf.to_container(embedded, resolve=True) if embedded is not None else None,
+        cfg.teacher.revision,
+    )
+    removal = OmegaConf.to_container(cfg.arch.removal, resolve=True)
+    latent = cfg.resolution // 8
+    if cfg.format == "json":
+        print(
+            json.dumps(
+                {
+                    "teacher": cfg.teacher.name,
+                    "resolution": cfg.resolution,
+                    **report_dict(teacher, removal, latent),
+                }
+            )
+        )
+    else:
+        title = f"{cfg.teacher.name} ({cfg.teacher.source}), {cfg.resolution} px"
+        print(render_report(teacher, removal, latent, title))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Parameters and MACs per unit of a U-Net, and the teacher-vs-student table built from them.
+
+Everything runs on the meta device: full-size SD U-Nets are counted without allocating a weight.
+MACs follow the paper's convention: multiply-accumulates of convolutions and linear layers for one
+U-Net call at batch 1 with a 77-token text context (SD-v1.4: 338.6 G at a 64x64 latent). The two
+attention matrix products (Q K^T and A V), which that convention leaves out, are reported apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bksdm.arch.spec import PAPER_VARIANTS, RemovalSpec, resolve_variant, variant_name
+from bksdm.arch.student import empty_unet, plain_config, student_config, unit_map
+
+TEXT_TOKENS = 77
+_LINEAR_AND_CONV_OPS = {"convolution", "mm", "addmm"}
+
+
+@dataclass(frozen=True)
+class UnitCost:
+    """One unit of a U-Net: parameters, and GMAC-convention costs of one call (batch 1)."""
+
+    name: str
+    params: int
+    macs: int
+    attention_macs: int
+
+
+@dataclass(frozen=True)
+class UNetCost:
+    units: list[UnitCost]
+
+    @property
+    def params(self) -> int:
+        return sum(u.params for u in self.units)
+
+    @property
+    def macs(self) -> int:
+        return sum(u.macs for u in self.units)
+
+    @property
+    def attention_macs(self) -> int:
+        return sum(u.attention_macs for u in self.units)
+
+
+def unit_names(unet: torch.nn.Module) -> list[str]:
+    """Names of the removable units of a U-Net, in forward order (``down_blocks.0.resnets.0``, ...)."""
+    names = []
+    for name, child in unet.named_children():
+        blocks = list(enumerate(child)) if isinstance(child, torch.nn.ModuleList) else None
+        if name == "mid_block":
+            blocks = [(None, child)]
+        if blocks is None:
+            names.append(name)
+            continue
+        for index, block in blocks:
+            prefix = name if index is None else f"{name}.{index}"
+            for part, sub in block.named_children():
+                if isinstance(sub, torch.nn.ModuleList):
+                    names.extend(f"{prefix}.{part}.{j}" for j in range(len(sub)))
+                else:
+                    names.append(f"{prefix}.{part}")
+    return names
+
+
+def check_latent_size(config: Mapping, latent_size: int) -> None:
+    """Raise ValueError unless a square latent of this side fits every downsampler of the U-Net."""
+    factor = 2 ** (len(config["block_out_channels"]) - 1)
+    if latent_size < 1 or latent_size % factor:
+        raise ValueError(
+            f"latent size {latent_size} does not fit this U-Net: it has {len(config['block_out_channels']) - 1} "
+            f"downsamplers, so the latent side must be a positive multiple of {factor} "
+            f"(pixel resolution a multiple of {8 * factor} with SD's 8x VAE)"
+        )
+
+
+def unet_cost(config: Mapping, latent_size: int) -> UNetCost:
+    """Parameters and MACs per unit of the U-Net built from ``config``, at a square latent."""
+    config = plain_config(config)
+    if config.get("addition_embed_type") or config.get("class_embed_type"):
+        raise ValueError("MAC counting supports text-conditioned U-Nets without extra embeddings (SD-v1/v2)")
+    check_latent_size(config, latent_size)
+    unet = empty_unet(config)
+    context_width = config.get("cross_attention_dim", 1280)
+    if isinstance(context_width, list):
+        context_width = context_width[0]
+    with torch.device("meta"):
+        sample = torch.empty(1, config.get("in_channels", 4), latent_size, latent_size)
+        context = torch.empty(1, TEXT_TOKENS, context_width)
+        timestep = torch.zeros(1, dtype=torch.long)
+    names = unit_names(unet)
+    call_order: list[str] = []
+    hooks = [
+        unet.get_submodule(name).register_forward_pre_hook(lambda *_, name=name: call_order.append(name))
+        for name in names
+    ]
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            unet(sample, timestep, context)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_module = counter.get_flop_counts()
+    root = type(unet).__name__
+    units = []
+    # forward order reads like the data flow: mid block between down and up blocks, resnet before attention
+    ordered = list(dict.fromkeys(call_order)) + [n for n in names if n not in call_order]
+    for name in ordered:
+        module = unet.get_submodule(name)
+        counts = per_module.get(f"{root}.{name}", {})
+        linear = sum(v for op, v in counts.items() if _op_name(op) in _LINEAR_AND_CONV_OPS)
+        other = sum(counts.values()) - linear
+        params = sum(p.numel() for p in module.parameters())
+        if params or linear or other:
+            # the counter reports FLOPs; one multiply-accumulate is two of them
+            units.append(UnitCost(name, params, linear // 2, other // 2))
+    return UNetCost(units)
+
+
+def _op_name(op) -> str:
+    return str(op).split(".")[1] if "." in str(op) else str(op)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One teacher unit and what became of it in the student (``student`` None: removed)."""
+
+    teacher: str
+    student: str | None
+    params: int
+    macs: int
+    attention_macs: int
+
+
+def _student_name(teacher_unit: str, inverse: Mapping[str, str]) -> str | None:
+    for teacher_prefix, student_prefix in inverse.items():
+        if teacher_unit == teacher_prefix or teacher_unit.startswith(teacher_prefix + "."):
+            return student_prefix + teacher_unit[len(teacher_prefix) :]
+    return None
+
+
+def report_rows(
+    teacher_config: Mapping, variant: str | Mapping | RemovalSpec, latent_size: int
+) -> list[ReportRow]:
+    """Every teacher unit with its cost and the student unit that keeps it (or None)."""
+    units = unit_map(teacher_config, variant)
+    inverse = {teacher: student for student, teacher in units.items()}
+    teacher_cost = unet_cost(teacher_config, latent_size)
+    rows = []
+    for unit in teacher_cost.units:
+        in_blocks = unit.name.split(".")[0] in ("down_blocks", "mid_block", "up_blocks")
+        student = _student_name(unit.name, inverse) if in_blocks else unit.name
+        rows.append(ReportRow(unit.name, student, unit.params, unit.macs, unit.attention_macs))
+    return rows
+
+
+def variant_summary(
+    teacher_config: Mapping, latent_size: int, extra: RemovalSpec | None = None
+) -> list[dict]:
+    """Totals for the teacher, the three paper variants and ``extra`` (if it is not one of them)."""
+    specs = dict(PAPER_VARIANTS)
+    if extra is not None and variant_name(extra) not in specs:
+        specs[variant_name(extra)] = extra
+    teacher = unet_cost(teacher_config, latent_size)
+    rows = [
+        {
+            "model": "teacher",
+            "params": teacher.params,
+            "macs": teacher.macs,
+            "attention_macs": teacher.attention_macs,
+        }
+    ]
+    for name, spec in specs.items():
+        cost = unet_cost(student_config(teacher_config, spec), latent_size)
+        rows.append(
+            {"model": name, "params": cost.params, "macs": cost.macs, "attention_macs": cost.attention_macs}
+        )
+    return rows
+
+
+def _g(macs: int) -> str:
+    return f"{macs / 1e9:.2f}"
+
+
+def render_report(
+    teacher_config: Mapping, variant: str | Mapping | RemovalSpec, latent_size: int, title: str = "teacher"
+) -> str:
+    """A text table: block by block, what the teacher has, what the student keeps, what was removed."""
+    spec = resolve_variant(variant)
+    rows = report_rows(teacher_config, spec, latent_size)
+    header = f"{'teacher unit':<28} {'params':>13} {'GMACs':>8} {'attn GMACs':>10}  student"
+    lines = [
+        f"BK-SDM {variant_name(spec)} student of {title}: U-Net units at a {latent_size}x{latent_size} latent "
+        f"(batch 1, {TEXT_TOKENS} text tokens)",
+        "GMACs: convolutions and linear layers (the paper's convention); attn GMACs: Q K^T and A V products.",
+        "",
+        header,
+        "-" * len(header),
+    ]
+    for row in rows:
+        fate = (
+            "REMOVED"
+            if row.student is None
+            else ("kept" if row.student == row.teacher else f"-> {row.student}")
+        )
+        lines.append(
+            f"{row.teacher:<28} {row.params:>13,} {_g(row.macs):>8} {_g(row.attention_macs):>10}  {fate}"
+        )
+    removed = [r for r in rows if r.student is None]
+    kept = [r for r in rows if r.student is not None]
+    lines += ["-" * len(header)]
+    for label, group in (("teacher", rows), ("student keeps", kept), ("removed", removed)):
+        params = sum(r.params for r in group)
+        macs = sum(r.macs for r in group)
+        attention = sum(r.attention_macs for r in group)
+        lines.append(f"{label:<28} {params:>13,} {_g(macs):>8} {_g(attention):>10}  {len(group)} units")
+    lines += [
+        "",
+        f"{'model':<28} {'U-Net params':>13} {'GMACs':>8} {'attn GMACs':>10}  share of teacher (params / MACs)",
+    ]
+    summary = variant_summary(teacher_config, latent_size, spec)
+    for row in summary:
+        share = f"{row['params'] / summary[0]['params']:.1%} / {row['macs'] / summary[0]['macs']:.1%}"
+        lines.append(
+            f"{row['model']:<28} {row['params']:>13,} {_g(row['macs']):>8} {_g(row['attention_macs']):>10}  {share}"
+        )
+    return "\n".join(lines)
+
+
+def report_dict(teacher_config: Mapping, variant: str | Mapping | RemovalSpec, latent_size: int) -> dict:
+    """The same report as plain data (for ``format=json``)."""
+    spec = resolve_variant(variant)
+    return {
+        "variant": variant_name(spec),
+        "spec": asdict(spec),
+        "latent_size": latent_size,
+        "units": [asdict(r) for r in report_rows(teacher_config, spec, latent_size)],
+        "summary": variant_summary(teacher_config, latent_size, spec),
+    }

@@ -1,0 +1,172 @@
+"""Loading the parts of a Stable Diffusion teacher, from a hub id or a local folder, with one code path.
+
+``source`` is a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``; offline, it must be in the
+local HF cache), a local folder in diffusers layout (``model_index.json`` plus ``unet/``, ``vae/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``), or ``builtin:tiny`` for the offline tiny pipeline.
+Whatever loads is checked: transformers and diffusers can hand back a degenerate tokenizer or a model
+with randomly initialised tensors instead of failing, and training on those is worse than an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from bksdm.tiny import tiny_pipeline_path
+
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
+BUILTINS = {"tiny": tiny_pipeline_path}
+_TOKENIZER_PROBE = "a photo of an astronaut riding a horse on mars"
+
+
+class ComponentError(RuntimeError):
+    """A part of a Stable Diffusion source could not be loaded, or loaded but is unusable."""
+
+
+def resolve_source(source: str) -> str:
+    """A hub id or local folder for ``source``; ``builtin:<name>`` is built (once) and cached."""
+    if not isinstance(source, str) or not source:
+        raise ComponentError(
+            f"teacher source must be a hub id, a local folder or builtin:tiny, got {source!r}"
+        )
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise ComponentError(
+                f"unknown builtin teacher {source!r}: accepted are {[f'builtin:{n}' for n in BUILTINS]}"
+            )
+        return str(BUILTINS[name]())
+    return source
+
+
+@dataclass
+class SDComponents:
+    """The loaded parts of one Stable Diffusion source; parts that were not asked for are None."""
+
+    source: str
+    unet: UNet2DConditionModel | None = None
+    vae: AutoencoderKL | None = None
+    text_encoder: CLIPTextModel | None = None
+    tokenizer: CLIPTokenizer | None = None
+    noise_scheduler: DDPMScheduler | None = None
+
+
+def _subfolder(part: str) -> str:
+    return "scheduler" if part == "noise_scheduler" else part
+
+
+def _load(part: str, path: str, dtype: torch.dtype, revision: str | None):
+    kwargs = {"subfolder": _subfolder(part), "revision": revision}
+    if part == "unet":
+        return _checked(
+            UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype, output_loading_info=True, **kwargs)
+        )
+    if part == "vae":
+        return _checked(
+            AutoencoderKL.from_pretrained(path, torch_dtype=dtype, output_loading_info=True, **kwargs)
+        )
+    if part == "text_encoder":
+        return _checked(CLIPTextModel.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs))
+    if part == "tokenizer":
+        return CLIPTokenizer.from_pretrained(path, **kwargs)
+    # training noise: the teacher's own beta schedule, as DDPM (its inference scheduler may be PNDM/DDIM)
+    return DDPMScheduler.from_pretrained(path, **kwargs)
+
+
+def _checked(loaded):
+    model, info = loaded
+    missing = sorted(k for k in info.get("missing_keys") or [] if not k.endswith("position_ids"))
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise ComponentError(
+            f"{type(model).__name__} loaded with tensors left at random initialisation: "
+            f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}, mismatched {mismatched[:10]}"
+        )
+    return model.eval()
+
+
+def load_components(
+    source: str,
+    parts: Iterable[str] = PARTS,
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> SDComponents:
+    """Load the asked-for parts of a Stable Diffusion source (see the module docstring).
+
+    Args:
+        source: hub id, local diffusers folder, or ``builtin:tiny``.
+        parts: any of ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``noise_scheduler``.
+        dtype: dtype of the loaded models (the tokenizer and scheduler have none).
+        revision: hub revision (branch, tag or commit); None for the default branch.
+
+    Raises:
+        ComponentError: a part is unknown, cannot be loaded, or loads degenerate.
+    """
+    parts = list(parts)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ComponentError(f"unknown component(s) {unknown}: accepted are {list(PARTS)}")
+    path = resolve_source(source)
+    components = SDComponents(source=source)
+    for part in parts:
+        try:
+            loaded = _load(part, path, dtype, revision)
+        except ComponentError as error:
+            raise ComponentError(f"{part} of {source!r}: {error}") from error
+        except (OSError, ValueError) as error:
+            raise ComponentError(
+                f"could not load the {part} of {source!r} (subfolder {_subfolder(part)!r}): {error}\n"
+                "Accepted sources: a hub id (offline: only if it is in the local Hugging Face cache), "
+                "a local folder in diffusers layout, or builtin:tiny."
+            ) from error
+        setattr(components, part, loaded)
+    if components.tokenizer is not None:
+        check_tokenizer(components.tokenizer, source)
+    if components.tokenizer is not None and components.text_encoder is not None:
+        _check_text_pair(components.tokenizer, components.text_encoder, source)
+    return components
+
+
+def check_tokenizer(tokenizer, source: str = "?") -> None:
+    """Raise ComponentError if a tokenizer came back degenerate (e.g. transformers' 3-token fallback)."""
+    ids = tokenizer(_TOKENIZER_PROBE).input_ids
+    specials = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+    content = [i for i in ids if i not in specials]
+    unknown = tokenizer.unk_token_id is not None and tokenizer.unk_token_id in content
+    if len(tokenizer) < 258 or not content or unknown:
+        raise ComponentError(
+            f"the tokenizer of {source!r} is degenerate ({len(tokenizer)} tokens; {_TOKENIZER_PROBE!r} -> {ids}): "
+            "its vocabulary files were probably not found. A CLIP tokenizer needs vocab.json and merges.txt "
+            "(or tokenizer.json) in the tokenizer folder."
+        )
+    if not 0 < tokenizer.model_max_length <= 4096:
+        raise ComponentError(
+            f"the tokenizer of {source!r} has model_max_length={tokenizer.model_max_length}: its "
+            "tokenizer_config.json is missing or incomplete (Stable Diffusion's CLIP tokenizer uses 77)"
+        )
+
+
+def _check_text_pair(tokenizer, text_encoder, source: str) -> None:
+    config = text_encoder.config
+    if len(tokenizer) > config.vocab_size or tokenizer.model_max_length > config.max_position_embeddings:
+        raise ComponentError(
+            f"the tokenizer and text encoder of {source!r} do not fit: {len(tokenizer)} tokens and length "
+            f"{tokenizer.model_max_length} against vocab_size {config.vocab_size} and "
+            f"max_position_embeddings {config.max_position_embeddings}"
+        )
+
+
+def teacher_unet_config(source: str, embedded: Mapping | None = None, revision: str | None = None) -> dict:
+    """The teacher U-Net's config: the embedded preset if given (no download), else read from ``source``."""
+    if embedded is not None:
+        return dict(embedded)
+    try:
+        return dict(
+            UNet2DConditionModel.load_config(resolve_source(source), subfolder="unet", revision=revision)
+        )
+    except (OSError, ValueError) as error:
+        raise ComponentError(f"could not read the U-Net config of {source!r}: {error}") from error

@@ -1,0 +1,1 @@
+"""Hydra configuration shipped with the package (found via pkg://bksdm.conf or beside the code)."""

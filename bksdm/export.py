@@ -1,0 +1,62 @@
+"""Saving a student as a plain diffusers pipeline: loads anywhere diffusers does, no bksdm import needed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from diffusers import UNet2DConditionModel
+
+from bksdm.atomic import atomic_directory
+from bksdm.components import resolve_source
+
+
+def save_student_pipeline(
+    student: UNet2DConditionModel, teacher_source: str, folder: str | Path, revision: str | None = None
+) -> Path:
+    """Write ``folder`` as a StableDiffusionPipeline: the teacher's VAE, text encoder, tokenizer and
+    inference scheduler, as stored at ``teacher_source``, with the student U-Net in ``unet/``.
+
+    Weights are safetensors. The folder is staged and renamed, so a crash mid-save leaves the previous
+    export (if any) intact. Load it with ``StableDiffusionPipeline.from_pretrained(folder)`` or just the
+    U-Net with ``UNet2DConditionModel.from_pretrained(folder, subfolder="unet")``.
+    """
+    from diffusers import StableDiffusionPipeline  # pulls in transformers' image processors: only here
+
+    source = resolve_source(teacher_source)
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        source,
+        unet=student,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        revision=revision,
+    )
+    with atomic_directory(folder) as staging:
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        _copy_missing_files(_source_subfolder(source, "tokenizer", revision), staging / "tokenizer")
+    return Path(folder)
+
+
+def _source_subfolder(source: str, subfolder: str, revision: str | None) -> Path | None:
+    local = Path(source) / subfolder
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    try:  # the files are in the local cache already: from_pretrained just read them
+        return (
+            Path(snapshot_download(source, allow_patterns=[f"{subfolder}/*"], revision=revision)) / subfolder
+        )
+    except (OSError, ValueError):
+        return None
+
+
+def _copy_missing_files(source: Path | None, target: Path) -> None:
+    """Keep the teacher's own tokenizer files (e.g. vocab.json and merges.txt, which transformers 5 no
+    longer writes but transformers 4's CLIPTokenizer needs) beside what save_pretrained wrote."""
+    if source is None or not source.is_dir():
+        return
+    for file in source.iterdir():
+        if file.is_file() and not (target / file.name).exists():
+            shutil.copy2(file, target / file.name)

@@ -1,0 +1,47 @@
+"""Test setup: offline, one thread, a private cache for the built tiny teacher."""
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("BKSDM_CACHE", tempfile.mkdtemp(prefix="bksdm-test-cache-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+torch.set_num_threads(1)
+
+CONF = Path(__file__).resolve().parents[1] / "bksdm" / "conf"
+
+
+def teacher_preset(name: str) -> dict:
+    """The U-Net config embedded in a shipped teacher preset."""
+    return OmegaConf.to_container(OmegaConf.load(CONF / "teacher" / f"{name}.yaml").unet_config)
+
+
+@pytest.fixture(scope="session")
+def sd14_config() -> dict:
+    return teacher_preset("sd14")
+
+
+@pytest.fixture(scope="session")
+def sd21base_config() -> dict:
+    return teacher_preset("sd21base")
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> Path:
+    from bksdm.tiny import tiny_pipeline_path
+
+    return tiny_pipeline_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_path):
+    """The tiny teacher's parts, loaded from its folder by the real from_pretrained path."""
+    from bksdm.components import load_components
+
+    return load_components(str(tiny_path))

@@ -1,0 +1,106 @@
+"""A saved student loads with plain diffusers (no bksdm import) and generates the same images."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+from bksdm.arch import build_student
+from bksdm.export import save_student_pipeline
+
+PROMPTS = ["a red square on a blue background", "a green circle"]
+
+
+def generate(pipeline) -> np.ndarray:
+    generator = torch.Generator().manual_seed(1234)
+    return pipeline(
+        PROMPTS, num_inference_steps=3, guidance_scale=7.5, generator=generator, output_type="np"
+    ).images
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_teacher, tiny_path):
+    student = build_student(tiny_teacher.unet, "tiny")
+    with torch.no_grad():  # make it differ from the teacher, as a trained student would
+        for parameter in student.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    before = StableDiffusionPipeline.from_pretrained(
+        str(tiny_path),
+        unet=student,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    images = generate(before)
+    folder = tmp_path_factory.mktemp("run") / "student"
+    save_student_pipeline(student, "builtin:tiny", folder)
+    return folder, student, images
+
+
+LOADER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    torch.set_num_threads(1)
+    folder, out, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    pipeline = StableDiffusionPipeline.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(1234)
+    images = pipeline(prompts, num_inference_steps=3, guidance_scale=7.5, generator=generator, output_type="np").images
+    np.save(out, images)
+    assert not [m for m in sys.modules if m.split(".")[0] == "bksdm"], "bksdm was imported"
+    print(json.dumps({"mid_block": unet.mid_block is None, "blocks": len(unet.down_blocks)}))
+    """
+)
+
+
+def test_plain_diffusers_loads_the_student_and_generates_the_same_images(exported, tmp_path):
+    folder, _, images = exported
+    out = tmp_path / "images.npy"
+    done = subprocess.run(
+        [sys.executable, "-c", LOADER, str(folder), str(out), json.dumps(PROMPTS)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"mid_block": True, "blocks": 3}
+    np.testing.assert_allclose(np.load(out), images, atol=1e-5)
+
+
+def test_exported_unet_is_the_student_in_safetensors(exported):
+    folder, student, _ = exported
+    assert not list(folder.rglob("*.bin")) and list((folder / "unet").glob("*.safetensors"))
+    loaded = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    assert loaded.config.mid_block_type is None
+    state = student.state_dict()
+    assert all(torch.equal(tensor, state[key]) for key, tensor in loaded.state_dict().items())
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    assert {"vocab.json", "merges.txt"} <= {f.name for f in (folder / "tokenizer").iterdir()}
+
+
+def test_a_failed_export_leaves_the_previous_one_intact(exported, tiny_teacher, monkeypatch):
+    folder, _, _ = exported
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "save_pretrained", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_student_pipeline(build_student(tiny_teacher.unet, "small"), "builtin:tiny", folder)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert [p.name for p in folder.parent.iterdir()] == ["student"]  # no staging folder left behind
+
+
+def test_exporting_again_replaces_the_folder(exported, tiny_teacher):
+    folder, _, _ = exported
+    save_student_pipeline(build_student(tiny_teacher.unet, "base"), "builtin:tiny", folder)
+    assert UNet2DConditionModel.from_pretrained(folder, subfolder="unet").mid_block is not None
+    assert [p.name for p in folder.parent.iterdir()] == ["student"]

@@ -1,0 +1,63 @@
+"""The wheel ships the Hydra config, the README's commands are the ones CI runs, ruff is configured."""
+
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quickstart() -> list[str]:
+    block = re.search(r"## Quickstart\n.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.strip().splitlines()]
+
+
+def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
+    commands = quickstart()
+    assert len(commands) == 2
+    assert "python -m bksdm" in commands[0]
+    assert commands[1].endswith("pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "## Quickstart" in ci  # .ci/run reads the test command from the README instead of copying it
+    assert "pip install torch" in commands[1] and "torchvision" not in commands[1]
+
+
+def test_installed_wheel_finds_its_config(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("bksdm-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "bksdm/conf/arch_report.yaml" in names
+    assert {f"bksdm/conf/teacher/{t}.yaml" for t in ("sd14", "sd15", "sd21base", "sd21", "tiny")} <= set(
+        names
+    )
+    assert {f"bksdm/conf/arch/{a}.yaml" for a in ("base", "small", "tiny")} <= set(names)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    # run from the unpacked wheel, away from the checkout: the config must come from the package
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = "import bksdm, runpy, sys; print(bksdm.__file__, file=sys.stderr); runpy.run_module('bksdm.arch', run_name='__main__')"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "teacher=sd21base", "arch=tiny", "format=json"],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert str(site) in done.stderr
+    assert '"params": 326825604' in done.stdout
