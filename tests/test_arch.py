@@ -81,6 +81,8 @@ def test_sd21_768_students_keep_its_resolution_and_upcast():
         ("sd21base", "base", 583_480_964),
         ("sd21base", "small", 485_787_524),
         ("sd21base", "tiny", 326_825_604),
+        ("sd21", None, 865_910_724),
+        ("sd21", "tiny", 326_825_604),
     ],
 )
 def test_exact_parameter_counts(teacher, variant, params):
@@ -144,6 +146,13 @@ def test_build_student_copies_every_tensor_from_its_mapped_teacher_tensor(tiny_t
         student.conv_in.weight.add_(1.0)
     assert torch.equal(teacher.conv_in.weight, before)
     assert student.training and all(p.requires_grad for p in student.parameters())
+
+
+def test_build_student_casts_to_the_training_dtype(tiny_teacher):
+    half_teacher = build_student(tiny_teacher.unet, {"layers_per_block": 2}, dtype=torch.bfloat16)
+    student = build_student(half_teacher, "small", dtype=torch.float32)
+    assert half_teacher.dtype == torch.bfloat16 and student.dtype == torch.float32
+    assert torch.equal(student.conv_in.weight, half_teacher.conv_in.weight.float())
 
 
 def test_student_with_all_blocks_is_the_teacher(tiny_teacher):

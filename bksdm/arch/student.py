@@ -200,18 +200,23 @@ def student_weight_map(teacher_config: Mapping, variant: str | Mapping | Removal
 
 
 def build_student(
-    teacher_unet: UNet2DConditionModel, variant: str | Mapping | RemovalSpec
+    teacher_unet: UNet2DConditionModel,
+    variant: str | Mapping | RemovalSpec,
+    dtype: torch.dtype | None = None,
 ) -> UNet2DConditionModel:
     """A BK-SDM student initialised from its teacher by the reference weight map.
 
-    Every student tensor is a copy of its mapped teacher tensor, in the teacher's dtype and on its
-    device; nothing is left at random initialisation.
+    Every student tensor is a copy of its mapped teacher tensor, on the teacher's device and in
+    ``dtype`` (default: the teacher's; e.g. a bf16 teacher with an fp32 student to train); nothing is
+    left at random initialisation. The student is returned in train mode.
     """
     config = student_config(teacher_unet.config, variant)
     student = empty_unet(config)
     teacher_state = teacher_unet.state_dict()
     mapping = weight_map(_shapes(student), _shapes(teacher_unet), unit_map(teacher_unet.config, variant))
-    state = {key: teacher_state[source].detach().clone() for key, source in mapping.items()}
+    state = {
+        key: teacher_state[source].detach().to(dtype=dtype, copy=True) for key, source in mapping.items()
+    }
     student.load_state_dict(state, strict=True, assign=True)
     leftover = [name for name, t in [*student.named_parameters(), *student.named_buffers()] if t.is_meta]
     if leftover:
