@@ -145,19 +145,25 @@ def _student_name(teacher_unit: str, inverse: Mapping[str, str]) -> str | None:
     return None
 
 
+def unit_fates(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) -> dict[str, str | None]:
+    """Every teacher unit, in module order, -> the student unit that keeps it, or None if removed."""
+    inverse = {teacher: student for student, teacher in unit_map(teacher_config, variant).items()}
+    fates = {}
+    for name in unit_names(empty_unet(plain_config(teacher_config))):
+        in_blocks = name.split(".")[0] in ("down_blocks", "mid_block", "up_blocks")
+        fates[name] = _student_name(name, inverse) if in_blocks else name
+    return fates
+
+
 def report_rows(
     teacher_config: Mapping, variant: str | Mapping | RemovalSpec, latent_size: int
 ) -> list[ReportRow]:
-    """Every teacher unit with its cost and the student unit that keeps it (or None)."""
-    units = unit_map(teacher_config, variant)
-    inverse = {teacher: student for student, teacher in units.items()}
-    teacher_cost = unet_cost(teacher_config, latent_size)
-    rows = []
-    for unit in teacher_cost.units:
-        in_blocks = unit.name.split(".")[0] in ("down_blocks", "mid_block", "up_blocks")
-        student = _student_name(unit.name, inverse) if in_blocks else unit.name
-        rows.append(ReportRow(unit.name, student, unit.params, unit.macs, unit.attention_macs))
-    return rows
+    """Every teacher unit (in forward order) with its cost and the student unit that keeps it (or None)."""
+    fates = unit_fates(teacher_config, variant)
+    return [
+        ReportRow(unit.name, fates[unit.name], unit.params, unit.macs, unit.attention_macs)
+        for unit in unet_cost(teacher_config, latent_size).units
+    ]
 
 
 def variant_summary(

@@ -51,7 +51,7 @@ def check_teacher_topology(config: Mapping) -> None:
         problems.append(f"block_out_channels {channels} needs one width per down block ({len(down)})")
     if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") not in _MID_BLOCKS:
         problems.append(f"mid_block_type {config.get('mid_block_type')!r} (accepted: {list(_MID_BLOCKS)})")
-    if _teacher_layers(config) is None:
+    if teacher_layers_per_block(config) is None:
         problems.append(
             f"layers_per_block {config.get('layers_per_block')!r} (accepted: one integer >= 1 for all blocks)"
         )
@@ -64,7 +64,7 @@ def check_teacher_topology(config: Mapping) -> None:
         )
 
 
-def _teacher_layers(config: Mapping) -> int | None:
+def teacher_layers_per_block(config: Mapping) -> int | None:
     layers = config.get("layers_per_block", 2)
     if isinstance(layers, (list, tuple)):
         layers = layers[0] if len(set(layers)) == 1 else None
@@ -85,7 +85,7 @@ def student_config(teacher_config: Mapping, variant: str | Mapping | RemovalSpec
     spec = resolve_variant(variant)
     teacher = plain_config(teacher_config)
     check_teacher_topology(teacher)
-    teacher_layers = _teacher_layers(teacher)
+    teacher_layers = teacher_layers_per_block(teacher)
     num_stages = len(teacher["block_out_channels"])
     if not 1 <= spec.layers_per_block <= teacher_layers:
         raise ValueError(
@@ -118,7 +118,7 @@ def unit_map(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) -> d
     """
     spec = resolve_variant(variant)
     config = student_config(teacher_config, spec)
-    teacher_layers = _teacher_layers(plain_config(teacher_config))
+    teacher_layers = teacher_layers_per_block(plain_config(teacher_config))
     kept = len(config["block_out_channels"])
     mapping: dict[str, str] = {}
     for i, block_type in enumerate(config["down_block_types"]):

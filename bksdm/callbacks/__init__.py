@@ -1,0 +1,1 @@
+"""Lightning callbacks: they observe a DistillModule's training and write what it produced."""

@@ -1,0 +1,29 @@
+"""ExportStudent: write the student (EMA weights when EMA is on) as a diffusers pipeline folder."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from bksdm.export import save_student_pipeline
+
+
+class ExportStudent(L.Callback):
+    """At the end of training, on rank 0 only, save ``dirpath`` as a StableDiffusionPipeline folder."""
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        student = copy.deepcopy(pl_module.exported_student()).to("cpu", torch.float32)
+        if getattr(student, "is_gradient_checkpointing", False):
+            student.disable_gradient_checkpointing()
+        hparams = pl_module.hparams
+        save_student_pipeline(student.eval(), hparams.teacher_source, self.dirpath, revision=hparams.revision)
+        rank_zero_info(f"student pipeline saved to {self.dirpath}")

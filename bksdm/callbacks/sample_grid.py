@@ -1,0 +1,98 @@
+"""SampleGrid: teacher and student images for fixed prompts and seeds, side by side, as a PNG."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_steps`` optimizer steps (0: only at the end) and at the end of training, on rank 0,
+    draw each prompt with the teacher (left) and the student (right) from the same seed and save the
+    grid as ``<dirpath>/step_<global step>.png``; rows are prompts.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        prompts: Sequence[str],
+        every_n_steps: int = 0,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int = 1234,
+    ):
+        if not prompts:
+            raise ValueError("SampleGrid needs at least one prompt")
+        self.dirpath, self.prompts = Path(dirpath), list(prompts)
+        self.every_n_steps, self.num_inference_steps = every_n_steps, num_inference_steps
+        self.guidance_scale, self.seed = guidance_scale, seed
+        self._last_step = -1
+        self.saved: list[Path] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self.draw(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_step:
+            self.draw(trainer, pl_module)
+
+    @torch.no_grad()
+    def draw(self, trainer: L.Trainer, pl_module) -> Path | None:
+        self._last_step = trainer.global_step
+        if not trainer.is_global_zero:
+            return None
+        from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+        frozen = pl_module._frozen_on_device()
+        scheduler = PNDMScheduler.from_config(pl_module.noise_scheduler.config)
+        columns = []
+        for unet in (frozen.unet, pl_module.exported_student()):
+            pipeline = StableDiffusionPipeline(
+                vae=frozen.vae,
+                text_encoder=frozen.text_encoder,
+                tokenizer=frozen.tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+            pipeline.set_progress_bar_config(disable=True)
+            columns.append(self._images(pipeline, pl_module))
+        rows = [np.concatenate([column[i] for column in columns], axis=1) for i in range(len(self.prompts))]
+        grid = Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8))
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"step_{trainer.global_step:07d}.png"
+        grid.save(path)
+        self.saved.append(path)
+        return path
+
+    def _images(self, pipeline, pl_module) -> np.ndarray:
+        device = pl_module.device
+        low_precision = pl_module.frozen_dtype != torch.float32
+        autocast = (
+            torch.autocast(device.type, dtype=pl_module.frozen_dtype)
+            if low_precision
+            else contextlib.nullcontext()
+        )
+        images = []
+        for i, prompt in enumerate(self.prompts):
+            generator = torch.Generator(device=device).manual_seed(self.seed + i)
+            with autocast:
+                out = pipeline(
+                    prompt,
+                    num_inference_steps=self.num_inference_steps,
+                    guidance_scale=self.guidance_scale,
+                    generator=generator,
+                    output_type="np",
+                )
+            images.append(out.images[0])
+        return np.stack(images)

@@ -1,0 +1,54 @@
+"""The paper's image transform, in plain PIL and torch (no torchvision in the core)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class ImageTransform:
+    """Resize the shorter side to ``resolution`` (bicubic), crop a square, maybe flip, scale to [-1, 1].
+
+    Any PIL mode (grayscale, palette, CMYK, with alpha) is converted to RGB first; alpha is composited
+    on white. Returns a float tensor (3, resolution, resolution).
+    """
+
+    def __init__(self, resolution: int, center_crop: bool = True, random_flip: bool = True):
+        if not isinstance(resolution, int) or resolution < 8 or resolution % 8:
+            raise ValueError(f"resolution={resolution!r} must be a positive multiple of 8 (pixels)")
+        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        rng = rng or random
+        image = to_rgb(image)
+        scale = self.resolution / min(image.size)
+        size = (
+            max(self.resolution, round(image.width * scale)),
+            max(self.resolution, round(image.height * scale)),
+        )
+        image = image.resize(size, Image.Resampling.BICUBIC)
+        spare_x, spare_y = image.width - self.resolution, image.height - self.resolution
+        if self.center_crop:
+            left, top = spare_x // 2, spare_y // 2
+        else:
+            left, top = rng.randint(0, spare_x), rng.randint(0, spare_y)
+        image = image.crop((left, top, left + self.resolution, top + self.resolution))
+        if self.random_flip and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")

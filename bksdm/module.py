@@ -1,0 +1,228 @@
+"""DistillModule: a frozen SD teacher, a trainable block-removed student, and one BK-SDM training step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch.optim.swa_utils import AveragedModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from bksdm.arch import build_student, resolve_variant
+from bksdm.components import load_components
+from bksdm.losses import DistillLoss
+from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class FrozenParts:
+    """The teacher's frozen models. Held outside nn.Module registration on purpose: they are not
+    parameters of the LightningModule, so they stay out of the optimizer, out of checkpoints (they are
+    reloaded from their source) and out of DDP/FSDP wrapping and gradient synchronisation."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    device: torch.device | None = None  # where the models are now; None: not placed yet
+
+
+def ema_average(decay: float) -> Callable:
+    """EMA update with diffusers' warm-up: the decay is min(decay, (1 + n) / (10 + n)) at update n."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + n) / (10 + n)))
+
+    return update
+
+
+class DistillModule(L.LightningModule):
+    """BK-SDM knowledge distillation of a block-removed student from a frozen SD teacher.
+
+    Args:
+        teacher_source: hub id, diffusers folder or ``builtin:tiny``.
+        removal: the student's removal spec (``base``/``small``/``tiny`` or a mapping).
+        taps: (teacher path, student path) pairs for feature KD.
+        loss: the weighted objective.
+        optimizer: ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW, lr=5e-5)``).
+        lr_scheduler: ``optimizer -> LRScheduler`` or None for a constant learning rate.
+        revision: hub revision of the teacher.
+        frozen_dtype: ``float32``, ``float16`` or ``bfloat16`` for the teacher U-Net, VAE and text encoder.
+        ema_decay: EMA decay of the student's weights, None for no EMA.
+        gradient_checkpointing: recompute the student's activations in backward (memory for time).
+        caption_dropout: probability of replacing a caption by the empty prompt (classifier-free guidance);
+            0 as in the paper.
+    """
+
+    def __init__(
+        self,
+        teacher_source: str,
+        removal: str | Mapping,
+        taps: Sequence,
+        loss: DistillLoss,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[..., Any] | None = None,
+        revision: str | None = None,
+        frozen_dtype: str = "float32",
+        ema_decay: float | None = None,
+        gradient_checkpointing: bool = False,
+        caption_dropout: float = 0.0,
+    ):
+        super().__init__()
+        if frozen_dtype not in DTYPES:
+            raise ValueError(f"frozen_dtype={frozen_dtype!r}: accepted are {list(DTYPES)}")
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout={caption_dropout!r} must be a probability in [0, 1]")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay!r} must be in (0, 1), or null for no EMA")
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.frozen_dtype = DTYPES[frozen_dtype]
+        self.caption_dropout = caption_dropout
+        self.tap_pairs: list[TapPair] = parse_tap_pairs(taps) if loss.needs_features else []
+
+        parts = load_components(teacher_source, revision=revision)
+        # the student is copied from the fp32 teacher before the teacher drops to its low precision
+        self.student = build_student(parts.unet, removal, dtype=torch.float32)
+        if gradient_checkpointing:
+            self.student.enable_gradient_checkpointing()
+        self.noise_scheduler: DDPMScheduler = parts.noise_scheduler
+        for model in (parts.unet, parts.vae, parts.text_encoder):
+            # nn.Module.to, not diffusers' override: that one warns about fp32-only modules SD has none of
+            torch.nn.Module.to(model.requires_grad_(False).eval(), dtype=self.frozen_dtype)
+        self.frozen = FrozenParts(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer)
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(self.student, multi_avg_fn=ema_average(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+        self.removal_spec = resolve_variant(removal)
+        # paths and shapes are checked now, before any data is touched
+        self.tap_shapes = (
+            check_tap_pairs(
+                parts.unet.config, self.student.config, self.tap_pairs, parts.unet.config.sample_size
+            )
+            if self.tap_pairs
+            else {}
+        )
+        self.teacher_taps: FeatureTaps | None = None
+        self.student_taps: FeatureTaps | None = None
+
+    # -- frozen parts ---------------------------------------------------------------------------------
+    def _frozen_on_device(self) -> FrozenParts:
+        if self.frozen.device != self.device:
+            for model in (self.frozen.unet, self.frozen.vae, self.frozen.text_encoder):
+                model.to(self.device)
+            self.frozen.device = self.device
+        return self.frozen
+
+    def on_fit_start(self) -> None:
+        self._frozen_on_device()
+
+    # -- taps: hooked while a trainer uses the module, taken off when it is torn down ------------------
+    def setup(self, stage: str) -> None:
+        self._hook_taps()
+
+    def teardown(self, stage: str) -> None:
+        for taps in (self.teacher_taps, self.student_taps):
+            if taps is not None:
+                taps.remove()
+        self.teacher_taps = self.student_taps = None
+
+    def _hook_taps(self) -> tuple[FeatureTaps, FeatureTaps]:
+        if self.teacher_taps is None:
+            self.teacher_taps = FeatureTaps(self.frozen.unet, [p.teacher for p in self.tap_pairs], "teacher")
+            self.student_taps = FeatureTaps(self.student, [p.student for p in self.tap_pairs], "student")
+        return self.teacher_taps, self.student_taps
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def encode_batch(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (B, 4, h, w) scaled by the VAE's factor and text context (B, 77, D), each encoded once
+        per batch with the frozen parts, returned as ordinary fp32 tensors usable by autograd."""
+        frozen = self._frozen_on_device()
+        captions = list(batch["caption"])
+        if self.caption_dropout > 0:
+            drop = torch.rand(len(captions)) < self.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        ids = frozen.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=frozen.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        with torch.inference_mode():
+            pixels = batch["pixel_values"].to(self.device, self.frozen_dtype)
+            latents = frozen.vae.encode(pixels).latent_dist.sample() * frozen.vae.config.scaling_factor
+            context = frozen.text_encoder(ids)[0]
+        # inference tensors cannot be saved for backward: ordinary copies, made outside inference mode
+        return latents.float().clone(), context.float().clone()
+
+    def noisy_inputs(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noisy latents, uniform timesteps in [0, T) and the task target (noise, or velocity for
+        v-prediction teachers), from the teacher's own DDPM schedule."""
+        scheduler = self.noise_scheduler
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+        )
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "epsilon":
+            target = noise
+        elif scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise ValueError(f"teacher prediction_type {scheduler.config.prediction_type!r} is not supported")
+        return noisy, timesteps, target
+
+    def teacher_forward(self, noisy, timesteps, context) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The teacher's prediction and tapped features, computed without autograd in its low precision."""
+        unet = self._frozen_on_device().unet
+        teacher_taps, _ = self._hook_taps()
+        with torch.inference_mode(), teacher_taps.recording() as features:
+            prediction = unet(noisy.to(self.frozen_dtype), timesteps, context.to(self.frozen_dtype)).sample
+        # inference tensors cannot be saved for backward: hand out ordinary copies
+        return prediction.clone(), {path: feature.clone() for path, feature in features.items()}
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        latents, context = self.encode_batch(batch)
+        noisy, timesteps, target = self.noisy_inputs(latents)
+        teacher_pred, teacher_features = None, {}
+        if self.loss.needs_teacher:
+            teacher_pred, teacher_features = self.teacher_forward(noisy, timesteps, context)
+        _, student_taps = self._hook_taps()
+        with student_taps.recording() as student_features:
+            student_pred = self.student(noisy, timesteps, context).sample
+        pairs = [(p.name, student_features[p.student], teacher_features[p.teacher]) for p in self.tap_pairs]
+        loss, terms = self.loss(student_pred, target, teacher_pred, pairs)
+        batch_size = latents.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        return loss
+
+    # -- optimisation ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=[p for p in self.student.parameters() if p.requires_grad])
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update_parameters(self.student)
+
+    def exported_student(self) -> UNet2DConditionModel:
+        """The weights to export: the EMA student when EMA is on, else the student itself."""
+        return self.ema.module if self.ema is not None else self.student

@@ -1,0 +1,41 @@
+"""The start-up summary of a distillation run: what is distilled into what, through which taps."""
+
+from __future__ import annotations
+
+from bksdm.arch.report import unit_fates
+from bksdm.arch.spec import variant_name
+
+
+def startup_summary(module, teacher_name: str, batch_size: int, accumulation: int, world_size: int) -> str:
+    """A few lines: teacher and student sizes, removed units, tap pairs with shapes, loss weights, batch."""
+    teacher_unet, student = module.frozen.unet, module.student
+    teacher_params = sum(p.numel() for p in teacher_unet.parameters())
+    student_params = sum(p.numel() for p in student.parameters())
+    spec = module.removal_spec
+    removed = [unit for unit, fate in unit_fates(teacher_unet.config, spec).items() if fate is None]
+    loss = module.loss
+    lines = [
+        f"teacher  {teacher_name} ({module.hparams.teacher_source}): U-Net {teacher_params:,} params, "
+        f"{module.hparams.frozen_dtype}, frozen",
+        f"student  {variant_name(spec)}: U-Net {student_params:,} params ({student_params / teacher_params:.1%} "
+        f"of the teacher), initialised from the teacher",
+        f"removed  {len(removed)} units: {', '.join(removed)}",
+        f"loss     w_task={loss.w_task:g} w_out={loss.w_out:g} w_feat={loss.w_feat:g} "
+        f"(feature terms: {loss.feature_reduction}); target: {module.noise_scheduler.config.prediction_type}",
+    ]
+    if module.tap_pairs:
+        lines.append(
+            f"taps     {len(module.tap_pairs)} pairs (teacher -> student, feature shape at the native latent):"
+        )
+        lines += [
+            f"           {p.teacher} -> {p.student}  {'x'.join(map(str, module.tap_shapes[p.name]))}"
+            for p in module.tap_pairs
+        ]
+    else:
+        lines.append("taps     none (loss.w_feat = 0)")
+    lines.append(
+        f"batch    {batch_size} per device x {accumulation} accumulation x {world_size} device(s) = "
+        f"{batch_size * accumulation * world_size} images per optimizer step; EMA "
+        + ("off" if module.ema is None else f"decay {module.hparams.ema_decay}")
+    )
+    return "\n".join(lines)

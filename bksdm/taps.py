@@ -1,0 +1,186 @@
+"""Feature taps: what named submodules of the teacher and the student output, paired for feature KD.
+
+A tap records the first element of a module's output (a block returns ``(hidden_states, skips)``) while
+a ``recording()`` window is open, exactly once per window. Hooks sit on the unwrapped model, so DDP,
+FSDP and ``torch.compile`` wrappers neither rename nor bypass them, and a forward recomputed by
+gradient checkpointing during backward, which runs outside the window, records nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bksdm.arch.spec import RemovalSpec, resolve_variant
+from bksdm.arch.student import empty_unet, plain_config, student_config, teacher_layers_per_block
+
+
+@dataclass(frozen=True)
+class TapPair:
+    """One feature-KD pair: a teacher module path and the student module path that imitates it."""
+
+    teacher: str
+    student: str
+
+    @property
+    def name(self) -> str:
+        """The metric name of the pair (``train/kd_feat/<name>``): the student path."""
+        return self.student
+
+
+def parse_tap_pairs(pairs: Sequence) -> list[TapPair]:
+    """``[[teacher_path, student_path], ...]`` or ``[{teacher: ..., student: ...}, ...]`` -> TapPairs."""
+    parsed = []
+    for pair in pairs:
+        if isinstance(pair, TapPair):
+            parsed.append(pair)
+        elif isinstance(pair, Mapping) and set(pair) == {"teacher", "student"}:
+            parsed.append(TapPair(str(pair["teacher"]), str(pair["student"])))
+        elif isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2:
+            parsed.append(TapPair(str(pair[0]), str(pair[1])))
+        else:
+            raise ValueError(
+                f"tap pair {pair!r} is not accepted: write [teacher_path, student_path] or "
+                "{teacher: teacher_path, student: student_path}"
+            )
+    names = [p.name for p in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tap pairs name a student module twice: {names}")
+    return parsed
+
+
+def paper_tap_pairs(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) -> list[TapPair]:
+    """The paper's taps: every kept stage's down and up block output, on both sides.
+
+    Where stages were dropped, the innermost kept down block has lost its downsampler, so its output
+    is at another resolution than the teacher's; that pair taps the last attention's output projection
+    instead (tiny: teacher ``down_blocks.2.attentions.1.proj_out`` with student
+    ``down_blocks.2.attentions.0.proj_out``). The mid block is not tapped.
+    """
+    spec = resolve_variant(variant)
+    config = student_config(teacher_config, spec)
+    teacher_layers = teacher_layers_per_block(plain_config(teacher_config))
+    kept = len(config["block_out_channels"])
+    pairs = []
+    for i, block_type in enumerate(config["down_block_types"]):
+        if i == kept - 1 and spec.drop_innermost_stages:
+            if not block_type.startswith("CrossAttn"):
+                continue  # no same-resolution module to pair with
+            pairs.append(
+                TapPair(
+                    f"down_blocks.{i}.attentions.{teacher_layers - 1}.proj_out",
+                    f"down_blocks.{i}.attentions.{spec.layers_per_block - 1}.proj_out",
+                )
+            )
+        else:
+            pairs.append(TapPair(f"down_blocks.{i}", f"down_blocks.{i}"))
+    for i in range(kept):
+        pairs.append(TapPair(f"up_blocks.{i + spec.drop_innermost_stages}", f"up_blocks.{i}"))
+    return pairs
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / FSDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif type(model).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel", "DataParallel"):
+            model = model.module
+        else:
+            return model
+
+
+class FeatureTaps:
+    """Forward hooks on named submodules of one model.
+
+    Use ``with taps.recording(): model(...)`` and read ``taps.features`` (path -> tensor) afterwards.
+    Each path must fire exactly once inside the window; ``remove()`` (or garbage collection of the
+    owner) takes the hooks off.
+    """
+
+    def __init__(self, model: nn.Module, paths: Sequence[str], side: str = "model"):
+        self.model = unwrap(model)
+        self.side = side
+        self.paths = list(paths)
+        modules = dict(self.model.named_modules())
+        self._handles = []
+        for path in self.paths:
+            if path not in modules:
+                near = difflib.get_close_matches(path, list(modules), n=3)
+                raise KeyError(
+                    f"{side} has no module {path!r} to tap" + (f"; close names: {near}" if near else "")
+                )
+            self._handles.append(modules[path].register_forward_hook(self._hook(path)))
+        self._recording = False
+        self.features: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+
+    def _hook(self, path: str):
+        def record(_module, _inputs, output):
+            if not self._recording:
+                return
+            self.calls[path] = self.calls.get(path, 0) + 1
+            self.features[path] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return record
+
+    @contextmanager
+    def recording(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Record each tapped output once during the block; raises if a tap fired 0 or 2+ times."""
+        self.features, self.calls = {}, {}
+        self._recording = True
+        try:
+            yield self.features
+        finally:
+            self._recording = False
+        wrong = {p: self.calls.get(p, 0) for p in self.paths if self.calls.get(p, 0) != 1}
+        if wrong:
+            raise RuntimeError(f"{self.side} taps must fire exactly once per forward; fired {wrong}")
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __del__(self):
+        self.remove()
+
+
+def check_tap_pairs(
+    teacher_config: Mapping, student_cfg: Mapping, pairs: Sequence[TapPair], latent_size: int
+) -> dict[str, tuple[int, ...]]:
+    """Check on meta models that every pair exists and has equal shapes; returns name -> shape.
+
+    Raises:
+        KeyError: a path that does not exist (naming the side and the path).
+        ValueError: a pair whose feature shapes differ (naming both paths and shapes).
+    """
+    shapes = {}
+    teacher, student = empty_unet(plain_config(teacher_config)), empty_unet(student_cfg)
+    teacher_taps = FeatureTaps(teacher, [p.teacher for p in pairs], "teacher")
+    student_taps = FeatureTaps(student, [p.student for p in pairs], "student")
+    context_width = teacher.config.cross_attention_dim
+    with torch.device("meta"):
+        sample = torch.empty(1, teacher.config.in_channels, latent_size, latent_size)
+        context = torch.empty(1, 77, context_width if isinstance(context_width, int) else context_width[0])
+    with torch.no_grad():
+        with teacher_taps.recording() as teacher_features:
+            teacher(sample, 0, context)
+        with student_taps.recording() as student_features:
+            student(sample, 0, context)
+    for pair in pairs:
+        t, s = tuple(teacher_features[pair.teacher].shape), tuple(student_features[pair.student].shape)
+        if t != s:
+            raise ValueError(
+                f"tap pair teacher {pair.teacher!r} {t} and student {pair.student!r} {s} differ in shape: "
+                "feature KD needs equal shapes"
+            )
+        shapes[pair.name] = t[1:]
+    teacher_taps.remove()
+    student_taps.remove()
+    return shapes
