@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch.optim.swa_utils import AveragedModel
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -204,6 +205,11 @@ class DistillModule(L.LightningModule):
             student_pred = self.student(noisy, timesteps, context).sample
         pairs = [(p.name, student_features[p.student], teacher_features[p.teacher]) for p in self.tap_pairs]
         loss, terms = self.loss(student_pred, target, teacher_pred, pairs)
+        with torch.no_grad():  # switched-off terms are still worth watching where their inputs exist
+            if "loss_task" not in terms:
+                terms["loss_task"] = F.mse_loss(student_pred.float(), target.float())
+            if "loss_kd_out" not in terms and teacher_pred is not None:
+                terms["loss_kd_out"] = F.mse_loss(student_pred.float(), teacher_pred.float())
         batch_size = latents.shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         for name, value in terms.items():

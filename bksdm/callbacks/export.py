@@ -21,7 +21,8 @@ class ExportStudent(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        student = copy.deepcopy(pl_module.exported_student()).to("cpu", torch.float32)
+        # nn.Module.to: diffusers' override warns about fp32-only modules that SD U-Nets do not have
+        student = torch.nn.Module.to(copy.deepcopy(pl_module.exported_student()), "cpu", torch.float32)
         if getattr(student, "is_gradient_checkpointing", False):
             student.disable_gradient_checkpointing()
         hparams = pl_module.hparams

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bksdm.data.folder import CaptionedImageFolder
+from bksdm.data.folder import CaptionedImageFolder, metadata_path
 from bksdm.data.synthetic import SyntheticCaptions
 
 
@@ -73,6 +73,7 @@ class FolderDataModule(CaptionDataModule):
         seed: int = 0,
     ):
         super().__init__(batch_size, num_workers, seed)
+        metadata_path(root)  # a wrong path stops the run before the teacher is loaded
         self.root, self.resolution = root, resolution
         self.center_crop, self.random_flip = center_crop, random_flip
 

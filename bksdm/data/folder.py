@@ -11,6 +11,17 @@ from torch.utils.data import Dataset
 from bksdm.data.transforms import ImageTransform
 
 
+def metadata_path(root: str | Path) -> Path:
+    """``<root>/metadata.csv``, or FileNotFoundError naming ``data.root`` and the expected layout."""
+    metadata = Path(root) / "metadata.csv"
+    if not metadata.is_file():
+        raise FileNotFoundError(
+            f"data.root={str(root)!r} has no metadata.csv: expected an image folder with a metadata.csv "
+            "whose columns are file_name,text"
+        )
+    return metadata
+
+
 class CaptionedImageFolder(Dataset):
     """Images listed in ``<root>/metadata.csv`` with their captions, as the paper's LAION subset is stored."""
 
@@ -18,12 +29,7 @@ class CaptionedImageFolder(Dataset):
         self, root: str | Path, resolution: int = 512, center_crop: bool = True, random_flip: bool = True
     ):
         self.root = Path(root)
-        metadata = self.root / "metadata.csv"
-        if not metadata.is_file():
-            raise FileNotFoundError(
-                f"data.root={str(root)!r} has no metadata.csv: expected an image folder with a metadata.csv "
-                "whose columns are file_name,text"
-            )
+        metadata = metadata_path(root)
         with metadata.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if not {"file_name", "text"} <= set(reader.fieldnames or []):

@@ -1,0 +1,192 @@
+"""DistillModule on the tiny teacher: frozen teacher, what is trained, what is checkpointed, one step's data path."""
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from bksdm.data.datamodule import SyntheticDataModule
+from bksdm.losses import DistillLoss
+from bksdm.module import DistillModule
+from bksdm.taps import paper_tap_pairs
+from bksdm.tiny import TINY_UNET_CONFIG
+
+
+def make_module(variant="small", loss=None, **kwargs) -> DistillModule:
+    torch.manual_seed(0)
+    return DistillModule(
+        teacher_source="builtin:tiny",
+        removal=variant,
+        taps=paper_tap_pairs(TINY_UNET_CONFIG, variant),
+        loss=loss or DistillLoss(),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+        **kwargs,
+    )
+
+
+def fit(module, steps, tmp_path, batch_size=2, **trainer_kwargs) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=SyntheticDataModule(num_samples=64, resolution=128, batch_size=batch_size))
+    return trainer
+
+
+@torch.no_grad()
+def output_gap(module) -> float:
+    """MSE between student and teacher predictions on fixed held-out noisy latents and captions."""
+    g = torch.Generator().manual_seed(99)
+    batch = {"pixel_values": torch.rand(4, 3, 128, 128, generator=g) * 2 - 1, "caption": ["a red circle"] * 4}
+    latents, context = module.encode_batch(batch)
+    noisy = latents + torch.randn(latents.shape, generator=g)
+    timesteps = torch.tensor([50, 300, 600, 900])
+    teacher, _ = module.teacher_forward(noisy, timesteps, context)
+    return torch.nn.functional.mse_loss(module.student(noisy, timesteps, context).sample, teacher).item()
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_student_learns_to_imitate_the_teacher_and_the_teacher_stays_frozen(tmp_path):
+    module = make_module(loss=DistillLoss(w_task=0.0, w_out=1.0, w_feat=1.0))
+    teacher_before = state(module.frozen.unet)
+    vae_before, text_before = state(module.frozen.vae), state(module.frozen.text_encoder)
+    gap_before = output_gap(module)
+    fit(module, 40, tmp_path)
+    gap_after = output_gap(module)
+    assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
+    for before, model in (
+        (teacher_before, module.frozen.unet),
+        (vae_before, module.frozen.vae),
+        (text_before, module.frozen.text_encoder),
+    ):
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_frozen_parts_are_outside_optimizer_and_checkpoint(tmp_path):
+    module = make_module(ema_decay=0.9)
+    trainer = fit(module, 2, tmp_path)
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.student.parameters()}
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    keys = checkpoint["state_dict"].keys()
+    assert {k.split(".")[0] for k in keys} == {"student", "ema"}
+    student_tensors = sum(p.numel() for p in module.student.parameters())
+    assert (
+        sum(v.numel() for k, v in checkpoint["state_dict"].items() if k.startswith("student."))
+        == student_tensors
+    )
+
+
+def test_ema_follows_the_student_and_is_what_gets_exported(tmp_path):
+    module = make_module(ema_decay=0.5)
+    initial = state(module.student)
+    fit(module, 3, tmp_path)
+    exported = module.exported_student()
+    assert exported is module.ema.module
+    key = "conv_in.weight"
+    ema, student = exported.state_dict()[key], module.student.state_dict()[key]
+    assert not torch.equal(ema, student) and not torch.equal(ema, initial[key])
+    assert int(module.ema.n_averaged) == 3  # one update per optimizer step
+
+
+@pytest.mark.parametrize(
+    ("loss", "teacher_calls", "taps"),
+    [
+        (DistillLoss(1, 0, 0), 0, 0),
+        (DistillLoss(1, 1, 0), 2, 0),
+        (DistillLoss(1, 0, 1), 2, 8),
+        (DistillLoss(1, 1, 1), 2, 8),
+    ],
+)
+def test_loss_switches_skip_the_work_they_do_not_need(tmp_path, loss, teacher_calls, taps):
+    module = make_module(loss=loss)
+    calls = []
+    module.frozen.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    fit(module, 2, tmp_path)
+    assert len(calls) == teacher_calls
+    assert len(module.tap_pairs) == taps
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_every_tap_fires_once_per_step(tmp_path, checkpointing):
+    module = make_module("tiny", gradient_checkpointing=checkpointing)
+    per_step = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            per_step.append((dict(pl_module.teacher_taps.calls), dict(pl_module.student_taps.calls)))
+
+    fit(module, 3, tmp_path, callbacks=[Spy()])
+    assert len(per_step) == 3
+    for teacher_calls, student_calls in per_step:
+        assert teacher_calls == {p.teacher: 1 for p in module.tap_pairs}
+        assert student_calls == {p.student: 1 for p in module.tap_pairs}
+    assert module.teacher_taps is None  # hooks are taken off when the trainer tears the module down
+
+
+def test_targets_follow_the_teachers_prediction_type():
+    module = make_module(loss=DistillLoss(1, 0, 0))
+    latents = torch.randn(3, 4, 16, 16)
+    torch.manual_seed(5)
+    noisy, timesteps, target = module.noisy_inputs(latents)
+    torch.manual_seed(5)
+    noise = torch.randn_like(latents)
+    torch.testing.assert_close(target, noise)
+    torch.testing.assert_close(noisy, module.noise_scheduler.add_noise(latents, noise, timesteps))
+    assert timesteps.min() >= 0 and timesteps.max() < 1000
+    module.noise_scheduler = DDPMScheduler.from_config(
+        module.noise_scheduler.config, prediction_type="v_prediction"
+    )
+    torch.manual_seed(5)
+    _, timesteps, target = module.noisy_inputs(latents)
+    torch.testing.assert_close(target, module.noise_scheduler.get_velocity(latents, noise, timesteps))
+
+
+def test_caption_dropout_encodes_the_empty_prompt():
+    batch = {"pixel_values": torch.zeros(2, 3, 128, 128), "caption": ["a red circle", "a blue square"]}
+    empty = {"pixel_values": batch["pixel_values"], "caption": ["", ""]}
+    dropped = make_module(caption_dropout=1.0)
+    kept = make_module(caption_dropout=0.0)
+    torch.testing.assert_close(dropped.encode_batch(batch)[1], kept.encode_batch(empty)[1])
+    assert not torch.allclose(kept.encode_batch(batch)[1], kept.encode_batch(empty)[1])
+
+
+def test_frozen_parts_run_in_the_configured_precision():
+    module = make_module(frozen_dtype="bfloat16")
+    assert (
+        module.frozen.unet.dtype
+        == module.frozen.vae.dtype
+        == module.frozen.text_encoder.dtype
+        == torch.bfloat16
+    )
+    assert module.student.dtype == torch.float32
+    latents, context = module.encode_batch({"pixel_values": torch.zeros(1, 3, 128, 128), "caption": ["x"]})
+    assert latents.dtype == context.dtype == torch.float32 and latents.shape == (1, 4, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"frozen_dtype": "fp8"}, r"frozen_dtype='fp8': accepted are \['float32', 'float16', 'bfloat16'\]"),
+        ({"caption_dropout": 1.5}, r"caption_dropout=1\.5 must be a probability"),
+        ({"ema_decay": 1.0}, r"ema_decay=1\.0 must be in \(0, 1\)"),
+        ({"variant": "huge"}, "unknown student variant 'huge'"),
+    ],
+)
+def test_bad_module_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_module(**kwargs)

@@ -1,0 +1,131 @@
+"""The Hydra app: every experiment composes and trains, the default run's data check, a run's outputs, multirun."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+
+from bksdm import train as train_app
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# what makes any experiment small enough for one CPU step here
+FAST = [
+    "teacher=tiny",
+    "data=synthetic",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "trainer=cpu",
+    "trainer.max_steps=1",
+    "trainer.accumulate_grad_batches=1",
+    "distill.frozen_dtype=float32",
+    "distill.gradient_checkpointing=false",
+    "callbacks.sample_grid.num_inference_steps=2",
+    "callbacks.sample_grid.prompts=[a red circle]",
+]
+
+
+def config(*overrides, output_dir):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def test_experiments_exist():
+    assert {"demo", "paper_base", "paper_small", "paper_tiny"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_trains_a_step(experiment, tmp_path):
+    cfg = config(f"experiment={experiment}", *FAST, output_dir=tmp_path)
+    module = train_app.train(cfg)
+    assert module.trainer.global_step == 1
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    exported = UNet2DConditionModel.from_pretrained(tmp_path / "student", subfolder="unet").config
+    assert {k: v for k, v in exported.items() if not k.startswith("_")} == {
+        k: v for k, v in module.student.config.items() if not k.startswith("_")
+    }
+    assert list((tmp_path / "samples").glob("*.png"))
+    assert (tmp_path / "config.yaml").read_text().count("teacher:") == 1
+
+
+def test_paper_defaults(tmp_path):
+    cfg = config(output_dir=tmp_path)
+    assert (cfg.teacher.name, cfg.arch.name) == ("sd14", "small")
+    assert (cfg.loss.w_task, cfg.loss.w_out, cfg.loss.w_feat) == (1.0, 1.0, 1.0)
+    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.max_steps) == (64, 4, 50000)
+    assert (cfg.trainer.precision, cfg.trainer.gradient_clip_val, cfg.seed) == ("16-mixed", 1.0, 1234)
+    assert cfg.optim.optimizer.lr == 5e-5 and cfg.optim.optimizer.weight_decay == 0.01
+    assert cfg.distill.gradient_checkpointing and cfg.distill.ema_decay is not None
+
+
+def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, monkeypatch):
+    def no_heavy_work(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the config was checked")
+
+    monkeypatch.setattr(train_app, "DistillModule", no_heavy_work)
+    with pytest.raises(
+        ValueError, match=r"data\.root is not set.*python -m bksdm\.train data\.root=/path/to/folder"
+    ):
+        train_app.train(config(output_dir=tmp_path))
+    # hydra.utils.instantiate wraps the datamodule's FileNotFoundError, message included
+    with pytest.raises(InstantiationException, match=r"data\.root='.*nowhere' has no metadata\.csv"):
+        train_app.train(config(f"data.root={tmp_path / 'nowhere'}", output_dir=tmp_path))
+
+
+def test_auto_taps_follow_the_paper_rule(tmp_path):
+    cfg = config("arch=base_no_inner", "teacher=tiny", output_dir=tmp_path)
+    pairs = train_app.tap_pairs(cfg)
+    assert pairs[2].teacher == "down_blocks.2.attentions.1.proj_out"
+    assert len(pairs) == 6
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "bksdm.train", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def test_two_job_multirun_gives_two_loadable_students(tmp_path):
+    done = run_cli(
+        "-m", "experiment=demo", "arch=small,tiny", "trainer.max_steps=2", "callbacks.sample_grid.num_inference_steps=2",
+        f"paths.log_dir={tmp_path}", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(tmp_path.glob("multiruns/*/*/student"))
+    assert [p.parent.name for p in jobs] == ["0", "1"]
+    blocks = [len(UNet2DConditionModel.from_pretrained(p, subfolder="unet").down_blocks) for p in jobs]
+    assert blocks == [4, 3]  # small, then tiny
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_demo_distils_and_writes_every_output(tmp_path):
+    done = run_cli("experiment=demo", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = next(tmp_path.glob("runs/*"))
+    assert "removed  17 units" in done.stdout + done.stderr
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+    rows = read_metrics(run / "csv" / "metrics.csv")
+    columns = set(rows[0])
+    assert {"train/loss", "train/loss_task", "train/loss_kd_out", "train/loss_kd_feat"} <= columns
+    assert {f"train/kd_feat/{b}_blocks.{i}" for b in ("down", "up") for i in range(4)} <= columns
+    kd_out = [float(r["train/loss_kd_out"]) for r in rows if r["train/loss_kd_out"]]
+    assert sum(kd_out[-5:]) / 5 < 0.6 * sum(kd_out[:3]) / 3, kd_out  # the student imitates the teacher
+    pipeline = StableDiffusionPipeline.from_pretrained(run / "student")
+    image = pipeline(
+        "a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    ).images[0]
+    assert image.size == (128, 128)
+    assert list((run / "samples").glob("step_*.png"))
