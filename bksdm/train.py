@@ -36,7 +36,8 @@ def tap_pairs(cfg: DictConfig) -> list:
             OmegaConf.to_container(embedded) if embedded is not None else None,
             cfg.teacher.revision,
         )
-        return paper_tap_pairs(teacher, OmegaConf.to_container(cfg.arch.removal))
+        pairs = paper_tap_pairs(teacher, OmegaConf.to_container(cfg.arch.removal))
+        return [[p.teacher, p.student] for p in pairs]  # plain lists: they are saved as hyperparameters
     return OmegaConf.to_container(cfg.arch.taps)
 
 

@@ -79,11 +79,14 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
         train_app.train(config(f"data.root={tmp_path / 'nowhere'}", output_dir=tmp_path))
 
 
-def test_auto_taps_follow_the_paper_rule(tmp_path):
-    cfg = config("arch=base_no_inner", "teacher=tiny", output_dir=tmp_path)
+def test_a_custom_arch_with_auto_taps_trains(tmp_path):
+    cfg = config("experiment=demo", "arch=base_no_inner", *FAST, output_dir=tmp_path)
     pairs = train_app.tap_pairs(cfg)
-    assert pairs[2].teacher == "down_blocks.2.attentions.1.proj_out"
+    assert pairs[2] == ["down_blocks.2.attentions.1.proj_out", "down_blocks.2.attentions.0.proj_out"]
     assert len(pairs) == 6
+    module = train_app.train(cfg)
+    assert module.student.mid_block is not None and len(module.student.down_blocks) == 3
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["taps"] == pairs
 
 
 def run_cli(*args, cwd):
