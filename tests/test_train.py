@@ -86,7 +86,10 @@ def test_a_custom_arch_with_auto_taps_trains(tmp_path):
     assert len(pairs) == 6
     module = train_app.train(cfg)
     assert module.student.mid_block is not None and len(module.student.down_blocks) == 3
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["taps"] == pairs
+    assert (
+        torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["taps"]
+        == pairs
+    )
 
 
 def run_cli(*args, cwd):
