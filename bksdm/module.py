@@ -10,11 +10,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.swa_utils import AveragedModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from bksdm.arch import build_student, resolve_variant
 from bksdm.components import load_components
+from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.losses import DistillLoss
 from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
 
@@ -115,6 +117,7 @@ class DistillModule(L.LightningModule):
             if self.tap_pairs
             else {}
         )
+        self.skips = SkipTally()
         self.teacher_taps: FeatureTaps | None = None
         self.student_taps: FeatureTaps | None = None
 
@@ -194,7 +197,23 @@ class DistillModule(L.LightningModule):
         # inference tensors cannot be saved for backward: hand out ordinary copies
         return prediction.clone(), {path: feature.clone() for path, feature in features.items()}
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    # -- bad samples: counted from the collated batches, logged, reported at the end -------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "skipped" in batch:  # popped on the host: no device sync
+            self.skips.add(batch.pop("skipped"), good=len(batch.get("caption", ())))
+        return batch
+
+    def on_train_epoch_end(self) -> None:
+        self.skips.check()  # a whole epoch without one usable sample
+
+    def on_train_end(self) -> None:
+        counts = self.trainer.strategy.reduce(self.skips.counts.to(self.device), reduce_op="sum")
+        rank_zero_info(f"data: {describe_skips(counts.tolist())}")
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self.log("data/skipped", float(self.skips.counts.sum()), reduce_fx="max")
+        if not batch.get("caption"):
+            return None  # every sample of this batch was bad: nothing to learn from
         latents, context = self.encode_batch(batch)
         noisy, timesteps, target = self.noisy_inputs(latents)
         teacher_pred, teacher_features = None, {}

@@ -15,16 +15,21 @@ from bksdm.module import DistillModule
 from bksdm.summary import startup_summary
 from bksdm.taps import paper_tap_pairs
 
+DATA_LOCATIONS = {
+    "root": "an image folder with metadata.csv (file_name,text) or .txt captions: data.root=/path/to/folder",
+    "urls": "webdataset shards: data.urls='/path/to/{00000..00099}.tar' (or pipe: / http URLs)",
+}
+
 
 def check_config(cfg: DictConfig) -> None:
     """Config errors that must stop the run before anything heavy is loaded."""
-    # `in` on a DictConfig is False for a ??? value, so look at the keys
-    if "root" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "root"):  # noqa: SIM118
-        raise ValueError(
-            "data.root is not set: the default data source (data=laion_folder) reads an image folder with "
-            "metadata.csv (columns file_name,text). Run `python -m bksdm.train data.root=/path/to/folder`, "
-            "or pick another source, e.g. `experiment=demo` or `data=synthetic`."
-        )
+    for key, what in DATA_LOCATIONS.items():
+        # `in` on a DictConfig is False for a ??? value, so look at the keys
+        if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):  # noqa: SIM118
+            raise ValueError(
+                f"data.{key} is not set: this data source reads {what}. Run `python -m bksdm.train "
+                f"data.{key}=...`, or pick another source, e.g. `experiment=demo` or `data=synthetic`."
+            )
 
 
 def tap_pairs(cfg: DictConfig) -> list:

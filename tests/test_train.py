@@ -70,12 +70,10 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
         raise AssertionError("the teacher was loaded before the config was checked")
 
     monkeypatch.setattr(train_app, "DistillModule", no_heavy_work)
-    with pytest.raises(
-        ValueError, match=r"data\.root is not set.*python -m bksdm\.train data\.root=/path/to/folder"
-    ):
+    with pytest.raises(ValueError, match=r"data\.root is not set: .*data\.root=/path/to/folder"):
         train_app.train(config(output_dir=tmp_path))
     # hydra.utils.instantiate wraps the datamodule's FileNotFoundError, message included
-    with pytest.raises(InstantiationException, match=r"data\.root='.*nowhere' has no metadata\.csv"):
+    with pytest.raises(InstantiationException, match=r"data\.root='.*nowhere' is not a folder"):
         train_app.train(config(f"data.root={tmp_path / 'nowhere'}", output_dir=tmp_path))
 
 
@@ -135,3 +133,32 @@ def test_demo_distils_and_writes_every_output(tmp_path):
     ).images[0]
     assert image.size == (128, 128)
     assert list((run / "samples").glob("step_*.png"))
+
+
+@pytest.mark.parametrize("source", ["laion_folder", "webdataset"])
+def test_training_from_each_data_source_through_the_app(tmp_path, source):
+    from test_data import write_folder
+    from test_shards import write_shards
+
+    if source == "laion_folder":
+        write_folder(tmp_path / "data", good=4)
+        location = f"data.root={tmp_path / 'data'}"
+    else:
+        write_shards(tmp_path / "data", shards=2)
+        location = f"data.urls='{tmp_path / 'data'}/{{00000..00002}}.tar'"  # quoted: braces are Hydra syntax
+    overrides = [o for o in FAST if o != "data=synthetic"]
+    cfg = config(
+        "experiment=demo",
+        *overrides,
+        f"data={source}",
+        location,
+        "trainer.max_steps=2",
+        output_dir=tmp_path / "run",
+    )
+    module = train_app.train(cfg)
+    assert module.trainer.global_step == 2
+
+
+def test_missing_shard_urls_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"data\.urls is not set: .*webdataset shards"):
+        train_app.train(config("data=webdataset", output_dir=tmp_path))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bksdm.data.folder import CaptionedImageFolder, metadata_path
+from bksdm.data.folder import CaptionedImageFolder
+from bksdm.data.shards import ShardStream, decode_sample
+from bksdm.data.skips import collate_skipping
 from bksdm.data.synthetic import SyntheticCaptions
+from bksdm.data.transforms import ImageTransform
 
 
 class CaptionDataModule(L.LightningDataModule):
@@ -38,6 +43,7 @@ class CaptionDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=collate_skipping,
         )
 
 
@@ -60,7 +66,8 @@ class SyntheticDataModule(CaptionDataModule):
 
 
 class FolderDataModule(CaptionDataModule):
-    """``data=laion_folder``: the reference layout, images plus ``metadata.csv`` (file_name,text)."""
+    """``data=laion_folder``: images plus ``metadata.csv`` (file_name,text) or per-image ``.txt`` captions.
+    Images whose shorter side is below ``min_size`` pixels are skipped."""
 
     def __init__(
         self,
@@ -70,12 +77,72 @@ class FolderDataModule(CaptionDataModule):
         num_workers: int = 4,
         center_crop: bool = True,
         random_flip: bool = True,
+        min_size: int = 0,
         seed: int = 0,
     ):
         super().__init__(batch_size, num_workers, seed)
-        metadata_path(root)  # a wrong path stops the run before the teacher is loaded
-        self.root, self.resolution = root, resolution
+        self.root, self.resolution, self.min_size = root, resolution, min_size
         self.center_crop, self.random_flip = center_crop, random_flip
+        self.dataset = self.build_dataset()  # a wrong path stops the run before the teacher is loaded
 
     def build_dataset(self) -> Dataset:
-        return CaptionedImageFolder(self.root, self.resolution, self.center_crop, self.random_flip)
+        return CaptionedImageFolder(
+            self.root, self.resolution, self.center_crop, self.random_flip, self.min_size
+        )
+
+
+class ShardDataModule(CaptionDataModule):
+    """``data=webdataset``: img2dataset shards (image + .txt [+ .json]) from paths, ``pipe:`` or http URLs.
+
+    Training draws resampled shards per (rank, worker) stream; ``epoch_samples`` fixes an epoch's length
+    over all ranks. ``resampled=False`` splits the shard list by rank and worker instead (exact passes).
+    """
+
+    def __init__(
+        self,
+        urls: str | list[str],
+        resolution: int = 512,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        epoch_samples: int | None = None,
+        resampled: bool = True,
+        shuffle_buffer: int = 1000,
+        center_crop: bool = True,
+        random_flip: bool = True,
+        min_size: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        if not urls:
+            raise ValueError(
+                "data.urls is empty: give a brace pattern such as shards/{00000..00099}.tar or a list"
+            )
+        self.urls = urls if isinstance(urls, str) else list(urls)
+        self.epoch_samples, self.resampled, self.shuffle_buffer = epoch_samples, resampled, shuffle_buffer
+        self.transform = ImageTransform(resolution, center_crop=center_crop, random_flip=random_flip)
+        self.min_size = min_size
+
+    def build_dataset(self) -> Dataset:
+        trainer = getattr(self, "trainer", None)
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return ShardStream(
+            epoch_samples=self.epoch_samples,
+            urls=self.urls,
+            decode=functools.partial(decode_sample, transform=self.transform, min_size=self.min_size),
+            resampled=self.resampled,
+            rank=rank,
+            world_size=world_size,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_skipping,
+        )

@@ -1,48 +1,88 @@
-"""The reference layout: a folder of images with ``metadata.csv`` (columns ``file_name,text``)."""
+"""The reference layout: a folder of images with ``metadata.csv`` (``file_name,text``), or images with a
+``.txt`` caption file of the same name beside each."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from PIL import Image
 from torch.utils.data import Dataset
 
-from bksdm.data.transforms import ImageTransform
+from bksdm.data.skips import skip
+from bksdm.data.transforms import ImageTransform, open_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def metadata_path(root: str | Path) -> Path:
-    """``<root>/metadata.csv``, or FileNotFoundError naming ``data.root`` and the expected layout."""
-    metadata = Path(root) / "metadata.csv"
-    if not metadata.is_file():
+def list_captioned_images(root: str | Path) -> list[tuple[Path, str | None]]:
+    """(image path, caption or None) for every sample of the folder, bad ones included.
+
+    ``metadata.csv`` wins when present; otherwise every image file (searched recursively) takes the
+    caption in ``<stem>.txt`` beside it (None when that file is missing).
+    """
+    root = Path(root)
+    if not root.is_dir():
         raise FileNotFoundError(
-            f"data.root={str(root)!r} has no metadata.csv: expected an image folder with a metadata.csv "
-            "whose columns are file_name,text"
+            f"data.root={str(root)!r} is not a folder: expected images with metadata.csv (columns "
+            "file_name,text) or with a .txt caption file beside each image"
         )
-    return metadata
-
-
-class CaptionedImageFolder(Dataset):
-    """Images listed in ``<root>/metadata.csv`` with their captions, as the paper's LAION subset is stored."""
-
-    def __init__(
-        self, root: str | Path, resolution: int = 512, center_crop: bool = True, random_flip: bool = True
-    ):
-        self.root = Path(root)
-        metadata = metadata_path(root)
+    metadata = root / "metadata.csv"
+    if metadata.is_file():
         with metadata.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if not {"file_name", "text"} <= set(reader.fieldnames or []):
                 raise ValueError(f"{metadata} has columns {reader.fieldnames}: expected file_name,text")
-            self.items = [(row["file_name"], row["text"]) for row in reader]
-        if not self.items:
-            raise ValueError(f"{metadata} lists no images")
+            items = [(root / row["file_name"], row["text"]) for row in reader]
+    else:
+        images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        items = []
+        for image in images:
+            caption_file = image.with_suffix(".txt")
+            items.append(
+                (image, caption_file.read_text(encoding="utf-8") if caption_file.is_file() else None)
+            )
+    if not items:
+        raise ValueError(
+            f"data.root={str(root)!r} holds no samples: expected metadata.csv rows or image files "
+            f"({', '.join(IMAGE_SUFFIXES)}) with .txt captions"
+        )
+    return items
+
+
+class CaptionedImageFolder(Dataset):
+    """Captioned images of a folder (see ``list_captioned_images``) as training samples.
+
+    Item: ``{"pixel_values": (3, resolution, resolution) in [-1, 1], "caption": str}``, or a skip marker
+    for a missing, unreadable, truncated or too small image, or a missing or empty caption.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        resolution: int = 512,
+        center_crop: bool = True,
+        random_flip: bool = True,
+        min_size: int = 0,
+    ):
+        self.root = Path(root)
+        self.items = list_captioned_images(root)
         self.transform = ImageTransform(resolution, center_crop=center_crop, random_flip=random_flip)
+        self.min_size = min_size
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        file_name, caption = self.items[index]
-        with Image.open(self.root / file_name) as image:
-            return {"pixel_values": self.transform(image), "caption": caption}
+        path, caption = self.items[index]
+        if caption is None:
+            return skip("missing_caption")
+        if not caption.strip():
+            return skip("empty_caption")
+        if not path.is_file():
+            return skip("missing_image")
+        image = open_image(path)
+        if isinstance(image, dict):
+            return image
+        if min(image.size) < self.min_size:
+            return skip("too_small")
+        return {"pixel_values": self.transform(image), "caption": caption.strip()}

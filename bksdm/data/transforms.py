@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from bksdm.data.skips import skip
 
 
 class ImageTransform:
@@ -52,3 +56,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(image, mask=image.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def open_image(source: str | Path | bytes) -> Image.Image | dict:
+    """Open and fully decode an image from a path or encoded bytes, or return a skip marker
+    (``truncated_image`` or ``unreadable_image``) instead of raising."""
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()  # decode now: a truncated file only fails here
+        return image
+    except UnidentifiedImageError:
+        return skip("unreadable_image")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's decoders raise all three on bad data
+        return skip("truncated_image" if "truncated" in str(error) else "unreadable_image")

@@ -1,0 +1,155 @@
+"""Webdataset shards in img2dataset's format: ``<key>.jpg|png|webp`` + ``<key>.txt`` (+ ``<key>.json``).
+
+Shards are given as a brace pattern or a list of local paths, ``pipe:`` commands (``pipe:aws s3 cp
+s3://bucket/00001.tar -``) or http(s) URLs. Training reads *resampled* shards: each (rank, worker) draws
+shards at random with replacement from its own seeded stream, so no shard list has to divide evenly and
+no node splitter is needed (webdataset's default one raises under DDP). ``resampled=False`` splits the
+shard list instead, by rank and then by worker, for exact passes (evaluation, pre-encoding). An epoch is
+``epoch_samples`` samples over all ranks and workers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import webdataset as wds
+from torch.utils.data import get_worker_info
+
+from bksdm.data.skips import skip
+from bksdm.data.transforms import ImageTransform, open_image
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def worker_index() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def split_by_rank(rank: int, world_size: int) -> Callable[[Iterator], Iterator]:
+    """A node splitter from an explicit rank (not webdataset's, which raises or guesses under DDP)."""
+
+    def split(urls: Iterator) -> Iterator:
+        for index, url in enumerate(urls):
+            if index % world_size == rank:
+                yield url
+
+    return split
+
+
+class BrokenMembers:
+    """A tar reader's error handler that counts broken members instead of raising, and a pipeline
+    stage that turns the count into skip markers in the sample stream (same worker process)."""
+
+    def __init__(self):
+        self.pending = 0
+
+    def handler(self, error: Exception) -> bool:
+        self.pending += 1
+        return True  # go on with the next member or shard
+
+    def stage(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            while self.pending:
+                self.pending -= 1
+                yield skip("broken_member")
+            yield sample
+        while self.pending:
+            self.pending -= 1
+            yield skip("broken_member")
+
+
+def decode_sample(sample: dict, transform: ImageTransform, min_size: int = 0) -> dict:
+    """A raw webdataset sample (key -> bytes) -> training sample, or a skip marker."""
+    if "skipped" in sample:
+        return sample
+    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if image_key is None:
+        return skip("missing_image")
+    if "txt" not in sample:
+        return skip("missing_caption")
+    caption = sample["txt"].decode("utf-8", errors="replace").strip()
+    if not caption:
+        return skip("empty_caption")
+    image = open_image(sample[image_key])
+    if isinstance(image, dict):
+        return image
+    if min(image.size) < min_size:
+        return skip("too_small")
+    return {
+        "pixel_values": transform(image),
+        "caption": caption,
+        "key": sample["__key__"],
+        "url": _url(sample),
+    }
+
+
+def _url(sample: dict) -> str:
+    """img2dataset's source URL from the .json member, "" when absent or unreadable (every sample has the
+    key, so that batches collate)."""
+    try:
+        return str(json.loads(sample["json"]).get("url", ""))
+    except (KeyError, ValueError, AttributeError):
+        return ""
+
+
+def shard_samples(
+    urls: str | Sequence[str],
+    decode: Callable[[dict], dict],
+    resampled: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle_buffer: int = 1000,
+    samples_per_worker: int | None = None,
+) -> wds.DataPipeline:
+    """The sample stream of one rank: shards -> tar members -> decoded samples (or skip markers).
+
+    Args:
+        urls: brace pattern (``shards/{00000..00099}.tar``) or list; local, ``pipe:`` or http(s).
+        decode: raw sample (key -> bytes, ``__key__``) -> sample dict or skip marker.
+        resampled: draw shards with replacement per (rank, worker) stream; False: split the list.
+        shuffle_buffer: samples shuffled in a buffer of this size (0: no shuffling).
+        samples_per_worker: length of one epoch of this pipeline (None: one pass, or endless if resampled).
+    """
+    urls = list(wds.shardlists.expand_urls(urls)) if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise ValueError("data.urls names no shard: give a brace pattern, a path, or a list of them")
+    broken = BrokenMembers()
+    if resampled:
+
+        def worker_seed() -> int:
+            worker, _ = worker_index()
+            return seed * 1_000_003 + rank * 1009 + worker
+
+        shards = wds.ResampledShards(urls, seed=seed, worker_seed=worker_seed, deterministic=True)
+        stages = [shards]
+    else:
+        stages = [wds.SimpleShardList(urls), split_by_rank(rank, world_size), wds.split_by_worker]
+    stages += [wds.tarfile_to_samples(handler=broken.handler), broken.stage]
+    if shuffle_buffer:
+        stages.append(
+            wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), rng=random.Random(seed + rank))
+        )
+    stages.append(wds.map(decode))
+    pipeline = wds.DataPipeline(*stages)
+    return pipeline.with_epoch(samples_per_worker) if samples_per_worker else pipeline
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """The training samples of one rank, built inside each loader worker (webdataset pipelines hold
+    generators) with that worker's share of an ``epoch_samples``-long epoch over all ranks."""
+
+    def __init__(self, epoch_samples: int | None = None, **pipeline_args):
+        self.epoch_samples, self.pipeline_args = epoch_samples, pipeline_args
+
+    def __iter__(self) -> Iterator[dict]:
+        _, workers = worker_index()
+        world_size = self.pipeline_args.get("world_size", 1)
+        per_worker = (
+            None if self.epoch_samples is None else max(1, self.epoch_samples // (world_size * workers))
+        )
+        yield from shard_samples(samples_per_worker=per_worker, **self.pipeline_args)

@@ -1,0 +1,190 @@
+"""Image folders, transforms and bad samples: skipped, counted exactly, never fatal, never silent."""
+
+import csv
+import functools
+from collections import Counter
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bksdm.data.datamodule import FolderDataModule
+from bksdm.data.folder import CaptionedImageFolder
+from bksdm.data.skips import (
+    SKIP_KINDS,
+    SkipTally,
+    UnreadableSource,
+    collate_skipping,
+    describe_skips,
+    is_skip,
+)
+from bksdm.data.transforms import ImageTransform
+from bksdm.losses import DistillLoss
+from bksdm.module import DistillModule
+
+
+def picture(mode="RGB", size=(160, 120), seed=0) -> Image.Image:
+    array = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(array).convert(mode)
+
+
+def write_folder(root, good=8, with_bad=True, layout="metadata"):
+    """``good`` usable images in assorted modes and formats, plus one bad sample of each kind."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    modes = [
+        ("RGB", "jpg"),
+        ("L", "png"),
+        ("P", "png"),
+        ("CMYK", "jpg"),
+        ("RGBA", "png"),
+        ("LA", "png"),
+        ("RGB", "webp"),
+    ]
+    for i in range(good):
+        mode, suffix = modes[i % len(modes)]
+        picture(mode, seed=i).save(root / f"good{i}.{suffix}")
+        rows.append((f"good{i}.{suffix}", f"picture number {i}"))
+    expected = Counter()
+    if with_bad:
+        picture().save(root / "truncated.jpg")
+        data = (root / "truncated.jpg").read_bytes()
+        (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+        (root / "garbage.jpg").write_bytes(b"this is not an image")
+        picture(size=(40, 30)).save(root / "small.png")
+        picture().save(root / "empty_caption.png")
+        rows += [
+            ("truncated.jpg", "cut short"),
+            ("garbage.jpg", "noise"),
+            ("small.png", "too small"),
+            ("empty_caption.png", "  "),
+        ]
+        expected.update(["truncated_image", "unreadable_image", "too_small", "empty_caption"])
+        if layout == "metadata":
+            rows.append(("missing.png", "listed but absent"))
+            expected.update(["missing_image"])
+        else:
+            picture().save(root / "no_caption.png")
+            expected.update(["missing_caption"])
+    if layout == "metadata":
+        with (root / "metadata.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", "text"])
+            writer.writerows(rows)
+    else:
+        for file_name, text in rows:
+            (root / file_name).with_suffix(".txt").write_text(text)
+    return expected
+
+
+@pytest.mark.parametrize("layout", ["metadata", "txt"])
+def test_every_bad_sample_is_a_counted_skip_and_every_good_one_a_sample(tmp_path, layout):
+    expected = write_folder(tmp_path / "data", layout=layout)
+    dataset = CaptionedImageFolder(tmp_path / "data", resolution=64, min_size=64)
+    items = [dataset[i] for i in range(len(dataset))]
+    assert Counter(item["skipped"] for item in items if is_skip(item)) == expected
+    good = [item for item in items if not is_skip(item)]
+    assert len(good) == 8
+    for item in good:
+        assert item["pixel_values"].shape == (3, 64, 64) and item["pixel_values"].dtype == torch.float32
+        assert item["pixel_values"].min() >= -1.0 and item["pixel_values"].max() <= 1.0
+        assert item["caption"].startswith("picture number")
+
+
+def test_transform_resizes_the_shorter_side_crops_and_flips():
+    image = Image.new("RGB", (200, 100), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 100, 100))  # left half blue
+    centre = ImageTransform(64, center_crop=True, random_flip=False)(image)
+    assert centre.shape == (3, 64, 64)
+    # centre crop of the 128x64 resize covers x in [32, 96): left half blue, right half red
+    assert centre[2, 32, 5] == 1.0 and centre[0, 32, 60] == 1.0
+    flipped = ImageTransform(64, center_crop=True, random_flip=True)(
+        image, rng=type("R", (), {"random": lambda self: 0.0})()
+    )
+    torch.testing.assert_close(flipped, centre.flip(-1))
+    transparent = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    assert ImageTransform(64, random_flip=False)(transparent).min() == 1.0  # alpha composited on white
+    with pytest.raises(ValueError, match="resolution=100 must be a positive multiple of 8"):
+        ImageTransform(100)
+
+
+def test_collate_drops_markers_and_counts_them_by_kind():
+    good = {"pixel_values": torch.zeros(3, 8, 8), "caption": "a"}
+    batch = collate_skipping(
+        [good, {"skipped": "too_small"}, good, {"skipped": "too_small"}, {"skipped": "empty_caption"}]
+    )
+    assert batch["pixel_values"].shape == (2, 3, 8, 8) and batch["caption"] == ["a", "a"]
+    assert describe_skips(batch["skipped"].tolist()) == "3 skipped: 2 too_small, 1 empty_caption"
+    assert collate_skipping([{"skipped": "too_small"}]).keys() == {"skipped"}
+
+
+def test_a_source_with_nothing_readable_stops_with_a_clear_error():
+    tally = SkipTally("data.root='/x'", limit=4)
+    tally.add(torch.tensor([0, 3, 0, 0, 0, 0, 0]), good=0)
+    with pytest.raises(
+        UnreadableSource,
+        match=r"no usable sample in 4 read from data.root='/x' \(4 skipped: 4 unreadable_image",
+    ):
+        tally.add(torch.tensor([0, 1, 0, 0, 0, 0, 0]), good=0)
+    fine = SkipTally(limit=2)
+    fine.add(torch.tensor([5, 0, 0, 0, 0, 0, 0]), good=1)  # bad samples after good ones never stop a run
+    fine.check()
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data\.root='.*nowhere' is not a folder"):
+        CaptionedImageFolder(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no samples"):
+        CaptionedImageFolder(tmp_path / "empty")
+    (tmp_path / "bad_csv").mkdir()
+    (tmp_path / "bad_csv" / "metadata.csv").write_text("image,caption\na.png,x\n")
+    with pytest.raises(ValueError, match=r"columns \['image', 'caption'\]: expected file_name,text"):
+        CaptionedImageFolder(tmp_path / "bad_csv")
+
+
+def tiny_module() -> DistillModule:
+    return DistillModule(
+        teacher_source="builtin:tiny",
+        removal="small",
+        taps=[],
+        loss=DistillLoss(1.0, 1.0, 0.0),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+    )
+
+
+def fit_one_epoch(module, datamodule, tmp_path):
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    return trainer
+
+
+def test_training_from_a_folder_with_bad_samples_counts_them_exactly(tmp_path, caplog):
+    expected = write_folder(tmp_path / "data", good=9)  # 9 good + 5 bad = 14 = 2 batches of 7
+    datamodule = FolderDataModule(
+        str(tmp_path / "data"), resolution=128, batch_size=7, num_workers=2, min_size=64
+    )
+    module = tiny_module()
+    trainer = fit_one_epoch(module, datamodule, tmp_path)
+    assert trainer.global_step == 2
+    assert dict(zip(SKIP_KINDS, module.skips.counts.tolist(), strict=True)) == {
+        k: expected.get(k, 0) for k in SKIP_KINDS
+    }
+    assert module.skips.good == 9
+    assert "data: 5 skipped:" in caplog.text
+
+
+def test_training_on_an_unreadable_folder_stops_instead_of_spinning(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.jpg").write_bytes(b"not a jpeg")
+        (root / f"{i}.txt").write_text("a caption")
+    datamodule = FolderDataModule(str(root), resolution=128, batch_size=2, num_workers=0)
+    with pytest.raises(UnreadableSource, match=r"no usable sample in 6 read .*6 unreadable_image"):
+        fit_one_epoch(tiny_module(), datamodule, tmp_path)

@@ -1,0 +1,162 @@
+"""Webdataset shards: img2dataset's format, local/pipe:/http URLs, rank splitting, resampling, bad members."""
+
+import functools
+import http.server
+import io
+import json
+import threading
+from collections import Counter
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from bksdm.data.datamodule import ShardDataModule
+from bksdm.data.shards import ShardStream, decode_sample, shard_samples
+from bksdm.data.skips import SKIP_KINDS, is_skip
+from bksdm.data.transforms import ImageTransform
+from bksdm.losses import DistillLoss
+from bksdm.module import DistillModule
+
+
+def encoded(fmt="JPEG", size=(96, 80), seed=0) -> bytes:
+    array = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write_shards(folder, shards=3, per_shard=6, bad=True, truncate_last=False):
+    """img2dataset-like shards; with ``bad``, shard 0 also holds one bad member of each decodable kind and
+    one more shard is not a tar file at all (one broken member)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected, keys = Counter(), []
+    for s in range(shards):
+        path = folder / f"{s:05d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(per_shard):
+                key = f"{s:05d}{i:04d}"
+                fmt, ext = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")][i % 3]
+                sink.write(
+                    {
+                        "__key__": key,
+                        ext: encoded(fmt, seed=s * 100 + i),
+                        "txt": f"sample {key}",
+                        "json": json.dumps({"url": f"http://x/{key}"}),
+                    }
+                )
+                keys.append(key)
+            if bad and s == 0:
+                sink.write({"__key__": "bad_image", "jpg": b"garbage", "txt": "x"})
+                sink.write({"__key__": "no_caption", "jpg": encoded()})
+                sink.write({"__key__": "empty_caption", "jpg": encoded(), "txt": " "})
+                sink.write({"__key__": "too_small", "png": encoded("PNG", size=(20, 20)), "txt": "tiny"})
+                expected.update(["unreadable_image", "missing_caption", "empty_caption", "too_small"])
+        if truncate_last and s == shards - 1:
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) * 2 // 3])
+    if bad:
+        (folder / f"{shards:05d}.tar").write_bytes(b"not a tar file" * 100)
+        expected["broken_member"] += 1
+    return expected, keys
+
+
+def decoder(min_size=32):
+    return functools.partial(
+        decode_sample, transform=ImageTransform(64, random_flip=False), min_size=min_size
+    )
+
+
+def one_pass(urls, **kwargs):
+    return list(shard_samples(urls, decoder(), resampled=False, shuffle_buffer=0, **kwargs))
+
+
+def test_one_pass_decodes_every_format_and_counts_bad_members_exactly(tmp_path):
+    expected, keys = write_shards(tmp_path)
+    samples = one_pass(str(tmp_path / "{00000..00003}.tar"))
+    skipped = Counter(s["skipped"] for s in samples if is_skip(s))
+    good = [s for s in samples if not is_skip(s)]
+    assert skipped == expected
+    assert sorted(s["key"] for s in good) == sorted(keys)
+    assert all(s["pixel_values"].shape == (3, 64, 64) and s["caption"] == f"sample {s['key']}" for s in good)
+    assert good[0]["url"] == f"http://x/{good[0]['key']}"
+
+
+def test_a_truncated_shard_keeps_what_precedes_the_cut(tmp_path):
+    _, keys = write_shards(tmp_path, shards=1, bad=False, truncate_last=True)
+    samples = one_pass(str(tmp_path / "00000.tar"))
+    good = [s["key"] for s in samples if not is_skip(s)]
+    assert 0 < len(good) < len(keys) and good == keys[: len(good)]
+    assert Counter(s["skipped"] for s in samples if is_skip(s))["broken_member"] >= 1
+
+
+def test_two_ranks_split_the_shards_into_disjoint_samples(tmp_path):
+    _, keys = write_shards(tmp_path, shards=4, bad=False)
+    ranks = [
+        {s["key"] for s in one_pass(sorted(map(str, tmp_path.glob("*.tar"))), rank=r, world_size=2)}
+        for r in (0, 1)
+    ]
+    assert not ranks[0] & ranks[1]
+    assert ranks[0] | ranks[1] == set(keys)
+
+
+def test_resampled_streams_differ_per_rank_and_epochs_have_a_defined_length(tmp_path):
+    write_shards(tmp_path, shards=4, bad=False)
+    urls = str(tmp_path / "{00000..00003}.tar")
+    streams = [
+        ShardStream(epoch_samples=40, urls=urls, decode=decoder(), rank=r, world_size=2, seed=7)
+        for r in (0, 1)
+    ]
+    firsts = [[s["key"] for s in stream] for stream in streams]
+    assert [len(f) for f in firsts] == [20, 20]
+    assert firsts[0] != firsts[1]
+    again = [
+        s["key"]
+        for s in ShardStream(epoch_samples=40, urls=urls, decode=decoder(), rank=0, world_size=2, seed=7)
+    ]
+    assert len(again) == 20
+
+
+def test_pipe_and_http_urls(tmp_path):
+    _, keys = write_shards(tmp_path, shards=2, bad=False)
+    piped = one_pass([f"pipe:cat {tmp_path / '00000.tar'}", f"pipe:cat {tmp_path / '00001.tar'}"])
+    assert sorted(s["key"] for s in piped) == sorted(keys)
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        served = one_pass(f"http://127.0.0.1:{port}/{{00000..00001}}.tar")
+    finally:
+        server.shutdown()
+    assert sorted(s["key"] for s in served) == sorted(keys)
+
+
+def test_empty_urls_are_an_error():
+    with pytest.raises(ValueError, match=r"data\.urls is empty"):
+        ShardDataModule(urls=[])
+
+
+def test_training_from_shards_with_workers_counts_skips(tmp_path):
+    expected, _ = write_shards(tmp_path / "shards", shards=2)
+    datamodule = ShardDataModule(
+        urls=str(tmp_path / "shards" / "{00000..00002}.tar"), resolution=128, batch_size=4, num_workers=2,
+        epoch_samples=None, resampled=False, shuffle_buffer=0, min_size=32,
+    )  # fmt: skip
+    module = DistillModule(
+        teacher_source="builtin:tiny", removal="tiny", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    counts = dict(zip(SKIP_KINDS, module.skips.counts.tolist(), strict=True))
+    assert counts == {k: expected.get(k, 0) for k in SKIP_KINDS}  # one exact pass over all shards
+    assert module.skips.good == 12 and trainer.global_step >= 3
