@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from bksdm.arch import build_student, resolve_variant
-from bksdm.components import load_components
+from bksdm.components import load_components, resolve_source
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.losses import DistillLoss
 from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
@@ -30,8 +30,8 @@ class FrozenParts:
     reloaded from their source) and out of DDP/FSDP wrapping and gradient synchronisation."""
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
+    vae: AutoencoderKL | None  # None when the data brings pre-encoded latents
+    text_encoder: CLIPTextModel | None  # None when the data brings text embeddings
     tokenizer: CLIPTokenizer
     device: torch.device | None = None  # where the models are now; None: not placed yet
 
@@ -63,6 +63,8 @@ class DistillModule(L.LightningModule):
         gradient_checkpointing: recompute the student's activations in backward (memory for time).
         caption_dropout: probability of replacing a caption by the empty prompt (classifier-free guidance);
             0 as in the paper.
+        load_vae: False when the data brings pre-encoded latents (``data=latents``): no VAE in memory.
+        load_text_encoder: False when the data brings text embeddings: no text encoder in memory.
     """
 
     def __init__(
@@ -78,6 +80,8 @@ class DistillModule(L.LightningModule):
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         caption_dropout: float = 0.0,
+        load_vae: bool = True,
+        load_text_encoder: bool = True,
     ):
         super().__init__()
         if frozen_dtype not in DTYPES:
@@ -94,13 +98,26 @@ class DistillModule(L.LightningModule):
         self.caption_dropout = caption_dropout
         self.tap_pairs: list[TapPair] = parse_tap_pairs(taps) if loss.needs_features else []
 
-        parts = load_components(teacher_source, revision=revision)
+        if caption_dropout > 0 and not load_text_encoder:
+            raise ValueError(
+                "caption_dropout > 0 needs the text encoder: pre-encoded text embeddings cannot drop captions"
+            )
+        wanted = ["unet", "tokenizer", "noise_scheduler"]
+        wanted += ["vae"] * load_vae + ["text_encoder"] * load_text_encoder
+        parts = load_components(teacher_source, parts=wanted, revision=revision)
+        self.latent_scale = (
+            parts.vae.config.scaling_factor
+            if parts.vae is not None
+            else AutoencoderKL.load_config(
+                resolve_source(teacher_source), subfolder="vae", revision=revision
+            )["scaling_factor"]
+        )
         # the student is copied from the fp32 teacher before the teacher drops to its low precision
         self.student = build_student(parts.unet, removal, dtype=torch.float32)
         if gradient_checkpointing:
             self.student.enable_gradient_checkpointing()
         self.noise_scheduler: DDPMScheduler = parts.noise_scheduler
-        for model in (parts.unet, parts.vae, parts.text_encoder):
+        for model in filter(None, (parts.unet, parts.vae, parts.text_encoder)):
             # nn.Module.to, not diffusers' override: that one warns about fp32-only modules SD has none of
             torch.nn.Module.to(model.requires_grad_(False).eval(), dtype=self.frozen_dtype)
         self.frozen = FrozenParts(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer)
@@ -124,7 +141,7 @@ class DistillModule(L.LightningModule):
     # -- frozen parts ---------------------------------------------------------------------------------
     def _frozen_on_device(self) -> FrozenParts:
         if self.frozen.device != self.device:
-            for model in (self.frozen.unet, self.frozen.vae, self.frozen.text_encoder):
+            for model in filter(None, (self.frozen.unet, self.frozen.vae, self.frozen.text_encoder)):
                 model.to(self.device)
             self.frozen.device = self.device
         return self.frozen
@@ -151,12 +168,26 @@ class DistillModule(L.LightningModule):
     # -- one step ---------------------------------------------------------------------------------------
     def encode_batch(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents (B, 4, h, w) scaled by the VAE's factor and text context (B, 77, D), each encoded once
-        per batch with the frozen parts, returned as ordinary fp32 tensors usable by autograd."""
+        per batch with the frozen parts (or taken pre-encoded from the batch: ``latent_mean`` and
+        ``latent_std``, ``text_embeds``), returned as ordinary fp32 tensors usable by autograd."""
         frozen = self._frozen_on_device()
         captions = list(batch["caption"])
         if self.caption_dropout > 0:
             drop = torch.rand(len(captions)) < self.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        if "latent_mean" in batch:  # pre-encoded: sample the stored distribution, as the VAE path does
+            mean = batch["latent_mean"].to(self.device, torch.float32)
+            latents = (
+                mean + batch["latent_std"].to(self.device, torch.float32) * torch.randn_like(mean)
+            ) * self.latent_scale
+        else:
+            with torch.inference_mode():
+                pixels = batch["pixel_values"].to(self.device, self.frozen_dtype)
+                latents = frozen.vae.encode(pixels).latent_dist.sample() * self.latent_scale
+            # an ordinary copy (inference tensors cannot be saved for backward), in the standard layout
+            latents = latents.float().clone(memory_format=torch.contiguous_format)
+        if "text_embeds" in batch:
+            return latents, batch["text_embeds"].to(self.device, torch.float32)
         ids = frozen.tokenizer(
             captions,
             padding="max_length",
@@ -165,17 +196,15 @@ class DistillModule(L.LightningModule):
             return_tensors="pt",
         ).input_ids.to(self.device)
         with torch.inference_mode():
-            pixels = batch["pixel_values"].to(self.device, self.frozen_dtype)
-            latents = frozen.vae.encode(pixels).latent_dist.sample() * frozen.vae.config.scaling_factor
             context = frozen.text_encoder(ids)[0]
-        # inference tensors cannot be saved for backward: ordinary copies, made outside inference mode
-        return latents.float().clone(), context.float().clone()
+        return latents, context.float().clone()
 
     def noisy_inputs(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noisy latents, uniform timesteps in [0, T) and the task target (noise, or velocity for
         v-prediction teachers), from the teacher's own DDPM schedule."""
         scheduler = self.noise_scheduler
-        noise = torch.randn_like(latents)
+        # randn, not randn_like: the noise must not depend on the latents' memory layout
+        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
         timesteps = torch.randint(
             0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
         )
@@ -214,6 +243,15 @@ class DistillModule(L.LightningModule):
         self.log("data/skipped", float(self.skips.counts.sum()), reduce_fx="max")
         if not batch.get("caption"):
             return None  # every sample of this batch was bad: nothing to learn from
+        loss, terms = self.distill_loss(batch)
+        batch_size = len(batch["caption"])
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        return loss
+
+    def distill_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One step's objective: encode, noise, teacher and student forward, loss and its (detached) terms."""
         latents, context = self.encode_batch(batch)
         noisy, timesteps, target = self.noisy_inputs(latents)
         teacher_pred, teacher_features = None, {}
@@ -229,11 +267,7 @@ class DistillModule(L.LightningModule):
                 terms["loss_task"] = F.mse_loss(student_pred.float(), target.float())
             if "loss_kd_out" not in terms and teacher_pred is not None:
                 terms["loss_kd_out"] = F.mse_loss(student_pred.float(), teacher_pred.float())
-        batch_size = latents.shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, batch_size=batch_size)
-        return loss
+        return loss, terms
 
     # -- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):

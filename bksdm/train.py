@@ -64,6 +64,9 @@ def train(cfg: DictConfig) -> DistillModule:
         optimizer=instantiate(cfg.optim.optimizer),
         lr_scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         **OmegaConf.to_container(cfg.distill),
+        # pre-encoded data: the VAE (and the text encoder) stay out of memory
+        load_vae="latents" not in getattr(datamodule, "provides", ()),
+        load_text_encoder="text_embeds" not in getattr(datamodule, "provides", ()),
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False

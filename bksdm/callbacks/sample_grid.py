@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bksdm.components import load_components
+
 
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps (0: only at the end) and at the end of training, on rank 0,
@@ -52,12 +54,21 @@ class SampleGrid(L.Callback):
         from diffusers import PNDMScheduler, StableDiffusionPipeline
 
         frozen = pl_module._frozen_on_device()
+        vae, text_encoder = frozen.vae, frozen.text_encoder
+        missing = [name for name, part in (("vae", vae), ("text_encoder", text_encoder)) if part is None]
+        if missing:  # training from pre-encoded data keeps them out of memory: load them for drawing only
+            hparams = pl_module.hparams
+            loaded = load_components(
+                hparams.teacher_source, missing, pl_module.frozen_dtype, hparams.revision
+            )
+            vae = vae or loaded.vae.to(pl_module.device)
+            text_encoder = text_encoder or loaded.text_encoder.to(pl_module.device)
         scheduler = PNDMScheduler.from_config(pl_module.noise_scheduler.config)
         columns = []
         for unet in (frozen.unet, pl_module.exported_student()):
             pipeline = StableDiffusionPipeline(
-                vae=frozen.vae,
-                text_encoder=frozen.text_encoder,
+                vae=vae,
+                text_encoder=text_encoder,
                 tokenizer=frozen.tokenizer,
                 unet=unet,
                 scheduler=scheduler,

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bksdm.data.folder import CaptionedImageFolder
-from bksdm.data.shards import ShardStream, decode_sample
+from bksdm.data.shards import ShardStream, decode_latent_sample, decode_sample, first_record
 from bksdm.data.skips import collate_skipping
 from bksdm.data.synthetic import SyntheticCaptions
 from bksdm.data.transforms import ImageTransform
@@ -122,13 +122,17 @@ class ShardDataModule(CaptionDataModule):
         self.transform = ImageTransform(resolution, center_crop=center_crop, random_flip=random_flip)
         self.min_size = min_size
 
+    def decoder(self):
+        """raw webdataset sample -> training sample or skip marker."""
+        return functools.partial(decode_sample, transform=self.transform, min_size=self.min_size)
+
     def build_dataset(self) -> Dataset:
         trainer = getattr(self, "trainer", None)
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return ShardStream(
             epoch_samples=self.epoch_samples,
             urls=self.urls,
-            decode=functools.partial(decode_sample, transform=self.transform, min_size=self.min_size),
+            decode=self.decoder(),
             resampled=self.resampled,
             rank=rank,
             world_size=world_size,
@@ -146,3 +150,44 @@ class ShardDataModule(CaptionDataModule):
             pin_memory=torch.cuda.is_available(),
             collate_fn=collate_skipping,
         )
+
+
+class LatentDataModule(ShardDataModule):
+    """``data=latents``: shards pre-encoded by ``python -m bksdm.prepare mode=latents``.
+
+    Training needs no VAE (and no text encoder when the shards hold text embeddings): ``provides`` tells
+    the module what it may leave unloaded. The shards' record must match the teacher being trained
+    (source, revision, resolution), else the run stops before loading it.
+    """
+
+    def __init__(
+        self,
+        urls: str | list[str],
+        teacher: str,
+        revision: str | None = None,
+        resolution: int = 512,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        epoch_samples: int | None = None,
+        resampled: bool = True,
+        shuffle_buffer: int = 1000,
+        random_flip: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__(
+            urls, resolution, batch_size, num_workers, epoch_samples, resampled, shuffle_buffer,
+            random_flip=random_flip, seed=seed,
+        )  # fmt: skip
+        self.record = first_record(self.urls)
+        expected = {"teacher": teacher, "revision": revision, "resolution": resolution}
+        found = {key: self.record.get(key) for key in expected}
+        if found != expected:
+            raise ValueError(
+                f"the pre-encoded shards at data.urls were made with {found}, but this run trains with "
+                f"{expected}: re-encode them with `python -m bksdm.prepare mode=latents` for this teacher"
+            )
+        self.random_flip = random_flip
+        self.provides = {"latents"} | ({"text_embeds"} if self.record.get("text_embeddings") else set())
+
+    def decoder(self):
+        return functools.partial(decode_latent_sample, random_flip=self.random_flip)

@@ -10,10 +10,12 @@ shard list instead, by rank and then by worker, for exact passes (evaluation, pr
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
@@ -153,3 +155,38 @@ class ShardStream(torch.utils.data.IterableDataset):
             None if self.epoch_samples is None else max(1, self.epoch_samples // (world_size * workers))
         )
         yield from shard_samples(samples_per_worker=per_worker, **self.pipeline_args)
+
+
+def _array(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.load(io.BytesIO(data))).float()
+
+
+def decode_latent_sample(sample: dict, random_flip: bool = True, rng: random.Random | None = None) -> dict:
+    """A pre-encoded shard sample -> ``latent_mean``/``latent_std`` (4, h, w) (of the mirror image with
+    probability 0.5 when ``random_flip``), ``caption`` and, when stored, ``text_embeds`` (77, D)."""
+    if "skipped" in sample:
+        return sample
+    if "mean.npy" not in sample or "std.npy" not in sample:
+        return skip("broken_member")
+    caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
+    if not caption:
+        return skip("empty_caption")
+    flip = random_flip and "mean_flip.npy" in sample and (rng or random).random() < 0.5
+    suffix = "_flip" if flip else ""
+    out = {
+        "latent_mean": _array(sample[f"mean{suffix}.npy"]),
+        "latent_std": _array(sample[f"std{suffix}.npy"]),
+        "caption": caption,
+    }
+    if "emb.npy" in sample:
+        out["text_embeds"] = _array(sample["emb.npy"])
+    return out
+
+
+def first_record(urls: str | Sequence[str]) -> dict:
+    """The ``json`` record of the first sample of the first shard (what made a pre-encoded data set)."""
+    first = next(iter(wds.shardlists.expand_urls(urls) if isinstance(urls, str) else urls))
+    for sample in wds.DataPipeline(wds.SimpleShardList([first]), wds.tarfile_to_samples()):
+        if "json" in sample:
+            return json.loads(sample["json"])
+    raise ValueError(f"shard {first} holds no json record: it was not written by `python -m bksdm.prepare`")

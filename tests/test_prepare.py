@@ -1,0 +1,174 @@
+"""python -m bksdm.prepare: image shards and pre-encoded latent shards, and training from them."""
+
+import functools
+
+import pytest
+import torch
+from conftest import CONF
+from hydra import compose, initialize_config_dir
+from test_data import write_folder
+from test_train import FAST
+
+from bksdm import train as train_app
+from bksdm.data.datamodule import LatentDataModule
+from bksdm.data.folder import list_captioned_images
+from bksdm.data.shards import decode_latent_sample, first_record, shard_samples
+from bksdm.losses import DistillLoss
+from bksdm.module import DistillModule
+from bksdm.prepare import prepare
+
+
+def prepare_config(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("prepare", overrides=["teacher=tiny", *overrides])
+
+
+def test_image_shards_keep_the_bytes_and_count_the_bad_samples(tmp_path):
+    expected = write_folder(tmp_path / "data", good=5)
+    report = prepare(
+        prepare_config(
+            f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'shards'}", "shard_size=2", "data.min_size=64"
+        )
+    )
+    assert report.written == 5 and report.skipped == expected and len(report.shards) == 3
+    assert report.images_per_second > 0 and "5 samples in 3 shards, 5 skipped" in report.describe()
+    originals = {
+        caption: path.read_bytes()
+        for path, caption in list_captioned_images(tmp_path / "data")
+        if path.is_file()
+    }
+    raw = list(shard_samples(report.shards, decode=lambda s: s, resampled=False, shuffle_buffer=0))
+    assert len(raw) == 5
+    for sample in raw:
+        image = next(sample[k] for k in ("jpg", "png", "webp") if k in sample)
+        assert image == originals[sample["txt"].decode()]
+
+
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_training_from_latent_shards_needs_no_vae(tmp_path, embeddings):
+    write_folder(tmp_path / "data", good=6, with_bad=False)
+    out = tmp_path / "latents"
+    report = prepare(prepare_config(
+        f"data.root={tmp_path / 'data'}", f"out={out}", "mode=latents", f"text_embeddings={embeddings}", "batch_size=4",
+    ))  # fmt: skip
+    assert report.written == 6
+    record = first_record(report.shards)
+    assert record["teacher"] == "builtin:tiny" and record["resolution"] == 128 and record["crop"] == "center"
+    assert record["text_embeddings"] is embeddings and record["scaling_factor"] == 0.18215
+    sample = next(
+        iter(shard_samples(report.shards, decode=decode_latent_sample, resampled=False, shuffle_buffer=0))
+    )
+    assert sample["latent_mean"].shape == sample["latent_std"].shape == (4, 16, 16)
+    assert ("text_embeds" in sample) is embeddings
+
+    overrides = [o for o in FAST if o != "data=synthetic"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=demo", *overrides, "data=latents", f"data.urls={report.shards}", "trainer.max_steps=2",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ])  # fmt: skip
+    module = train_app.train(cfg)
+    assert module.trainer.global_step == 2
+    assert module.frozen.vae is None
+    assert (module.frozen.text_encoder is None) is embeddings
+    assert list((tmp_path / "run" / "samples").glob("*.png"))  # the grid loads what it needs to draw
+
+
+def test_latent_shards_of_another_teacher_are_refused(tmp_path):
+    write_folder(tmp_path / "data", good=2, with_bad=False)
+    report = prepare(
+        prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'latents'}", "mode=latents")
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"made with \{'teacher': 'builtin:tiny', .*'resolution': 128\}, but this run trains with \{'teacher': 'CompVis/stable-diffusion-v1-4', .*'resolution': 512\}",
+    ):
+        LatentDataModule(report.shards, teacher="CompVis/stable-diffusion-v1-4", resolution=512)
+    with pytest.raises(ValueError, match=r"'resolution': 256\}"):
+        LatentDataModule(report.shards, teacher="builtin:tiny", resolution=256)
+
+
+def test_pre_encoded_latents_give_the_same_loss_as_encoding_on_the_fly(tmp_path):
+    write_folder(tmp_path / "data", good=4, with_bad=False)
+    report = prepare(prepare_config(
+        f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'latents'}", "mode=latents", "latent_dtype=float32", "batch_size=4",
+    ))  # fmt: skip
+    latent_samples = list(
+        shard_samples(
+            report.shards,
+            decode=functools.partial(decode_latent_sample, random_flip=False),
+            resampled=False,
+            shuffle_buffer=0,
+        )
+    )
+
+    from bksdm.data.folder import CaptionedImageFolder
+
+    images = CaptionedImageFolder(tmp_path / "data", resolution=128, random_flip=False)
+    by_caption = {images[i]["caption"]: images[i]["pixel_values"] for i in range(len(images))}
+    captions = [s["caption"] for s in latent_samples]
+    image_batch = {"pixel_values": torch.stack([by_caption[c] for c in captions]), "caption": captions}
+    latent_batch = {
+        "latent_mean": torch.stack([s["latent_mean"] for s in latent_samples]),
+        "latent_std": torch.stack([s["latent_std"] for s in latent_samples]),
+        "caption": captions,
+    }
+    module = DistillModule(
+        teacher_source="builtin:tiny", removal="small", taps=[["up_blocks.3", "up_blocks.3"]],
+        loss=DistillLoss(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+    )  # fmt: skip
+    losses = []
+    for batch in (image_batch, latent_batch):
+        torch.manual_seed(123)  # the same latent sample, noise and timesteps on both paths
+        with torch.no_grad():
+            loss, terms = module.distill_loss(batch)
+        losses.append((loss, terms))
+    torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)
+    for name, value in losses[0][1].items():
+        torch.testing.assert_close(losses[1][1][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_flipped_samples_are_encodings_of_the_mirror_image(tmp_path):
+    write_folder(tmp_path / "data", good=1, with_bad=False)
+    report = prepare(
+        prepare_config(
+            f"data.root={tmp_path / 'data'}",
+            f"out={tmp_path / 'latents'}",
+            "mode=latents",
+            "latent_dtype=float32",
+        )
+    )
+    raw = next(iter(shard_samples(report.shards, decode=lambda s: s, resampled=False, shuffle_buffer=0)))
+
+    class Always:
+        def __init__(self, value):
+            self.value = value
+
+        def random(self):
+            return self.value
+
+    plain = decode_latent_sample(dict(raw), random_flip=True, rng=Always(0.9))
+    flipped = decode_latent_sample(dict(raw), random_flip=True, rng=Always(0.1))
+    from bksdm.components import load_components
+    from bksdm.data.folder import CaptionedImageFolder
+
+    vae = load_components("builtin:tiny", ["vae"]).vae
+    pixels = CaptionedImageFolder(tmp_path / "data", resolution=128, random_flip=False)[0]["pixel_values"][
+        None
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            flipped["latent_mean"], vae.encode(pixels.flip(-1)).latent_dist.mean[0], rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            plain["latent_mean"], vae.encode(pixels).latent_dist.mean[0], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_bad_prepare_settings_are_named(tmp_path):
+    write_folder(tmp_path / "data", good=1, with_bad=False)
+    with pytest.raises(ValueError, match=r"mode='jpeg' is not accepted: use one of \['images', 'latents'\]"):
+        prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "mode=jpeg"))
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        prepare(prepare_config(f"data.root={tmp_path / 'nowhere'}", f"out={tmp_path / 'x'}"))
+    assert not (tmp_path / "x").exists()  # nothing written for a bad source
