@@ -188,3 +188,13 @@ def test_training_on_an_unreadable_folder_stops_instead_of_spinning(tmp_path):
     datamodule = FolderDataModule(str(root), resolution=128, batch_size=2, num_workers=0)
     with pytest.raises(UnreadableSource, match=r"no usable sample in 6 read .*6 unreadable_image"):
         fit_one_epoch(tiny_module(), datamodule, tmp_path)
+
+
+def test_loader_throughput_is_measured_in_usable_images_per_second(tmp_path):
+    from bksdm.data.throughput import loader_images_per_second
+
+    write_folder(tmp_path / "data", good=12)  # 12 good + 5 bad; skipped samples do not count
+    rate = loader_images_per_second(
+        FolderDataModule(str(tmp_path / "data"), 64, batch_size=4, num_workers=0), batches=2, warmup=1
+    )
+    assert rate > 0
