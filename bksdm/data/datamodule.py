@@ -34,16 +34,22 @@ class CaptionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
+        return self.loader(
+            shuffle=True,
+            drop_last=len(self.dataset) >= self.batch_size,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def loader(self, **options) -> DataLoader:
+        """A DataLoader over the dataset that drops and counts skip markers (see ``bksdm.data.skips``)."""
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(self.dataset) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=collate_skipping,
+            **options,
         )
 
 
@@ -142,14 +148,7 @@ class ShardDataModule(CaptionDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=collate_skipping,
-        )
+        return self.loader()  # an IterableDataset: the stream shuffles itself
 
 
 class LatentDataModule(ShardDataModule):

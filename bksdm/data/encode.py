@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from bksdm.data.folder import list_captioned_images
-from bksdm.data.skips import SKIP_KINDS, describe_skips, is_skip, skip
+from bksdm.data.folder import list_captioned_images, read_sample
+from bksdm.data.skips import SKIP_KINDS, describe_skips, is_skip
 from bksdm.data.transforms import ImageTransform, open_image
 
 LATENT_FORMAT = 1
@@ -61,26 +61,12 @@ def folder_items(root: str | Path, min_size: int = 0) -> Iterator[tuple[str, byt
 
     def items() -> Iterator[tuple[str, bytes, str, str] | dict]:
         for index, (path, caption) in enumerate(listing):
-            if caption is None:
-                yield skip("missing_caption")
-            elif not caption.strip():
-                yield skip("empty_caption")
-            elif not path.is_file():
-                yield skip("missing_image")
+            sample = read_sample(path, caption, min_size)
+            if isinstance(sample, dict):
+                yield sample
             else:
-                data = path.read_bytes()
-                image = open_image(data)
-                if isinstance(image, dict):
-                    yield image
-                elif min(image.size) < min_size:
-                    yield skip("too_small")
-                else:
-                    yield (
-                        f"{index:09d}",
-                        data,
-                        caption.strip(),
-                        path.suffix.lower().lstrip(".").replace("jpeg", "jpg"),
-                    )
+                data, _, caption = sample
+                yield f"{index:09d}", data, caption, path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
 
     return items()
 

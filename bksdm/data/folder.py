@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from PIL import Image
 from torch.utils.data import Dataset
 
 from bksdm.data.skips import skip
@@ -73,16 +74,26 @@ class CaptionedImageFolder(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        path, caption = self.items[index]
-        if caption is None:
-            return skip("missing_caption")
-        if not caption.strip():
-            return skip("empty_caption")
-        if not path.is_file():
-            return skip("missing_image")
-        image = open_image(path)
-        if isinstance(image, dict):
-            return image
-        if min(image.size) < self.min_size:
-            return skip("too_small")
-        return {"pixel_values": self.transform(image), "caption": caption.strip()}
+        sample = read_sample(*self.items[index], self.min_size)
+        if isinstance(sample, dict):
+            return sample
+        _, image, caption = sample
+        return {"pixel_values": self.transform(image), "caption": caption}
+
+
+def read_sample(path: Path, caption: str | None, min_size: int = 0) -> tuple[bytes, Image.Image, str] | dict:
+    """(encoded bytes, decoded image, stripped caption) of one folder sample, or a skip marker for a
+    missing or empty caption, a missing, unreadable, truncated or too small image."""
+    if caption is None:
+        return skip("missing_caption")
+    if not caption.strip():
+        return skip("empty_caption")
+    if not path.is_file():
+        return skip("missing_image")
+    data = path.read_bytes()
+    image = open_image(data)
+    if isinstance(image, dict):
+        return image
+    if min(image.size) < min_size:
+        return skip("too_small")
+    return data, image, caption.strip()
