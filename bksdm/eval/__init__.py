@@ -1,0 +1,1 @@
+"""Evaluation: prompts, reproducible generation, and FID / IS / CLIP score with pluggable extractors."""
