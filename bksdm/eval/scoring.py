@@ -1,0 +1,88 @@
+"""Scoring generated images: the paper's 256 px resize, features in batches, cached real statistics."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bksdm.eval.metrics import FeatureStats, clip_score, frechet_distance, inception_score
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def load_scored(paths: Sequence[str | Path], size: int = 256) -> torch.Tensor:
+    """uint8 images (N, 3, size, size): RGB, resized with PIL's antialiased bicubic filter, no crop."""
+    arrays = []
+    for path in paths:
+        with Image.open(path) as image:
+            arrays.append(np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def image_features(paths: Sequence[str | Path], extractor, size: int = 256, batch_size: int = 50):
+    """(pool features (N, D), logits (N, C)) of images, ``batch_size`` at a time."""
+    features, logits = [], []
+    for start in range(0, len(paths), batch_size):
+        batch_features, batch_logits = extractor(load_scored(paths[start : start + batch_size], size))
+        features.append(batch_features.double().cpu())
+        logits.append(batch_logits.double().cpu())
+    return torch.cat(features), torch.cat(logits)
+
+
+def real_statistics(
+    folder: str | Path, extractor, size: int = 256, cache_dir: str | Path | None = None, batch_size: int = 50
+) -> FeatureStats:
+    """Feature statistics of every image in ``folder`` (e.g. all 40,504 COCO val2014 images), computed
+    once and cached under ``cache_dir`` by folder, file count, extractor and size."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"real-image folder {str(folder)!r} does not exist (e.g. COCO's val2014/)")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise ValueError(f"real-image folder {str(folder)!r} holds {len(files)} images: FID needs at least 2")
+    key = hashlib.sha1(f"{folder.resolve()}|{len(files)}|{extractor.name}|{size}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"real-{extractor.name}-{size}-{key}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return FeatureStats.load(cache)
+    stats = FeatureStats.of(image_features(files, extractor, size, batch_size)[0])
+    if cache is not None:
+        stats.save(cache, folder=str(folder.resolve()), extractor=extractor.name)
+    return stats
+
+
+def score_images(
+    paths: Sequence[str | Path],
+    captions: Sequence[str],
+    extractor,
+    clip_model,
+    real: FeatureStats,
+    size: int = 256,
+    is_splits: int = 10,
+    batch_size: int = 50,
+) -> dict:
+    """FID against ``real``, IS (mean and std over splits) and CLIP score of generated images."""
+    features, logits = image_features(paths, extractor, size, batch_size)
+    is_mean, is_std = inception_score(logits, is_splits)
+    image_embeddings = torch.cat(
+        [
+            clip_model.embed_images(load_scored(paths[i : i + batch_size], size))
+            for i in range(0, len(paths), batch_size)
+        ]
+    )
+    text_embeddings = torch.cat(
+        [
+            clip_model.embed_texts(list(captions[i : i + batch_size]))
+            for i in range(0, len(captions), batch_size)
+        ]
+    )
+    return {
+        "fid": frechet_distance(FeatureStats.of(features), real),
+        "is": is_mean,
+        "is_std": is_std,
+        "clip": clip_score(image_embeddings, text_embeddings),
+    }
