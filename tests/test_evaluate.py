@@ -150,3 +150,39 @@ def test_evaluate_errors_come_before_generation(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"real-image folder .*none' does not exist"):
         evaluate(cfg)
     assert not (tmp_path / "eval").exists()
+
+
+def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_path):
+    import functools
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from bksdm.callbacks.periodic_eval import PeriodicEval
+    from bksdm.data.datamodule import SyntheticDataModule
+    from bksdm.losses import DistillLoss
+    from bksdm.module import DistillModule
+
+    write_real(tmp_path / "real")
+    callback = PeriodicEval(
+        prompts=str(coco_json(tmp_path / "captions.json")), real=str(tmp_path / "real"), features=TinyInception(),
+        clip=TinyCLIP(), dirpath=tmp_path / "eval", num_images=4, every_n_steps=2, num_inference_steps=2,
+        batch_size=4, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    module = DistillModule(
+        teacher_source="builtin:tiny", removal="small", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=5, logger=CSVLogger(tmp_path, name="csv", version=""), callbacks=[callback],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=SyntheticDataModule(num_samples=16, batch_size=2))
+    assert [r["step"] for r in callback.history] == [2, 4, 5]  # every 2 steps, and at the end
+    assert all(math.isfinite(r["fid"]) and -1 <= r["clip"] <= 1 for r in callback.history)
+    assert (tmp_path / "eval" / "best.ckpt").is_file()
+    assert callback.best_fid == min(r["fid"] for r in callback.history)
+    assert len(list((tmp_path / "eval" / "step_0000004").glob("*.png"))) == 4
+    with (tmp_path / "csv" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows if r.get("eval/fid")] == [2, 4, 5]

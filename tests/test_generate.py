@@ -98,3 +98,23 @@ def test_cli_prompts_file_and_grid(tmp_path):
 def test_cli_errors_name_the_setting(tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):
         generate(cli(*overrides, f"out={tmp_path / 'out'}"))
+
+
+def test_two_ranks_make_disjoint_shares_that_equal_one_full_run(pipeline, tmp_path):
+    full = pixels(
+        generate_images(pipeline, PROMPTS, tmp_path / "full", num_inference_steps=2, progress=False)
+    )
+    shares = [
+        generate_images(
+            pipeline,
+            PROMPTS,
+            tmp_path / "split",
+            num_inference_steps=2,
+            progress=False,
+            indices=range(rank, 5, 2),
+        )
+        for rank in (0, 1)
+    ]
+    assert [p.name for p in shares[0]] == ["000000.png", "000002.png", "000004.png"]
+    assert [p.name for p in shares[1]] == ["000001.png", "000003.png"]
+    np.testing.assert_array_equal(pixels(sorted((tmp_path / "split").glob("*.png"))), full)

@@ -51,39 +51,21 @@ class SampleGrid(L.Callback):
         self._last_step = trainer.global_step
         if not trainer.is_global_zero:
             return None
-        from diffusers import PNDMScheduler, StableDiffusionPipeline
-
-        frozen = pl_module._frozen_on_device()
-        vae, text_encoder = frozen.vae, frozen.text_encoder
-        missing = [name for name, part in (("vae", vae), ("text_encoder", text_encoder)) if part is None]
-        if missing:  # training from pre-encoded data keeps them out of memory: load them for drawing only
-            hparams = pl_module.hparams
-            loaded = load_components(
-                hparams.teacher_source, missing, pl_module.frozen_dtype, hparams.revision
-            )
-            vae = vae or loaded.vae.to(pl_module.device)
-            text_encoder = text_encoder or loaded.text_encoder.to(pl_module.device)
-        scheduler = PNDMScheduler.from_config(pl_module.noise_scheduler.config)
-        columns = []
-        for unet in (frozen.unet, pl_module.exported_student()):
-            pipeline = StableDiffusionPipeline(
-                vae=vae,
-                text_encoder=text_encoder,
-                tokenizer=frozen.tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
-            pipeline.set_progress_bar_config(disable=True)
-            columns.append(self._images(pipeline, pl_module))
+        columns = [
+            self._images(frozen_pipeline(pl_module, unet), pl_module)
+            for unet in (pl_module.frozen.unet, pl_module.exported_student())
+        ]
         rows = [np.concatenate([column[i] for column in columns], axis=1) for i in range(len(self.prompts))]
         grid = Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8))
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"step_{trainer.global_step:07d}.png"
         grid.save(path)
         self.saved.append(path)
+        for logger in trainer.loggers:  # W&B (and any logger with an image API) gets the grid too
+            if hasattr(logger, "log_image"):
+                logger.log_image(
+                    key="samples", images=[grid], step=trainer.global_step, caption=["teacher | student"]
+                )
         return path
 
     def _images(self, pipeline, pl_module) -> np.ndarray:
@@ -107,3 +89,31 @@ class SampleGrid(L.Callback):
                 )
             images.append(out.images[0])
         return np.stack(images)
+
+
+def frozen_pipeline(pl_module, unet):
+    """A StableDiffusionPipeline around ``unet`` with the module's frozen VAE, text encoder and tokenizer
+    (loaded from the teacher for the occasion when training keeps them out of memory) and a PNDM
+    scheduler with the teacher's betas (the paper's sampler)."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    frozen = pl_module._frozen_on_device()
+    vae, text_encoder = frozen.vae, frozen.text_encoder
+    missing = [name for name, part in (("vae", vae), ("text_encoder", text_encoder)) if part is None]
+    if missing:
+        hparams = pl_module.hparams
+        loaded = load_components(hparams.teacher_source, missing, pl_module.frozen_dtype, hparams.revision)
+        vae = vae or loaded.vae.to(pl_module.device)
+        text_encoder = text_encoder or loaded.text_encoder.to(pl_module.device)
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=frozen.tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(pl_module.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

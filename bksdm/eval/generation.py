@@ -22,14 +22,6 @@ def image_path(out: Path, index: int) -> Path:
     return out / f"{index:06d}.png"
 
 
-def finished(out: Path, count: int) -> int:
-    """How many images, from index 0 on without a gap, are already in ``out``."""
-    done = 0
-    while done < count and image_path(out, done).is_file():
-        done += 1
-    return done
-
-
 def generate_images(
     pipeline,
     prompts: Sequence[str],
@@ -40,50 +32,60 @@ def generate_images(
     batch_size: int = 1,
     resolution: int | None = None,
     progress: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> list[Path]:
-    """Images ``out/000000.png``, ... for ``prompts``, in order; images already there are kept.
+    """Images ``out/000000.png``, ... for ``prompts`` (only ``indices`` of them, e.g. one DDP rank's
+    share); images already there are kept. Returns the paths of the asked-for images.
 
-    Each PNG is written under a temporary name and renamed, so a crash never leaves a half-written image
-    that a resumed run would take for finished.
+    Every prompt's latent is drawn from the one generator in prompt order, whichever process makes the
+    image and whether or not it exists already, so the images do not depend on batching, splitting or
+    resuming. Each PNG is written under a temporary name and renamed, so a crash never leaves a
+    half-written image that a resumed run would take for finished.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    wanted = sorted(set(range(len(prompts)) if indices is None else indices))
     resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    latent_shape = (
-        1,
-        pipeline.unet.config.in_channels,
-        resolution // pipeline.vae_scale_factor,
-        resolution // pipeline.vae_scale_factor,
-    )
+    side = resolution // pipeline.vae_scale_factor
+    latent_shape = (1, pipeline.unet.config.in_channels, side, side)
     generator = torch.Generator("cpu").manual_seed(seed)
-    done = finished(out, len(prompts))
-    for _ in range(done):  # replay the finished images' draws: the generator continues where it stopped
-        torch.randn(latent_shape, generator=generator)
+    todo = {i for i in wanted if not image_path(out, i).is_file()}
     pipeline.set_progress_bar_config(disable=True)
-    indices = range(done, len(prompts))
-    batches = [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
-    if progress:
+    bar = None
+    if progress and todo:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc=f"generating into {out}", initial=0, unit="batch")
-    device, dtype = pipeline.unet.device, pipeline.unet.dtype
-    for batch in batches:
-        latents = torch.cat([torch.randn(latent_shape, generator=generator) for _ in batch])
-        images = pipeline(
-            [prompts[i] for i in batch],
-            height=resolution,
-            width=resolution,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            latents=latents.to(device, dtype),
-            output_type="np",
-        ).images
-        for index, image in zip(batch, images, strict=True):
-            target = image_path(out, index)
-            staging = target.with_name(f".{target.name}.partial")
-            Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(staging, format="PNG")
-            os.replace(staging, target)
-    return [image_path(out, i) for i in range(len(prompts))]
+        bar = tqdm(total=len(todo), desc=f"generating into {out}", unit="image")
+    pending: list[tuple[int, torch.Tensor]] = []
+    for index in range(max(todo, default=-1) + 1):
+        latent = torch.randn(latent_shape, generator=generator)  # drawn for every index, in order
+        if index in todo:
+            pending.append((index, latent))
+        if pending and (len(pending) == batch_size or index == max(todo)):
+            _generate_batch(pipeline, prompts, pending, out, resolution, num_inference_steps, guidance_scale)
+            if bar is not None:
+                bar.update(len(pending))
+            pending = []
+    if bar is not None:
+        bar.close()
+    return [image_path(out, i) for i in wanted]
+
+
+def _generate_batch(pipeline, prompts, pending, out, resolution, num_inference_steps, guidance_scale) -> None:
+    images = pipeline(
+        [prompts[i] for i, _ in pending],
+        height=resolution,
+        width=resolution,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        latents=torch.cat([latent for _, latent in pending]).to(pipeline.unet.device, pipeline.unet.dtype),
+        output_type="np",
+    ).images
+    for (index, _), image in zip(pending, images, strict=True):
+        target = image_path(out, index)
+        staging = target.with_name(f".{target.name}.partial")
+        Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(staging, format="PNG")
+        os.replace(staging, target)
 
 
 def image_grid(paths: Sequence[str | Path], columns: int | None = None) -> Image.Image:

@@ -1,0 +1,115 @@
+"""PeriodicEval: FID and CLIP score of the student on a fixed prompt subset every N optimizer steps.
+
+The authors found that training loss stops tracking FID late in training, so generation metrics pick
+checkpoints. Real statistics are computed (or read from the cache) once at the start; each evaluation
+splits the prompts across DDP ranks (every rank draws all latents in order, so the split changes no
+image), gathers the features, logs ``eval/fid`` and ``eval/clip``, and keeps ``best.ckpt`` by FID.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from bksdm.callbacks.sample_grid import frozen_pipeline
+from bksdm.eval.generation import generate_images
+from bksdm.eval.metrics import FeatureStats, frechet_distance
+from bksdm.eval.prompts import load_prompts
+from bksdm.eval.scoring import image_features, load_scored, real_statistics
+
+
+class PeriodicEval(L.Callback):
+    """Args:
+    prompts: COCO captions json or ``file_name,text`` csv; ``num_images`` of them by the prompt rule.
+    real: folder of real images for the FID statistics.
+    features, clip: the extractors (see ``bksdm.eval.extractors``).
+    every_n_steps: evaluate when the global step is a multiple of it (and at the end of training).
+    dirpath: where images (``step_<n>/``) and ``best.ckpt`` go.
+    """
+
+    def __init__(
+        self,
+        prompts: str,
+        real: str,
+        features,
+        clip,
+        dirpath: str | Path,
+        num_images: int = 1000,
+        every_n_steps: int = 5000,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int = 1234,
+        batch_size: int = 8,
+        score_size: int = 256,
+        cache_dir: str | Path | None = None,
+    ):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be >= 1")
+        self.prompt_source, self.real, self.num_images = prompts, real, num_images
+        self.features, self.clip = features, clip
+        self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
+        self.num_inference_steps, self.guidance_scale, self.seed = num_inference_steps, guidance_scale, seed
+        self.batch_size, self.score_size, self.cache_dir = batch_size, score_size, cache_dir
+        self.best_fid = float("inf")
+        self.history: list[dict] = []
+        self._last_step = -1
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.captions = [caption for _, caption in load_prompts(self.prompt_source, self.num_images)]
+        if len(self.captions) % trainer.world_size:
+            raise ValueError(
+                f"PeriodicEval: {len(self.captions)} prompts do not split evenly over {trainer.world_size} ranks: "
+                "choose num_images as a multiple of the world size"
+            )
+        self.real_stats = real_statistics(self.real, self.features, self.score_size, self.cache_dir)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and step != self._last_step and step > 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module) -> dict:
+        self._last_step = step = trainer.global_step
+        pipeline = frozen_pipeline(pl_module, pl_module.exported_student())
+        mine = range(trainer.global_rank, len(self.captions), trainer.world_size)
+        paths = generate_images(
+            pipeline, self.captions, self.dirpath / f"step_{step:07d}", seed=self.seed,
+            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+            batch_size=self.batch_size, progress=False, indices=mine,
+        )  # fmt: skip
+        features, _ = image_features(paths, self.features, self.score_size, self.batch_size)
+        images = load_scored(paths, self.score_size)
+        # the paper's CLIP score is the mean raw cosine over all images: gathered per image, averaged below
+        similarity = torch.nn.functional.cosine_similarity(
+            self.clip.embed_images(images).double(),
+            self.clip.embed_texts([self.captions[i] for i in mine]).double(),
+        )
+        features = self._gather(trainer, pl_module, features)
+        similarity = self._gather(trainer, pl_module, similarity[:, None])[:, 0]
+        result = {
+            "step": step,
+            "fid": frechet_distance(FeatureStats.of(features), self.real_stats),
+            "clip": float(similarity.mean()),
+        }
+        if trainer.is_global_zero:  # written to the loggers directly: Lightning forbids self.log at train end
+            for logger in trainer.loggers:
+                logger.log_metrics({"eval/fid": result["fid"], "eval/clip": result["clip"]}, step=step)
+        self.history.append(result)
+        if result["fid"] < self.best_fid:
+            self.best_fid = result["fid"]
+            trainer.save_checkpoint(self.dirpath / "best.ckpt")
+        return result
+
+    @staticmethod
+    def _gather(trainer, pl_module, tensor: torch.Tensor) -> torch.Tensor:
+        if trainer.world_size == 1:
+            return tensor
+        gathered = pl_module.all_gather(tensor.to(pl_module.device))  # (world, n, D): rank-major
+        return gathered.transpose(0, 1).reshape(-1, tensor.shape[-1]).cpu()
