@@ -162,3 +162,19 @@ def test_training_from_each_data_source_through_the_app(tmp_path, source):
 def test_missing_shard_urls_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"data\.urls is not set: .*webdataset shards"):
         train_app.train(config("data=webdataset", output_dir=tmp_path))
+
+
+def test_periodic_eval_is_one_config_switch_away(tmp_path):
+    from hydra.utils import instantiate
+
+    from bksdm.callbacks.periodic_eval import PeriodicEval
+
+    cfg = config(
+        "callbacks=with_eval",
+        "callbacks.periodic_eval.prompts=p.json",
+        "callbacks.periodic_eval.real=r/",
+        output_dir=tmp_path,
+    )
+    callback = instantiate(cfg.callbacks.periodic_eval)
+    assert isinstance(callback, PeriodicEval) and callback.every_n_steps == 5000
+    assert callback.features.name == "tiny-inception" and callback.dirpath == tmp_path / "eval"
