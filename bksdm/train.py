@@ -7,6 +7,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -81,7 +82,12 @@ def train(cfg: DictConfig) -> DistillModule:
         )
         + f"\noutput   {output_dir}"
     )
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
     trainer.fit(module, datamodule=datamodule)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):  # one W&B run per job: the next job of a multirun starts its own
+            logger.experiment.finish()
     return module
 
 

@@ -1,0 +1,65 @@
+"""logger=wandb in offline mode: the run file holds the loss terms, the tap losses, the sample grid and
+the resolved config (read back from W&B's own record log)."""
+
+import struct
+
+import pytest
+from test_train import FAST, config
+
+from bksdm import train as train_app
+
+wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+
+
+def read_records(path):
+    """W&B's run file: a 7-byte header, then leveldb-log style chunks (crc, length, type) of protobuf
+    Records in 32 KiB blocks; types 1 (full) and 4 (last) end a record."""
+    data, position, pending = path.read_bytes(), 7, b""
+    while position + 7 <= len(data):
+        room = 32768 - position % 32768
+        if room < 7:
+            position += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        position += 7
+        if length == 0 and kind == 0:
+            break
+        pending += data[position : position + length]
+        position += length
+        if kind in (1, 4):
+            record = wandb_pb.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_offline_wandb_run_holds_metrics_grid_and_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = config(
+        "experiment=demo", *FAST, "trainer.max_steps=2", "trainer.log_every_n_steps=1", "logger=wandb",
+        "logger.mode=offline", "logger.tags=[test]", output_dir=tmp_path / "run",
+    )  # fmt: skip
+    train_app.train(cfg)
+    run_file = next((tmp_path / "run").rglob("offline-run-*/run-*.wandb"))
+    records = list(read_records(run_file))
+    keys = {
+        item.key or "/".join(item.nested_key)
+        for r in records
+        if r.HasField("history")
+        for item in r.history.item
+    }
+    assert {
+        "train/loss",
+        "train/loss_task",
+        "train/loss_kd_out",
+        "train/loss_kd_feat",
+        "data/skipped",
+    } <= keys
+    assert {f"train/kd_feat/{side}_blocks.{i}" for side in ("down", "up") for i in range(4)} <= keys
+    assert {"lr-AdamW", "samples/_type"} <= keys  # learning rate and the sample grid
+    grids = list(run_file.parent.glob("files/media/images/samples_*.png"))
+    assert grids
+    config_keys = {item.key for r in records if r.HasField("config") for item in r.config.update}
+    assert "config" in config_keys
+    assert any(r.HasField("exit") for r in records)  # the run was finished, ready for `wandb sync`
