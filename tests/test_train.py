@@ -178,3 +178,18 @@ def test_periodic_eval_is_one_config_switch_away(tmp_path):
     callback = instantiate(cfg.callbacks.periodic_eval)
     assert isinstance(callback, PeriodicEval) and callback.every_n_steps == 5000
     assert callback.features.name == "tiny-inception" and callback.dirpath == tmp_path / "eval"
+
+
+def test_runs_log_grad_norm_throughput_and_peak_memory(tmp_path):
+    cfg = config(
+        "experiment=demo", *FAST, "trainer.max_steps=3", "trainer.log_every_n_steps=1", output_dir=tmp_path
+    )
+    train_app.train(cfg)
+    rows = read_metrics(tmp_path / "csv" / "metrics.csv")
+    values = {
+        key: [float(r[key]) for r in rows if r.get(key)]
+        for key in ("train/grad_norm", "perf/images_per_s", "perf/peak_memory_gb")
+    }
+    assert len(values["train/grad_norm"]) == 3 and all(v > 0 for v in values["train/grad_norm"])
+    assert len(values["perf/images_per_s"]) == 2 and all(v > 0 for v in values["perf/images_per_s"])
+    assert all(0.1 < v < 64 for v in values["perf/peak_memory_gb"])
