@@ -17,6 +17,21 @@ torch.set_num_threads(1)
 CONF = Path(__file__).resolve().parents[1] / "bksdm" / "conf"
 
 
+def cpu_trainer(tmp_path, **overrides):
+    """A quiet CPU Lightning trainer for tests: no logger, checkpoints, progress bar or summary unless asked."""
+    import lightning as L
+
+    settings = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
+    return L.Trainer(**{**settings, **overrides})
+
+
 def teacher_preset(name: str) -> dict:
     """The U-Net config embedded in a shipped teacher preset."""
     return OmegaConf.to_container(OmegaConf.load(CONF / "teacher" / f"{name}.yaml").unet_config)

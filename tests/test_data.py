@@ -4,10 +4,10 @@ import csv
 import functools
 from collections import Counter
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import cpu_trainer
 from PIL import Image
 
 from bksdm.data.datamodule import FolderDataModule
@@ -156,10 +156,7 @@ def tiny_module() -> DistillModule:
 
 
 def fit_one_epoch(module, datamodule, tmp_path):
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
     trainer.fit(module, datamodule=datamodule)
     return trainer
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from conftest import CONF
+from conftest import CONF, cpu_trainer
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -155,7 +155,6 @@ def test_evaluate_errors_come_before_generation(tmp_path):
 def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_path):
     import functools
 
-    import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
     from bksdm.callbacks.periodic_eval import PeriodicEval
@@ -173,10 +172,9 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
         teacher_source="builtin:tiny", removal="small", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
     )  # fmt: skip
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=5, logger=CSVLogger(tmp_path, name="csv", version=""), callbacks=[callback],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    trainer = cpu_trainer(
+        tmp_path, max_steps=5, logger=CSVLogger(tmp_path, name="csv", version=""), callbacks=[callback]
+    )
     trainer.fit(module, datamodule=SyntheticDataModule(num_samples=16, batch_size=2))
     assert [r["step"] for r in callback.history] == [2, 4, 5]  # every 2 steps, and at the end
     assert all(math.isfinite(r["fid"]) and -1 <= r["clip"] <= 1 for r in callback.history)

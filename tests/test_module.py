@@ -5,6 +5,7 @@ import functools
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 from diffusers import DDPMScheduler
 
 from bksdm.data.datamodule import SyntheticDataModule
@@ -27,16 +28,7 @@ def make_module(variant="small", loss=None, **kwargs) -> DistillModule:
 
 
 def fit(module, steps, tmp_path, batch_size=2, **trainer_kwargs) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **trainer_kwargs,
-    )
+    trainer = cpu_trainer(tmp_path, max_steps=steps, **trainer_kwargs)
     trainer.fit(module, datamodule=SyntheticDataModule(num_samples=64, resolution=128, batch_size=batch_size))
     return trainer
 

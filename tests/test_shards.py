@@ -7,11 +7,11 @@ import json
 import threading
 from collections import Counter
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from conftest import cpu_trainer
 from PIL import Image
 
 from bksdm.data.datamodule import ShardDataModule
@@ -152,10 +152,7 @@ def test_training_from_shards_with_workers_counts_skips(tmp_path):
         teacher_source="builtin:tiny", removal="tiny", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
     )  # fmt: skip
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
     trainer.fit(module, datamodule=datamodule)
     counts = dict(zip(SKIP_KINDS, module.skips.counts.tolist(), strict=True))
     assert counts == {k: expected.get(k, 0) for k in SKIP_KINDS}  # one exact pass over all shards

@@ -51,10 +51,11 @@ class SampleGrid(L.Callback):
         self._last_step = trainer.global_step
         if not trainer.is_global_zero:
             return None
-        columns = [
-            self._images(frozen_pipeline(pl_module, unet), pl_module)
-            for unet in (pl_module.frozen.unet, pl_module.exported_student())
-        ]
+        pipeline = frozen_pipeline(pl_module, pl_module.frozen.unet)  # built (and parts loaded) once
+        columns = []
+        for unet in (pl_module.frozen.unet, pl_module.exported_student()):
+            pipeline.register_modules(unet=unet)
+            columns.append(self._images(pipeline, pl_module))
         rows = [np.concatenate([column[i] for column in columns], axis=1) for i in range(len(self.prompts))]
         grid = Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8))
         self.dirpath.mkdir(parents=True, exist_ok=True)
