@@ -22,7 +22,7 @@ def evaluate(cfg: DictConfig) -> dict:
     real = real_statistics(
         cfg.real, extractor, size, cfg.cache_dir, cfg.eval.batch_size
     )  # errors before generating
-    pipeline = load_pipeline(cfg.model, cfg.dtype, cfg.device)
+    pipeline = load_pipeline(cfg.model, cfg.dtype, cfg.device, cfg.scheduler)
     out = Path(cfg.out)
     captions = [caption for _, caption in prompts]
     paths = generate_images(

@@ -27,7 +27,7 @@ def prompts_of(cfg: DictConfig) -> list[str]:
 
 def generate(cfg: DictConfig) -> list[Path]:
     prompts = prompts_of(cfg)
-    pipeline = load_pipeline(cfg.model, cfg.dtype, cfg.device)
+    pipeline = load_pipeline(cfg.model, cfg.dtype, cfg.device, cfg.scheduler)
     paths = generate_images(
         pipeline,
         prompts,

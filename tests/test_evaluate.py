@@ -102,7 +102,7 @@ def test_scoring_resizes_to_256_and_real_statistics_are_cached(tmp_path):
 
 def config(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("evaluate", overrides=list(overrides))
+        return compose("evaluate", overrides=["eval=tiny", *overrides])
 
 
 def test_evaluate_writes_finite_metrics_and_resumes_without_regenerating(tmp_path, monkeypatch):
@@ -184,3 +184,34 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
     with (tmp_path / "csv" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows if r.get("eval/fid")] == [2, 4, 5]
+
+
+def test_evaluate_defaults_to_the_paper_protocol():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["model=m", "prompts=p.json", "real=r/"])
+    assert cfg.eval.name == "coco30k" and cfg.eval.features._target_.endswith("PaperInception")
+    assert (cfg.eval.clip.model_name, cfg.eval.clip.pretrained) == ("ViT-g-14", "laion2b_s34b_b88k")
+    assert (cfg.num_images, cfg.seed, cfg.num_inference_steps, cfg.guidance_scale) == (30000, 1234, 25, 7.5)
+    assert (cfg.eval.score_size, cfg.eval.is_splits) == (256, 10)
+
+
+def test_results_table_puts_the_paper_numbers_beside_each_result(tmp_path, capsys):
+    from bksdm.eval.table import main
+
+    for name, model, fid in (("a", "nota-ai/BK-SDM-Small", 17.3), ("b", "outputs/runs/x/student", 25.0)):
+        (tmp_path / name).mkdir()
+        metrics = {"model": model, "fid": fid, "is": 30.0, "clip": 0.26, "num_images": 30000}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    main([str(tmp_path / "a"), str(tmp_path / "b" / "metrics.json"), "--out", str(tmp_path / "table.md")])
+    rows = capsys.readouterr().out.splitlines()
+    assert (
+        rows[2]
+        == "| nota-ai/BK-SDM-Small (BK-SDM-Small) | 17.30 | 30.00 | 0.2600 | 30000 | 16.98 | 31.68 | 0.2677 |"
+    )
+    assert rows[3].endswith("| 30000 | - | - | - |")
+    assert (tmp_path / "table.md").read_text().splitlines() == rows
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"c\.json' is not a bksdm evaluation result"):
+        main([str(tmp_path / "c.json")])
+    with pytest.raises(FileNotFoundError, match=r"give metrics\.json files or evaluation folders"):
+        main([str(tmp_path / "none")])

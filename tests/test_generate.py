@@ -93,6 +93,11 @@ def test_cli_prompts_file_and_grid(tmp_path):
         ),
         (["model=/nowhere", "prompt=x"], FileNotFoundError, r"model='/nowhere' could not be loaded"),
         (["model=builtin:tiny", "prompt=x", "dtype=fp8"], ValueError, r"dtype='fp8'"),
+        (
+            ["model=builtin:tiny", "prompt=x", "scheduler=lms"],
+            ValueError,
+            r"scheduler='lms': accepted are \['pndm'",
+        ),
     ],
 )
 def test_cli_errors_name_the_setting(tmp_path, overrides, error, message):
@@ -118,3 +123,10 @@ def test_two_ranks_make_disjoint_shares_that_equal_one_full_run(pipeline, tmp_pa
     assert [p.name for p in shares[0]] == ["000000.png", "000002.png", "000004.png"]
     assert [p.name for p in shares[1]] == ["000001.png", "000003.png"]
     np.testing.assert_array_equal(pixels(sorted((tmp_path / "split").glob("*.png"))), full)
+
+
+def test_the_paper_sampler_by_default_others_on_request(pipeline):
+    assert type(pipeline.scheduler).__name__ == "PNDMScheduler" and pipeline.scheduler.config.skip_prk_steps
+    ddim = load_pipeline("builtin:tiny", scheduler="ddim").scheduler
+    assert type(ddim).__name__ == "DDIMScheduler"
+    assert ddim.config.beta_end == pipeline.scheduler.config.beta_end  # the pipeline's own noise schedule

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,7 +24,9 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
     assert commands[1].endswith("pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     assert "## Quickstart" in ci  # .ci/run reads the test command from the README instead of copying it
-    assert "pip install torch" in commands[1] and "torchvision" not in commands[1]
+    assert "torchvision" not in commands[0]  # the demo runs on the core install
+    # the tests run the eval extra's real extractors too: torchvision only imports beside its own torch
+    assert 'torch==2.14.1 torchvision==0.29.1 -e ".[dev,eval]"' in commands[1]
 
 
 def test_installed_wheel_finds_its_config(tmp_path):
@@ -61,3 +65,24 @@ def test_installed_wheel_finds_its_config(tmp_path):
     assert done.returncode == 0, done.stderr
     assert str(site) in done.stderr
     assert '"params": 326825604' in done.stdout
+
+
+def test_core_never_imports_torchvision_at_module_level(monkeypatch):
+    """PyPI's torchvision only imports beside a matching torch: the core must not need it to import, and
+    the eval extra's packages are imported only when the paper's extractors are built."""
+    import ast
+
+    extra = {"torchvision", "torch_fidelity", "pytorch_fid", "open_clip"}
+    for path in (ROOT / "bksdm").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            assert not {n.split(".")[0] for n in names} & extra, f"{path} imports {names} at module level"
+
+    from bksdm.eval.paper_extractors import PaperInception
+
+    monkeypatch.setitem(sys.modules, "pytorch_fid.inception", None)  # as if the extra were not installed
+    with pytest.raises(
+        ImportError, match=r"FID as in the paper needs the 'pytorch_fid' package of the eval extra"
+    ):
+        PaperInception(device="cpu")

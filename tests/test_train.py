@@ -171,6 +171,7 @@ def test_periodic_eval_is_one_config_switch_away(tmp_path):
 
     cfg = config(
         "callbacks=with_eval",
+        "eval=tiny",
         "callbacks.periodic_eval.prompts=p.json",
         "callbacks.periodic_eval.real=r/",
         output_dir=tmp_path,

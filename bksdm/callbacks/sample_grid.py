@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from bksdm.components import load_components
@@ -62,11 +63,8 @@ class SampleGrid(L.Callback):
         path = self.dirpath / f"step_{trainer.global_step:07d}.png"
         grid.save(path)
         self.saved.append(path)
-        for logger in trainer.loggers:  # W&B (and any logger with an image API) gets the grid too
-            if hasattr(logger, "log_image"):
-                logger.log_image(
-                    key="samples", images=[grid], step=trainer.global_step, caption=["teacher | student"]
-                )
+        for logger in trainer.loggers:
+            log_grid(logger, grid, trainer.global_step)
         return path
 
     def _images(self, pipeline, pl_module) -> np.ndarray:
@@ -118,3 +116,11 @@ def frozen_pipeline(pl_module, unet):
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def log_grid(logger, grid: Image.Image, step: int) -> None:
+    """Sends the grid to a logger with an image API (W&B's ``log_image``, TensorBoard's ``add_image``)."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    elif hasattr(logger, "log_image"):
+        logger.log_image(key="samples", images=[grid], step=step, caption=["teacher | student"])

@@ -100,10 +100,21 @@ def image_grid(paths: Sequence[str | Path], columns: int | None = None) -> Image
     return grid
 
 
-def load_pipeline(source: str, dtype: str = "auto", device: str = "auto"):
+# Sampler choices for generation; PNDM with SD's own settings is the paper's.
+SCHEDULERS = {
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "dpm_solver": ("DPMSolverMultistepScheduler", {}),
+}
+
+
+def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", scheduler: str | None = "pndm"):
     """A StableDiffusionPipeline from a folder, hub id or ``builtin:tiny``, without the safety checker
-    (the paper's protocol), in fp16 on GPU and fp32 on CPU unless told otherwise."""
-    from diffusers import StableDiffusionPipeline
+    (the paper's protocol), in fp16 on GPU and fp32 on CPU unless told otherwise. ``scheduler`` picks the
+    sampler (one of ``SCHEDULERS``, built from the pipeline's own noise schedule) or ``None`` to keep the
+    pipeline's stored one."""
+    import diffusers
 
     from bksdm.components import resolve_source
     from bksdm.module import DTYPES
@@ -113,8 +124,12 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto"):
         dtype = "float16" if device.startswith("cuda") else "float32"
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: accepted are 'auto' or {list(DTYPES)}")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(
+            f"scheduler={scheduler!r}: accepted are {list(SCHEDULERS)} or null (the pipeline's own)"
+        )
     try:
-        pipeline = StableDiffusionPipeline.from_pretrained(
+        pipeline = diffusers.StableDiffusionPipeline.from_pretrained(
             resolve_source(source),
             torch_dtype=DTYPES[dtype],
             safety_checker=None,
@@ -125,4 +140,10 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto"):
             f"model={source!r} could not be loaded as a Stable Diffusion pipeline: {error}\n"
             "Accepted: a diffusers pipeline folder (e.g. a run's student/), a hub id, or builtin:tiny."
         ) from error
+    if scheduler is not None:
+        name, settings = SCHEDULERS[scheduler]
+        if (
+            type(pipeline.scheduler).__name__ != name
+        ):  # a stored scheduler of the right kind keeps its settings
+            pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config, **settings)
     return pipeline.to(device)

@@ -61,17 +61,27 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     return float(distance.clamp_min(0))
 
 
-def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
-    """Mean and standard deviation over ``splits`` of exp(E_x KL(p(y|x) || p(y))), from (N, C) logits."""
-    if logits.shape[0] < splits:
-        raise ValueError(
-            f"inception score with {splits} splits needs >= {splits} images, got {logits.shape[0]}"
-        )
-    probabilities = logits.double().softmax(dim=1)
+def inception_score(
+    logits: torch.Tensor, splits: int = 10, shuffle_seed: int | None = 2020
+) -> tuple[float, float]:
+    """Mean and standard deviation over ``splits`` of exp(E_x KL(p(y|x) || p(y))), from (N, C) logits.
+
+    As torch-fidelity computes it (the paper's IS): images shuffled by ``np.random.RandomState(2020)``
+    (``None``: not shuffled), split ``i`` holds rows ``i*N//splits`` up to ``(i+1)*N//splits``.
+    """
+    count = logits.shape[0]
+    if count < splits:
+        raise ValueError(f"inception score with {splits} splits needs >= {splits} images, got {count}")
+    if shuffle_seed is not None:
+        logits = logits[torch.from_numpy(np.random.RandomState(shuffle_seed).permutation(count))]
+    probabilities, log_probabilities = logits.double().softmax(dim=1), logits.double().log_softmax(dim=1)
     scores = []
-    for part in probabilities.chunk(splits):
-        marginal = part.mean(0, keepdim=True)
-        kl = (part * (part.clamp_min(1e-30).log() - marginal.clamp_min(1e-30).log())).sum(1)
+    for i in range(splits):
+        part = slice(i * count // splits, (i + 1) * count // splits)
+        marginal = probabilities[part].mean(0, keepdim=True)
+        # clamped so that a class no image in the split predicts adds 0, not 0 * inf
+        log_marginal = marginal.clamp_min(torch.finfo(torch.float64).tiny).log()
+        kl = (probabilities[part] * (log_probabilities[part] - log_marginal)).sum(1)
         scores.append(kl.mean().exp())
     scores = torch.stack(scores)
     return float(scores.mean()), float(scores.std(unbiased=False))

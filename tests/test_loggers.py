@@ -1,5 +1,5 @@
-"""logger=wandb in offline mode: the run file holds the loss terms, the tap losses, the sample grid and
-the resolved config (read back from W&B's own record log)."""
+"""Loggers: an offline W&B run and a TensorBoard run hold the loss terms, the tap losses, the sample grid
+and the resolved config (read back with W&B's record format and TensorBoard's event reader)."""
 
 import struct
 
@@ -63,3 +63,26 @@ def test_offline_wandb_run_holds_metrics_grid_and_config(tmp_path, monkeypatch):
     config_keys = {item.key for r in records if r.HasField("config") for item in r.config.update}
     assert "config" in config_keys
     assert any(r.HasField("exit") for r in records)  # the run was finished, ready for `wandb sync`
+
+
+def test_tensorboard_run_holds_metrics_grid_and_config(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(
+        "experiment=demo", *FAST, "trainer.max_steps=2", "trainer.log_every_n_steps=1", "logger=tensorboard",
+        output_dir=tmp_path,
+    )  # fmt: skip
+    train_app.train(cfg)
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/loss_kd_out",
+        "train/kd_feat/up_blocks.0",
+        "lr-AdamW",
+        "data/skipped",
+    } <= scalars
+    (grid,) = events.Images("samples")
+    assert grid.step == 2 and grid.width == 2 * 128 and grid.encoded_image_string.startswith(b"\x89PNG")
+    assert "config" in (tmp_path / "tensorboard" / "hparams.yaml").read_text()
