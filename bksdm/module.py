@@ -18,6 +18,7 @@ from bksdm.arch import build_student, resolve_variant
 from bksdm.components import load_components, resolve_source
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.losses import DistillLoss
+from bksdm.rng import restore_rng_states, rng_states
 from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -65,6 +66,8 @@ class DistillModule(L.LightningModule):
             0 as in the paper.
         load_vae: False when the data brings pre-encoded latents (``data=latents``): no VAE in memory.
         load_text_encoder: False when the data brings text embeddings: no text encoder in memory.
+        nonfinite_patience: a step whose loss is NaN or infinite is skipped and counted; this many in a
+            row stop the run, naming the step and the last finite loss terms.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class DistillModule(L.LightningModule):
         caption_dropout: float = 0.0,
         load_vae: bool = True,
         load_text_encoder: bool = True,
+        nonfinite_patience: int = 5,
     ):
         super().__init__()
         if frozen_dtype not in DTYPES:
@@ -90,6 +94,8 @@ class DistillModule(L.LightningModule):
             raise ValueError(f"caption_dropout={caption_dropout!r} must be a probability in [0, 1]")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay={ema_decay!r} must be in (0, 1), or null for no EMA")
+        if nonfinite_patience < 1:
+            raise ValueError(f"nonfinite_patience={nonfinite_patience!r} must be >= 1")
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -135,6 +141,10 @@ class DistillModule(L.LightningModule):
             else {}
         )
         self.skips = SkipTally()
+        self.nonfinite_patience = nonfinite_patience
+        self.nonfinite_steps, self.nonfinite_streak = 0, 0
+        self.last_finite: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.step_skipped = False
         self.teacher_taps: FeatureTaps | None = None
         self.student_taps: FeatureTaps | None = None
 
@@ -241,14 +251,48 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.log("data/skipped", float(self.skips.counts.sum()), reduce_fx="max")
-        if not batch.get("caption"):
-            return None  # every sample of this batch was bad: nothing to learn from
+        # skipping is decided on every rank together: one rank skipping alone would desynchronise DDP
+        if not self._all_ranks(bool(batch.get("caption"))):
+            return None  # every sample of a batch was bad: nothing to learn from
         loss, terms = self.distill_loss(batch)
+        if not self._all_ranks(bool(torch.isfinite(loss))):  # the step's one host synchronisation
+            return self._skip_nonfinite(terms)
+        self.nonfinite_streak = 0
+        self.last_finite = (self.global_step, {name: value.detach() for name, value in terms.items()})
         batch_size = len(batch["caption"])
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
         return loss
+
+    def _all_ranks(self, flag: bool) -> bool:
+        if self.trainer.world_size == 1:
+            return flag
+        return self.trainer.strategy.reduce_boolean_decision(flag, all=True)
+
+    def _skip_nonfinite(self, terms: Mapping[str, torch.Tensor]) -> None:
+        """Skips the step: no backward, so the optimizer has no gradient to apply and the EMA does not
+        move (the step still counts in ``global_step``, as an AMP-skipped one does). Stops the run after
+        ``nonfinite_patience`` in a row."""
+        self.step_skipped = True
+        self.nonfinite_steps += 1
+        self.nonfinite_streak += 1
+        self.log("train/nonfinite_skipped", float(self.nonfinite_steps), reduce_fx="max")
+        if self.nonfinite_streak >= self.nonfinite_patience:
+            bad = {name: float(value) for name, value in terms.items()}
+            last = "none yet" if self.last_finite is None else (
+                f"step {self.last_finite[0]}: "
+                + ", ".join(f"{name}={float(value):.6g}" for name, value in self.last_finite[1].items())
+            )  # fmt: skip
+            raise FloatingPointError(
+                f"{self.nonfinite_streak} non-finite losses in a row, up to step {self.global_step} "
+                f"(this step's terms: {bad}); last finite loss terms at {last}. Lower the learning rate, "
+                "check the data, or train in bf16/fp32 instead of fp16."
+            )
+        rank_zero_info(
+            f"step {self.global_step}: non-finite loss, step skipped ({self.nonfinite_steps} so far)"
+        )
+        return None
 
     def distill_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step's objective: encode, noise, teacher and student forward, loss and its (detached) terms."""
@@ -269,6 +313,14 @@ class DistillModule(L.LightningModule):
                 terms["loss_kd_out"] = F.mse_loss(student_pred.float(), teacher_pred.float())
         return loss, terms
 
+    # -- checkpoints: what Lightning does not keep itself ----------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = rng_states()  # the next step's noise and timesteps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])
+
     # -- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=[p for p in self.student.parameters() if p.requires_grad])
@@ -278,8 +330,9 @@ class DistillModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
+        self.step_skipped = False
+        super().optimizer_step(*args, **kwargs)  # runs training_step (the closure), then updates
+        if self.ema is not None and not self.step_skipped:
             self.ema.update_parameters(self.student)
 
     def exported_student(self) -> UNet2DConditionModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import hydra
@@ -47,11 +48,52 @@ def tap_pairs(cfg: DictConfig) -> list:
     return OmegaConf.to_container(cfg.arch.taps)
 
 
+def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """``ckpt_path=<file>``, or with ``resume=auto`` the newest checkpoint of the run folder (periodic,
+    ``last.ckpt``, or one written at preemption); None for a fresh start."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist: give a checkpoint file")
+        return path
+    resume = cfg.get("resume")
+    if resume in (None, False):
+        return None
+    if resume != "auto":
+        raise ValueError(
+            f"resume={resume!r}: accepted are auto (the newest checkpoint of the run folder) or null"
+        )
+    found = [*(output_dir / "checkpoints").glob("*.ckpt"), *output_dir.glob("hpc_ckpt_*.ckpt")]
+    if not found:
+        rank_zero_info(f"resume=auto: no checkpoint in {output_dir}, starting from the beginning")
+        return None
+    return max(found, key=lambda path: path.stat().st_mtime_ns)
+
+
+def wandb_run_id(output_dir: Path) -> str:
+    """The run folder's W&B run id, made on its first start: a resumed run logs into the same W&B run."""
+    record = output_dir / "wandb_run_id"
+    if record.is_file():
+        return record.read_text().strip()
+    run_id = secrets.token_hex(4)  # W&B's own ids are 8 lowercase letters and digits too
+    record.write_text(run_id + "\n")
+    return run_id
+
+
+def make_logger(cfg: DictConfig, output_dir: Path):
+    if not cfg.get("logger"):
+        return False
+    if cfg.logger._target_ == "lightning.pytorch.loggers.WandbLogger" and cfg.logger.get("id") is None:
+        return instantiate(cfg.logger, id=wandb_run_id(output_dir), resume="allow")
+    return instantiate(cfg.logger)
+
+
 def train(cfg: DictConfig) -> DistillModule:
     """Build everything from the composed config and fit; returns the trained module."""
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    resume_from = checkpoint_to_resume(cfg, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -70,8 +112,7 @@ def train(cfg: DictConfig) -> DistillModule:
         load_text_encoder="text_embeds" not in getattr(datamodule, "provides", ()),
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_logger(cfg, output_dir))
     rank_zero_info(
         startup_summary(
             module,
@@ -81,10 +122,11 @@ def train(cfg: DictConfig) -> DistillModule:
             trainer.world_size,
         )
         + f"\noutput   {output_dir}"
+        + (f"\nresume   {resume_from}" if resume_from else "")
     )
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):  # one W&B run per job: the next job of a multirun starts its own
             logger.experiment.finish()

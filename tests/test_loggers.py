@@ -86,3 +86,15 @@ def test_tensorboard_run_holds_metrics_grid_and_config(tmp_path):
     (grid,) = events.Images("samples")
     assert grid.step == 2 and grid.width == 2 * 128 and grid.encoded_image_string.startswith(b"\x89PNG")
     assert "config" in (tmp_path / "tensorboard" / "hparams.yaml").read_text()
+
+
+def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run = [*FAST, "experiment=demo", "logger=wandb", "logger.mode=offline", "callbacks.sample_grid=null",
+           "callbacks.export_student=null", "callbacks.checkpoint.every_n_train_steps=1"]  # fmt: skip
+    train_app.train(config(*run, "trainer.max_steps=1", output_dir=tmp_path / "run"))
+    train_app.train(config(*run, "trainer.max_steps=2", "resume=auto", output_dir=tmp_path / "run"))
+    run_id = (tmp_path / "run" / "wandb_run_id").read_text().strip()
+    runs = sorted((tmp_path / "run").rglob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # one W&B run, resumed

@@ -176,9 +176,41 @@ def test_frozen_parts_run_in_the_configured_precision():
         ({"frozen_dtype": "fp8"}, r"frozen_dtype='fp8': accepted are \['float32', 'float16', 'bfloat16'\]"),
         ({"caption_dropout": 1.5}, r"caption_dropout=1\.5 must be a probability"),
         ({"ema_decay": 1.0}, r"ema_decay=1\.0 must be in \(0, 1\)"),
+        ({"nonfinite_patience": 0}, r"nonfinite_patience=0 must be >= 1"),
         ({"variant": "huge"}, "unknown student variant 'huge'"),
     ],
 )
 def test_bad_module_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_module(**kwargs)
+
+
+class NanAt:
+    """Wraps distill_loss so that the given calls (0-based) return a NaN loss."""
+
+    def __init__(self, module, calls):
+        self.original, self.calls, self.count = module.distill_loss, set(calls), 0
+
+    def __call__(self, batch):
+        loss, terms = self.original(batch)
+        self.count += 1
+        if self.count - 1 in self.calls:
+            return loss * float("nan"), {**terms, "loss_kd_out": terms["loss_kd_out"] * float("nan")}
+        return loss, terms
+
+
+def test_a_nonfinite_loss_skips_its_step_and_a_streak_stops_the_run(tmp_path):
+    module = make_module(loss=DistillLoss(1.0, 1.0, 0.0), ema_decay=0.9)
+    module.distill_loss = NanAt(module, calls=[1, 2])
+    trainer = fit(module, 5, tmp_path)
+    assert trainer.global_step == 5 and module.nonfinite_steps == 2 and module.nonfinite_streak == 0
+    assert int(module.ema.n_averaged) == 3  # the skipped steps moved neither the student nor its EMA
+    assert all(torch.isfinite(p).all() for p in module.student.parameters())
+
+    module = make_module(loss=DistillLoss(1.0, 1.0, 0.0), nonfinite_patience=3)
+    module.distill_loss = NanAt(module, calls=range(2, 100))
+    with pytest.raises(FloatingPointError) as error:
+        fit(module, 10, tmp_path)
+    message = str(error.value)
+    assert "3 non-finite losses in a row, up to step 4" in message  # steps 2, 3 and 4
+    assert "last finite loss terms at step 1: loss_task=" in message and "loss_kd_out=" in message

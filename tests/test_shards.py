@@ -117,7 +117,12 @@ def test_resampled_streams_differ_per_rank_and_epochs_have_a_defined_length(tmp_
         s["key"]
         for s in ShardStream(epoch_samples=40, urls=urls, decode=decoder(), rank=0, world_size=2, seed=7)
     ]
-    assert len(again) == 20
+    assert again == firsts[0]  # a stream is a function of its seed
+    second_epoch = [s["key"] for s in streams[0]]
+    assert len(second_epoch) == 20 and second_epoch != firsts[0]  # each epoch draws a new order
+    resumed = ShardStream(epoch_samples=40, urls=urls, decode=decoder(), rank=0, world_size=2, seed=7)
+    resumed.resume_at(global_step=12)
+    assert [s["key"] for s in resumed] != firsts[0]  # a resumed run does not replay its first order
 
 
 def test_pipe_and_http_urls(tmp_path):

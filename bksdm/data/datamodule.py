@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bksdm.data.folder import CaptionedImageFolder
+from bksdm.data.sampler import ResumableLoader, ResumableSampler
 from bksdm.data.shards import ShardStream, decode_latent_sample, decode_sample, first_record
 from bksdm.data.skips import collate_skipping
 from bksdm.data.synthetic import SyntheticCaptions
@@ -33,16 +34,35 @@ class CaptionDataModule(L.LightningDataModule):
             self.dataset = self.build_dataset()
 
     def train_dataloader(self) -> DataLoader:
+        """This rank's share of a fresh shuffled order every epoch, resumable mid-epoch (see
+        ``bksdm.data.sampler``); a Trainer needs ``use_distributed_sampler=False`` to keep it."""
         self.setup()
-        return self.loader(
-            shuffle=True,
-            drop_last=len(self.dataset) >= self.batch_size,
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ResumableSampler(len(self.dataset), self.seed, rank=rank, world_size=world_size)
+        loader = self.loader(
+            ResumableLoader,
+            sampler=sampler,
+            drop_last=len(sampler) >= self.batch_size,
+            # its own generator: making the iterator must not draw from the global RNG that a resumed run
+            # restores (the noise of the next step comes from it)
             generator=torch.Generator().manual_seed(self.seed),
         )
+        return self.trainer_position(loader)
 
-    def loader(self, **options) -> DataLoader:
+    def trainer_position(self, loader: ResumableLoader) -> ResumableLoader:
+        trainer = self.trainer
+        if trainer is not None:  # read at checkpoint time
+            loader.position = lambda: (
+                trainer.current_epoch,
+                trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                trainer.global_step,
+            )
+        return loader
+
+    def loader(self, loader_class: type[DataLoader] = DataLoader, **options) -> DataLoader:
         """A DataLoader over the dataset that drops and counts skip markers (see ``bksdm.data.skips``)."""
-        return DataLoader(
+        return loader_class(
             self.dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
@@ -148,7 +168,7 @@ class ShardDataModule(CaptionDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self.loader()  # an IterableDataset: the stream shuffles itself
+        return self.trainer_position(self.loader(ResumableLoader))  # the stream shuffles itself
 
 
 class LatentDataModule(ShardDataModule):

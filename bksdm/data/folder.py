@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bksdm.data.sampler import item_key
 from bksdm.data.skips import skip
 from bksdm.data.transforms import ImageTransform, open_image
 
@@ -73,12 +74,13 @@ class CaptionedImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, rng = item_key(key)
         sample = read_sample(*self.items[index], self.min_size)
         if isinstance(sample, dict):
             return sample
         _, image, caption = sample
-        return {"pixel_values": self.transform(image), "caption": caption}
+        return {"pixel_values": self.transform(image, rng), "caption": caption}
 
 
 def read_sample(path: Path, caption: str | None, min_size: int = 0) -> tuple[bytes, Image.Image, str] | dict:

@@ -147,6 +147,12 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __init__(self, epoch_samples: int | None = None, **pipeline_args):
         self.epoch_samples, self.pipeline_args = epoch_samples, pipeline_args
+        self.resumed_at = 0  # global step of the resume; 0 for a fresh start
+        self.passes = 0  # epochs this copy has streamed (a persistent worker keeps its copy)
+
+    def resume_at(self, global_step: int) -> None:
+        """Called before iterating in a resumed run: draw a stream the interrupted run did not."""
+        self.resumed_at = global_step
 
     def __iter__(self) -> Iterator[dict]:
         _, workers = worker_index()
@@ -154,7 +160,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         per_worker = (
             None if self.epoch_samples is None else max(1, self.epoch_samples // (world_size * workers))
         )
-        yield from shard_samples(samples_per_worker=per_worker, **self.pipeline_args)
+        # every epoch and every resume its own order: the seed mixes in both
+        seed = hash((self.pipeline_args.get("seed", 0), self.resumed_at, self.passes)) & 0x7FFFFFFF
+        self.passes += 1
+        yield from shard_samples(samples_per_worker=per_worker, **{**self.pipeline_args, "seed": seed})
 
 
 def _array(data: bytes) -> torch.Tensor:

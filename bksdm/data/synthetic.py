@@ -7,6 +7,7 @@ import random
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from bksdm.data.sampler import item_key
 from bksdm.data.transforms import ImageTransform
 
 COLOURS = {
@@ -60,6 +61,7 @@ class SyntheticCaptions(Dataset):
         where = "in the centre" if position == "centre" else f"on the {position}"
         return image, f"a {colour} {shape} {where}, on a {background} background"
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, rng = item_key(key)
         image, caption = self.draw(index)
-        return {"pixel_values": self.transform(image), "caption": caption}
+        return {"pixel_values": self.transform(image, rng), "caption": caption}

@@ -1,0 +1,155 @@
+"""Resume: a run stopped by SIGTERM or killed with SIGKILL and resumed with resume=auto ends with the same
+step count and the same student and EMA weights as a run that never stopped; checkpoint writes are atomic."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+from conftest import CONF
+from test_train import FAST, config
+
+from bksdm import train as train_app
+from bksdm.checkpoint_io import AtomicCheckpointIO
+from bksdm.data.sampler import ResumableSampler
+
+# 10 samples in batches of 2: 5 batches an epoch, so 7 steps cross an epoch boundary
+RUN = [
+    *FAST,
+    "experiment=demo",
+    "data.num_samples=10",
+    "distill.ema_decay=0.99",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+    "callbacks.checkpoint.every_n_train_steps=2",
+    "callbacks.sample_grid=null",
+    "callbacks.export_student=null",
+]
+STEPS = 7
+
+
+def weights(module) -> dict[str, torch.Tensor]:
+    return {**module.student.state_dict(), **{f"ema.{k}": v for k, v in module.ema.state_dict().items()}}
+
+
+def assert_same_weights(a, b):
+    for key, value in weights(a).items():
+        assert torch.equal(value, weights(b)[key]), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return train_app.train(
+        config(*RUN, f"trainer.max_steps={STEPS}", output_dir=tmp_path_factory.mktemp("whole"))
+    )
+
+
+class SigtermAt(L.Callback):
+    """Sends this process SIGTERM during step ``step``, as a cluster does before preempting a job."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_auto_continues_exactly(uninterrupted, tmp_path, monkeypatch):
+    original = train_app.instantiate
+
+    def with_sigterm(cfg, *args, **kwargs):  # the trainer gets one more callback
+        if "callbacks" in kwargs:
+            kwargs["callbacks"] = [*kwargs["callbacks"], SigtermAt(step=2)]
+        return original(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train_app, "instantiate", with_sigterm)
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException: a clean exit
+        train_app.train(config(*RUN, f"trainer.max_steps={STEPS}", output_dir=tmp_path))
+    monkeypatch.undo()
+    preempted = tmp_path / "checkpoints" / "preempted.ckpt"
+    assert torch.load(preempted, weights_only=True)["global_step"] == 3  # saved after step 3's update
+
+    resumed = train_app.train(config(*RUN, f"trainer.max_steps={STEPS}", "resume=auto", output_dir=tmp_path))
+    assert resumed.trainer.global_step == STEPS
+    assert_same_weights(resumed, uninterrupted)
+    with (tmp_path / "csv" / "metrics.csv").open() as handle:  # the first run's metrics were kept
+        steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+    assert sorted(set(steps)) == list(range(STEPS))
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(uninterrupted, tmp_path):
+    overrides = [*RUN, f"trainer.max_steps={STEPS}", f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread, as in-process
+    process = subprocess.Popen([sys.executable, "-m", "bksdm.train", *overrides], env=env, cwd=CONF.parents[1],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 300  # killed as soon as the first checkpoint (step 2 of 7) is there
+    while (
+        not list(tmp_path.glob("checkpoints/*.ckpt"))
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    process.kill()
+    _, stderr = process.communicate()
+    assert process.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
+
+    resumed = train_app.train(config(*RUN, f"trainer.max_steps={STEPS}", "resume=auto", output_dir=tmp_path))
+    assert resumed.trainer.global_step == STEPS
+    assert_same_weights(resumed, uninterrupted)
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 4, "w": torch.ones(3)}, target)
+
+    def dies_halfway(obj, handle):
+        handle.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # the process is gone before the rename
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 6, "w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert io.load_checkpoint(target)["global_step"] == 4
+    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]  # resume=auto never sees the half file
+
+
+def test_checkpoints_load_without_running_pickled_code(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"state_dict": {}, "evil": Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_resume_settings_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"resume='yes': accepted are auto .* or null"):
+        train_app.train(config(*FAST, "resume=yes", output_dir=tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path='.*nowhere\.ckpt' does not exist"):
+        train_app.train(config(*FAST, f"ckpt_path={tmp_path / 'nowhere.ckpt'}", output_dir=tmp_path))
+
+
+def test_sampler_resumes_mid_epoch_and_splits_ranks_without_overlap():
+    whole = list(ResumableSampler(10, seed=3))
+    assert sorted(i for i, _ in whole) == list(range(10)) and len({d for _, d in whole}) == 10
+    resumed = ResumableSampler(10, seed=3)
+    resumed.resume_from(epoch=0, consumed=4)
+    assert list(resumed) == whole[4:] and len(resumed) == 10  # the length stays the epoch's
+    resumed.set_epoch(1)
+    assert len(list(resumed)) == 10  # only the resumed epoch is shortened
+    next_epoch = ResumableSampler(10, seed=3)
+    next_epoch.set_epoch(1)
+    assert [i for i, _ in next_epoch] != [i for i, _ in whole]  # a new order every epoch
+    ranks = [list(ResumableSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(share) == 4 for share in ranks)  # 10 over 3 ranks: padded to 12
+    assert {i for share in ranks for i, _ in share} == set(range(10))
