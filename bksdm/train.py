@@ -12,11 +12,14 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from bksdm.arch import student_config
+from bksdm.arch.report import check_latent_size
 from bksdm.components import teacher_unet_config
 from bksdm.module import DistillModule
 from bksdm.summary import startup_summary
 from bksdm.taps import paper_tap_pairs
 
+VAE_SCALE = 8  # pixels per latent cell of Stable Diffusion's VAE
 DATA_LOCATIONS = {
     "root": "an image folder with metadata.csv (file_name,text) or .txt captions: data.root=/path/to/folder",
     "urls": "webdataset shards: data.urls='/path/to/{00000..00099}.tar' (or pipe: / http URLs)",
@@ -32,18 +35,40 @@ def check_config(cfg: DictConfig) -> None:
                 f"data.{key} is not set: this data source reads {what}. Run `python -m bksdm.train "
                 f"data.{key}=...`, or pick another source, e.g. `experiment=demo` or `data=synthetic`."
             )
+    teacher = teacher_config(cfg)
+    try:
+        student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
+    except ValueError as error:
+        raise ValueError(f"arch={cfg.arch.name} does not fit teacher={cfg.teacher.name}: {error}") from error
+    resolution = cfg.data.get("resolution")
+    if resolution is not None:
+        try:
+            if resolution % VAE_SCALE:
+                raise ValueError(f"the VAE downsamples by {VAE_SCALE}")
+            check_latent_size(teacher, resolution // VAE_SCALE)
+        except ValueError as error:
+            raise ValueError(
+                f"data.resolution={resolution} cannot go through teacher={cfg.teacher.name}'s U-Net: {error}; "
+                f"accepted are multiples of {VAE_SCALE * 2 ** (len(teacher['block_out_channels']) - 1)} pixels "
+                f"(the teacher was trained at {cfg.teacher.resolution})"
+            ) from error
+
+
+def teacher_config(cfg: DictConfig) -> dict:
+    """The teacher U-Net's config: embedded in the teacher preset, else read from its source (the
+    config file only, no weights)."""
+    embedded = cfg.teacher.unet_config
+    return teacher_unet_config(
+        cfg.teacher.source,
+        OmegaConf.to_container(embedded) if embedded is not None else None,
+        cfg.teacher.revision,
+    )
 
 
 def tap_pairs(cfg: DictConfig) -> list:
     """The arch config's tap pairs; ``auto`` applies the paper's rule to the removal spec."""
     if cfg.arch.taps == "auto":
-        embedded = cfg.teacher.unet_config
-        teacher = teacher_unet_config(
-            cfg.teacher.source,
-            OmegaConf.to_container(embedded) if embedded is not None else None,
-            cfg.teacher.revision,
-        )
-        pairs = paper_tap_pairs(teacher, OmegaConf.to_container(cfg.arch.removal))
+        pairs = paper_tap_pairs(teacher_config(cfg), OmegaConf.to_container(cfg.arch.removal))
         return [[p.teacher, p.student] for p in pairs]  # plain lists: they are saved as hyperparameters
     return OmegaConf.to_container(cfg.arch.taps)
 

@@ -133,8 +133,6 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 
 def test_resume_settings_are_checked(tmp_path):
-    with pytest.raises(ValueError, match=r"resume='yes': accepted are auto .* or null"):
-        train_app.train(config(*FAST, "resume=yes", output_dir=tmp_path))
     with pytest.raises(FileNotFoundError, match=r"ckpt_path='.*nowhere\.ckpt' does not exist"):
         train_app.train(config(*FAST, f"ckpt_path={tmp_path / 'nowhere.ckpt'}", output_dir=tmp_path))
 

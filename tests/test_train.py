@@ -11,7 +11,7 @@ import torch
 from conftest import CONF
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException
+from hydra.errors import InstantiationException, MissingConfigException
 
 from bksdm import train as train_app
 
@@ -75,6 +75,36 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
     # hydra.utils.instantiate wraps the datamodule's FileNotFoundError, message included
     with pytest.raises(InstantiationException, match=r"data\.root='.*nowhere' is not a folder"):
         train_app.train(config(f"data.root={tmp_path / 'nowhere'}", output_dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.resolution=100"],
+            r"data\.resolution=100 cannot go through teacher=tiny's U-Net: .*accepted are multiples of 64 pixels",
+        ),
+        (
+            ["arch.removal.layers_per_block=3"],
+            r"arch=small does not fit teacher=tiny: layers_per_block=3 does not fit a teacher with 2 layers",
+        ),
+        (["resume=yes"], r"resume='yes': accepted are auto"),
+    ],
+)
+def test_config_errors_stop_the_run_before_anything_is_loaded_or_written(
+    tmp_path, monkeypatch, overrides, message
+):
+    monkeypatch.setattr(train_app, "DistillModule", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    with pytest.raises(ValueError, match=message):
+        train_app.train(config("experiment=demo", *FAST, *overrides, output_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_choice_lists_the_accepted_ones(tmp_path):
+    with pytest.raises(
+        MissingConfigException, match=r"Could not find 'arch/huge'[\s\S]*Available options in 'arch'"
+    ):
+        config("arch=huge", output_dir=tmp_path)
 
 
 def test_a_custom_arch_with_auto_taps_trains(tmp_path):
