@@ -18,6 +18,7 @@ from bksdm.arch import build_student, resolve_variant
 from bksdm.components import load_components, resolve_source
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.losses import DistillLoss
+from bksdm.noise import SampleRandomness
 from bksdm.rng import restore_rng_states, rng_states
 from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
 
@@ -176,24 +177,29 @@ class DistillModule(L.LightningModule):
         return self.teacher_taps, self.student_taps
 
     # -- one step ---------------------------------------------------------------------------------------
-    def encode_batch(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_batch(
+        self, batch: Mapping[str, Any], randomness: SampleRandomness | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents (B, 4, h, w) scaled by the VAE's factor and text context (B, 77, D), each encoded once
         per batch with the frozen parts (or taken pre-encoded from the batch: ``latent_mean`` and
         ``latent_std``, ``text_embeds``), returned as ordinary fp32 tensors usable by autograd."""
         frozen = self._frozen_on_device()
+        randomness = randomness or SampleRandomness(None, self.device)
         captions = list(batch["caption"])
         if self.caption_dropout > 0:
-            drop = torch.rand(len(captions)) < self.caption_dropout
+            drop = randomness.rand(len(captions)) < self.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
         if "latent_mean" in batch:  # pre-encoded: sample the stored distribution, as the VAE path does
             mean = batch["latent_mean"].to(self.device, torch.float32)
             latents = (
-                mean + batch["latent_std"].to(self.device, torch.float32) * torch.randn_like(mean)
+                mean + batch["latent_std"].to(self.device, torch.float32) * randomness.randn(mean.shape)
             ) * self.latent_scale
         else:
             with torch.inference_mode():
                 pixels = batch["pixel_values"].to(self.device, self.frozen_dtype)
-                latents = frozen.vae.encode(pixels).latent_dist.sample() * self.latent_scale
+                posterior = frozen.vae.encode(pixels).latent_dist  # sampled as DiagonalGaussian.sample does
+                noise = randomness.randn(posterior.mean.shape, posterior.mean.dtype)
+                latents = (posterior.mean + posterior.std * noise) * self.latent_scale
             # an ordinary copy (inference tensors cannot be saved for backward), in the standard layout
             latents = latents.float().clone(memory_format=torch.contiguous_format)
         if "text_embeds" in batch:
@@ -209,15 +215,16 @@ class DistillModule(L.LightningModule):
             context = frozen.text_encoder(ids)[0]
         return latents, context.float().clone()
 
-    def noisy_inputs(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def noisy_inputs(
+        self, latents: torch.Tensor, randomness: SampleRandomness | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noisy latents, uniform timesteps in [0, T) and the task target (noise, or velocity for
         v-prediction teachers), from the teacher's own DDPM schedule."""
         scheduler = self.noise_scheduler
-        # randn, not randn_like: the noise must not depend on the latents' memory layout
-        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
-        timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-        )
+        randomness = randomness or SampleRandomness(None, latents.device)
+        # randn of a shape, not randn_like: the noise must not depend on the latents' memory layout
+        noise = randomness.randn(latents.shape, latents.dtype)
+        timesteps = randomness.randint(scheduler.config.num_train_timesteps, latents.shape[0])
         noisy = scheduler.add_noise(latents, noise, timesteps)
         if scheduler.config.prediction_type == "epsilon":
             target = noise
@@ -240,6 +247,8 @@ class DistillModule(L.LightningModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "skipped" in batch:  # popped on the host: no device sync
             self.skips.add(batch.pop("skipped"), good=len(batch.get("caption", ())))
+        if isinstance(batch, dict) and "draw" in batch:  # the per-sample seeds stay on the host too
+            batch["draw"] = batch["draw"].tolist()
         return batch
 
     def on_train_epoch_end(self) -> None:
@@ -260,7 +269,8 @@ class DistillModule(L.LightningModule):
         self.nonfinite_streak = 0
         self.last_finite = (self.global_step, {name: value.detach() for name, value in terms.items()})
         batch_size = len(batch["caption"])
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        # the loss is averaged over ranks (one scalar all-reduce); the terms are rank 0's
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=True)
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
         return loss
@@ -296,8 +306,9 @@ class DistillModule(L.LightningModule):
 
     def distill_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step's objective: encode, noise, teacher and student forward, loss and its (detached) terms."""
-        latents, context = self.encode_batch(batch)
-        noisy, timesteps, target = self.noisy_inputs(latents)
+        randomness = SampleRandomness(batch.get("draw"), self.device)
+        latents, context = self.encode_batch(batch, randomness)
+        noisy, timesteps, target = self.noisy_inputs(latents, randomness)
         teacher_pred, teacher_features = None, {}
         if self.loss.needs_teacher:
             teacher_pred, teacher_features = self.teacher_forward(noisy, timesteps, context)

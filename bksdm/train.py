@@ -9,7 +9,7 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch import student_config
@@ -108,7 +108,8 @@ def wandb_run_id(output_dir: Path) -> str:
 def make_logger(cfg: DictConfig, output_dir: Path):
     if not cfg.get("logger"):
         return False
-    if cfg.logger._target_ == "lightning.pytorch.loggers.WandbLogger" and cfg.logger.get("id") is None:
+    wandb = cfg.logger._target_ == "lightning.pytorch.loggers.WandbLogger"
+    if wandb and cfg.logger.get("id") is None and rank_zero_only.rank == 0:  # other ranks log nothing
         return instantiate(cfg.logger, id=wandb_run_id(output_dir), resume="allow")
     return instantiate(cfg.logger)
 
@@ -120,7 +121,8 @@ def train(cfg: DictConfig) -> DistillModule:
     output_dir = Path(cfg.paths.output_dir)
     resume_from = checkpoint_to_resume(cfg, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_zero_only.rank == 0:  # every rank runs this function; one writes
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate(cfg.data)
     module = DistillModule(

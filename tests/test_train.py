@@ -121,7 +121,7 @@ def test_a_custom_arch_with_auto_taps_trains(tmp_path):
 
 
 def run_cli(*args, cwd):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "bksdm.train", *args], capture_output=True, text=True, cwd=cwd, env=env
     )
@@ -224,3 +224,36 @@ def test_runs_log_grad_norm_throughput_and_peak_memory(tmp_path):
     assert len(values["train/grad_norm"]) == 3 and all(v > 0 for v in values["train/grad_norm"])
     assert len(values["perf/images_per_s"]) == 2 and all(v > 0 for v in values["perf/images_per_s"])
     assert all(0.1 < v < 64 for v in values["perf/peak_memory_gb"])
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_equals_one_process_with_the_same_global_batch(tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["experiment=demo", "data.num_samples=8", "trainer.max_steps=3", "trainer.log_every_n_steps=1",
+              "trainer.deterministic=true", "callbacks.sample_grid=null"]  # fmt: skip
+    runs = {
+        "one": ["data.batch_size=4"],
+        "ddp": [
+            "data.batch_size=2",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32",
+        ],
+    }
+    results = {}
+    for name, overrides in runs.items():
+        done = run_cli(*common, *overrides, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rows = read_metrics(tmp_path / name / "csv" / "metrics.csv")
+        losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+        weights = load_file(tmp_path / name / "student" / "unet" / "diffusion_pytorch_model.safetensors")
+        results[name] = (losses, weights)
+    (one_losses, one_weights), (ddp_losses, ddp_weights) = results["one"], results["ddp"]
+    assert len(one_losses) == 3 and ddp_losses == pytest.approx(one_losses, rel=1e-5)
+    # the same updates up to the all-reduce's summation order (Adam magnifies it in near-zero gradients,
+    # so whole tensors are compared, not single elements)
+    gaps = {k: float((ddp_weights[k] - v).norm() / v.norm().clamp_min(1e-12)) for k, v in one_weights.items()}
+    assert max(gaps.values()) < 1e-3, max(gaps.items(), key=lambda item: item[1])
+    assert not (tmp_path / "ddp" / "multirun").exists() and len(list(tmp_path.glob("ddp/student"))) == 1

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import random
 from pathlib import Path
 
 from PIL import Image
@@ -75,12 +76,14 @@ class CaptionedImageFolder(Dataset):
         return len(self.items)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, rng = item_key(key)
+        index, draw = item_key(key)
         sample = read_sample(*self.items[index], self.min_size)
         if isinstance(sample, dict):
             return sample
         _, image, caption = sample
-        return {"pixel_values": self.transform(image, rng), "caption": caption}
+        if draw is None:
+            return {"pixel_values": self.transform(image), "caption": caption}
+        return {"pixel_values": self.transform(image, random.Random(draw)), "caption": caption, "draw": draw}
 
 
 def read_sample(path: Path, caption: str | None, min_size: int = 0) -> tuple[bytes, Image.Image, str] | dict:

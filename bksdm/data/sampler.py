@@ -10,7 +10,6 @@ depends on the global RNG or on worker processes, so a run resumed in the middle
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Iterator
 
 import torch
@@ -59,12 +58,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             yield index, int(draws[index])
 
 
-def item_key(key: int | tuple[int, int]) -> tuple[int, random.Random | None]:
-    """``(index, rng for the item's random choices)`` from a sampler key: an index alone (plain
-    samplers: the global ``random`` decides) or ``(index, draw)`` from ResumableSampler."""
+def item_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """``(index, draw)`` from a sampler key: an index alone (plain samplers: no draw, the global RNGs
+    decide) or ``(index, draw)`` from ResumableSampler. A dataset seeds the item's own random choices
+    with the draw and returns it as the sample's ``draw``, which seeds its noise in training
+    (``bksdm.noise``)."""
     if isinstance(key, tuple):
-        index, draw = key
-        return index, random.Random(draw)
+        return key
     return key, None
 
 

@@ -62,6 +62,8 @@ class SyntheticCaptions(Dataset):
         return image, f"a {colour} {shape} {where}, on a {background} background"
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, rng = item_key(key)
+        index, draw = item_key(key)
         image, caption = self.draw(index)
-        return {"pixel_values": self.transform(image, rng), "caption": caption}
+        if draw is None:
+            return {"pixel_values": self.transform(image), "caption": caption}
+        return {"pixel_values": self.transform(image, random.Random(draw)), "caption": caption, "draw": draw}

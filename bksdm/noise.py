@@ -1,0 +1,49 @@
+"""Per-sample randomness of a training step: each sample's latent sample, noise, timestep and caption
+dropout come from its own generator, seeded by the draw its sampler gave it.
+
+A sample then meets the same noise however the global batch is split over devices and micro-batches and
+whenever a run is resumed, so two DDP ranks with batch 2 make the same update as one process with batch
+4. Batches without draws (streams) fall back to the global RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class SampleRandomness:
+    """Draws for a batch of ``len(draws)`` samples, one generator each (on ``device``), or the global
+    generator when ``draws`` is None."""
+
+    def __init__(self, draws: Sequence[int] | None, device: torch.device):
+        self.device = torch.device(device)
+        self.generators = (
+            None if draws is None else [torch.Generator(self.device).manual_seed(int(d)) for d in draws]
+        )
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B, ...) standard normal; row i from sample i's generator."""
+        if self.generators is None:
+            return torch.randn(tuple(shape), device=self.device, dtype=dtype)
+        return torch.cat(
+            [
+                torch.randn((1, *shape[1:]), generator=g, device=self.device, dtype=dtype)
+                for g in self.generators
+            ]
+        )
+
+    def randint(self, high: int, count: int) -> torch.Tensor:
+        """(B,) integers in [0, high)."""
+        if self.generators is None:
+            return torch.randint(0, high, (count,), device=self.device)
+        return torch.cat(
+            [torch.randint(0, high, (1,), generator=g, device=self.device) for g in self.generators]
+        )
+
+    def rand(self, count: int) -> torch.Tensor:
+        """(B,) uniform in [0, 1), on the CPU (host-side decisions)."""
+        if self.generators is None:
+            return torch.rand(count)
+        return torch.cat([torch.rand((1,), generator=g, device=self.device) for g in self.generators]).cpu()
