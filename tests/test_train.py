@@ -120,8 +120,8 @@ def test_a_custom_arch_with_auto_taps_trains(tmp_path):
     )
 
 
-def run_cli(*args, cwd):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
+def run_cli(*args, cwd, **env_vars):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "bksdm.train", *args], capture_output=True, text=True, cwd=cwd, env=env
     )
@@ -244,7 +244,10 @@ def test_ddp_on_two_cpu_processes_equals_one_process_with_the_same_global_batch(
     }
     results = {}
     for name, overrides in runs.items():
-        done = run_cli(*common, *overrides, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        # one thread per process: two DDP processes share this machine's two cores
+        done = run_cli(
+            *common, *overrides, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path, OMP_NUM_THREADS="1"
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         rows = read_metrics(tmp_path / name / "csv" / "metrics.csv")
         losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
