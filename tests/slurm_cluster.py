@@ -70,7 +70,7 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
-PartitionName=normal Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=normal Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
 PartitionName=urgent Nodes={host} Default=NO MaxTime=INFINITE State=UP PriorityTier=10
 """
 

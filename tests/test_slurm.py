@@ -46,3 +46,40 @@ def test_a_two_task_cpu_job_through_the_slurm_launcher_trains_and_exports(slurm,
     assert (job / "student" / "model_index.json").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
     logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.err"))
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs  # SLURM's ranks
+
+
+@pytest.mark.slow
+def test_a_preempted_job_checkpoints_requeues_and_resumes_to_the_requested_step(slurm, tmp_path):
+    import time
+
+    import torch
+
+    steps = 60
+    command = [
+        sys.executable, "-m", "bksdm.train", "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=2",
+        "hydra.launcher.timeout_min=11", "hydra.launcher.partition=normal", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "experiment=demo", f"trainer.max_steps={steps}", "callbacks.checkpoint.every_n_train_steps=10",
+        "callbacks.sample_grid=null",
+    ]  # fmt: skip
+    env = {**slurm.env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    run = tmp_path / "sweep" / "0"
+    deadline = time.monotonic() + 300
+    while not list(run.glob("checkpoints/*.ckpt")) and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(0.2)
+    # a job of the higher-priority partition that needs both CPUs: SLURM preempts (and requeues) ours
+    urgent = subprocess.run(
+        ["sbatch", "-p", "urgent", "-c", "2", "--wrap", "sleep 2"], env=env, capture_output=True, text=True
+    )
+    assert urgent.returncode == 0, urgent.stderr
+    _, stderr = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, stderr[-3000:]
+
+    preempted = torch.load(run / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"]
+    assert 10 <= preempted < steps
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
+    assert "this job is preempted" in logs and logs.count("Starting with JobEnvironment") == 2
+    assert f"resume   {run / 'checkpoints' / 'preempted.ckpt'}" in logs
