@@ -101,6 +101,7 @@ def wandb_run_id(output_dir: Path) -> str:
     if record.is_file():
         return record.read_text().strip()
     run_id = secrets.token_hex(4)  # W&B's own ids are 8 lowercase letters and digits too
+    output_dir.mkdir(parents=True, exist_ok=True)
     record.write_text(run_id + "\n")
     return run_id
 
@@ -114,17 +115,39 @@ def make_logger(cfg: DictConfig, output_dir: Path):
     return instantiate(cfg.logger)
 
 
+def per_device_batch(global_batch: int | None, per_device: int, world_size: int, accumulation: int) -> int:
+    """``data.batch_size`` as is, or, with ``global_batch_size`` (images per optimizer step over all
+    devices) set, that split over the devices and accumulation steps."""
+    if global_batch is None:
+        return per_device
+    share = world_size * accumulation
+    if global_batch < 1 or global_batch % share:
+        raise ValueError(
+            f"global_batch_size={global_batch} does not split over {world_size} device(s) x {accumulation} "
+            f"accumulation step(s): accepted are positive multiples of {share} (or null: data.batch_size "
+            "per device)"
+        )
+    return global_batch // share
+
+
 def train(cfg: DictConfig) -> DistillModule:
     """Build everything from the composed config and fit; returns the trained module."""
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     resume_from = checkpoint_to_resume(cfg, output_dir)
+    datamodule = instantiate(cfg.data)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_logger(cfg, output_dir))
+    datamodule.batch_size = per_device_batch(
+        cfg.get("global_batch_size"),
+        datamodule.batch_size,
+        trainer.world_size,
+        trainer.accumulate_grad_batches,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # every rank runs this function; one writes
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-    datamodule = instantiate(cfg.data)
     module = DistillModule(
         teacher_source=cfg.teacher.source,
         revision=cfg.teacher.revision,
@@ -138,8 +161,6 @@ def train(cfg: DictConfig) -> DistillModule:
         load_vae="latents" not in getattr(datamodule, "provides", ()),
         load_text_encoder="text_embeds" not in getattr(datamodule, "provides", ()),
     )
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_logger(cfg, output_dir))
     rank_zero_info(
         startup_summary(
             module,

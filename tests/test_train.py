@@ -89,6 +89,10 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
             r"arch=small does not fit teacher=tiny: layers_per_block=3 does not fit a teacher with 2 layers",
         ),
         (["resume=yes"], r"resume='yes': accepted are auto"),
+        (
+            ["global_batch_size=6", "trainer.accumulate_grad_batches=4"],
+            r"global_batch_size=6 does not split over 1 device\(s\) x 4 accumulation step\(s\): accepted are positive multiples of 4",
+        ),
     ],
 )
 def test_config_errors_stop_the_run_before_anything_is_loaded_or_written(
@@ -260,3 +264,16 @@ def test_ddp_on_two_cpu_processes_equals_one_process_with_the_same_global_batch(
     gaps = {k: float((ddp_weights[k] - v).norm() / v.norm().clamp_min(1e-12)) for k, v in one_weights.items()}
     assert max(gaps.values()) < 1e-3, max(gaps.items(), key=lambda item: item[1])
     assert not (tmp_path / "ddp" / "multirun").exists() and len(list(tmp_path.glob("ddp/student"))) == 1
+
+
+def test_a_global_batch_sets_the_per_device_batch(tmp_path):
+    cfg = config(
+        "experiment=demo",
+        *FAST,
+        "global_batch_size=8",
+        "trainer.accumulate_grad_batches=2",
+        output_dir=tmp_path,
+    )
+    module = train_app.train(cfg)
+    assert module.trainer.datamodule.batch_size == 4
+    assert train_app.per_device_batch(256, 64, world_size=4, accumulation=4) == 16
