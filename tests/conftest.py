@@ -7,6 +7,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("BKSDM_CACHE", tempfile.mkdtemp(prefix="bksdm-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# subprocesses too (the CLI tests): two test workers share two cores, and two threads each would thrash
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
@@ -60,3 +62,9 @@ def tiny_teacher(tiny_path):
     from bksdm.components import load_components
 
     return load_components(str(tiny_path))
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first (order otherwise kept): with two xdist workers the long ones then run beside the
+    short ones instead of ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -21,7 +21,7 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
     commands = quickstart()
     assert len(commands) == 2
     assert "python -m bksdm" in commands[0]
-    assert commands[1].endswith("pytest")
+    assert commands[1].endswith("pytest -n 2 --dist loadgroup")  # two workers: one per core
     ci = (ROOT / ".ci" / "run").read_text()
     assert "## Quickstart" in ci  # .ci/run reads the test command from the README instead of copying it
     assert "torchvision" not in commands[0]  # the demo runs on the core install

@@ -11,6 +11,9 @@ pytest.importorskip(
     "hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed"
 )
 
+# one cluster per machine (it owns /etc/slurm/slurm.conf): every SLURM test runs on the same xdist worker
+pytestmark = pytest.mark.xdist_group("slurm")
+
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
