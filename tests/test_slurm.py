@@ -74,7 +74,10 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_to_the_requested_step(
         time.sleep(0.2)
     # a job of the higher-priority partition that needs both CPUs: SLURM preempts (and requeues) ours
     urgent = subprocess.run(
-        ["sbatch", "-p", "urgent", "-c", "2", "--wrap", "sleep 2"], env=env, capture_output=True, text=True
+        ["sbatch", "-p", "urgent", "-c", "2", "-o", "/dev/null", "--wrap", "sleep 2"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert urgent.returncode == 0, urgent.stderr
     _, stderr = sweep.communicate(timeout=600)
