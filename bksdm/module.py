@@ -11,15 +11,17 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from lightning.pytorch.utilities import rank_zero_info
-from torch.optim.swa_utils import AveragedModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from bksdm.arch import build_student, resolve_variant
 from bksdm.components import load_components, resolve_source
 from bksdm.data.skips import SkipTally, describe_skips
+from bksdm.ema import StudentEMA
 from bksdm.losses import DistillLoss
 from bksdm.noise import SampleRandomness
+from bksdm.nonfinite import NonfiniteTracker
 from bksdm.rng import restore_rng_states, rng_states
+from bksdm.speed import check_speed_settings, compile_in_place, resolve_auto, set_attention, to_channels_last
 from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -36,17 +38,6 @@ class FrozenParts:
     text_encoder: CLIPTextModel | None  # None when the data brings text embeddings
     tokenizer: CLIPTokenizer
     device: torch.device | None = None  # where the models are now; None: not placed yet
-
-
-def ema_average(decay: float) -> Callable:
-    """EMA update with diffusers' warm-up: the decay is min(decay, (1 + n) / (10 + n)) at update n."""
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = int(num_averaged)
-        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + n) / (10 + n)))
-
-    return update
 
 
 class DistillModule(L.LightningModule):
@@ -67,8 +58,15 @@ class DistillModule(L.LightningModule):
             0 as in the paper.
         load_vae: False when the data brings pre-encoded latents (``data=latents``): no VAE in memory.
         load_text_encoder: False when the data brings text embeddings: no text encoder in memory.
-        nonfinite_patience: a step whose loss is NaN or infinite is skipped and counted; this many in a
-            row stop the run, naming the step and the last finite loss terms.
+        nonfinite_patience: a step whose loss or gradients are NaN or infinite is skipped and counted;
+            this many in a row stop the run, naming the step and the last finite loss terms. With an
+            optimizer that can skip a step on the device (fused AdamW) the check costs no host sync and
+            the stop comes at the next logging step; with others it is made on the host every step.
+        attention: ``sdpa`` (PyTorch's fused attention) or ``eager`` (the reference's explicit softmax).
+        channels_last: NHWC weights and activations for the U-Nets and VAE; ``auto``: on a GPU only.
+        compile: ``torch.compile`` the teacher and student U-Nets in place; ``auto``: on a GPU only.
+        teacher_inference_mode: run the frozen parts under ``torch.inference_mode`` (False: ``no_grad``,
+            as the reference implementation does).
     """
 
     def __init__(
@@ -87,6 +85,10 @@ class DistillModule(L.LightningModule):
         load_vae: bool = True,
         load_text_encoder: bool = True,
         nonfinite_patience: int = 5,
+        attention: str = "sdpa",
+        channels_last: bool | str = "auto",
+        compile: bool | str = "auto",
+        teacher_inference_mode: bool = True,
     ):
         super().__init__()
         if frozen_dtype not in DTYPES:
@@ -97,6 +99,7 @@ class DistillModule(L.LightningModule):
             raise ValueError(f"ema_decay={ema_decay!r} must be in (0, 1), or null for no EMA")
         if nonfinite_patience < 1:
             raise ValueError(f"nonfinite_patience={nonfinite_patience!r} must be >= 1")
+        check_speed_settings({"attention": attention, "channels_last": channels_last, "compile": compile})
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -128,10 +131,12 @@ class DistillModule(L.LightningModule):
             # nn.Module.to, not diffusers' override: that one warns about fp32-only modules SD has none of
             torch.nn.Module.to(model.requires_grad_(False).eval(), dtype=self.frozen_dtype)
         self.frozen = FrozenParts(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer)
-        self.ema = None
-        if ema_decay is not None:
-            self.ema = AveragedModel(self.student, multi_avg_fn=ema_average(ema_decay), use_buffers=True)
-            self.ema.requires_grad_(False)
+        for model in (self.student, parts.unet, parts.vae):
+            if model is not None:
+                set_attention(model, attention)
+        self.ema = StudentEMA(self.student, ema_decay) if ema_decay is not None else None
+        self.teacher_inference_mode = teacher_inference_mode
+        self.speedups_applied = False
         self.removal_spec = resolve_variant(removal)
         # paths and shapes are checked now, before any data is touched
         self.tap_shapes = (
@@ -142,10 +147,9 @@ class DistillModule(L.LightningModule):
             else {}
         )
         self.skips = SkipTally()
-        self.nonfinite_patience = nonfinite_patience
-        self.nonfinite_steps, self.nonfinite_streak = 0, 0
-        self.last_finite: tuple[int, dict[str, torch.Tensor]] | None = None
-        self.step_skipped = False
+        self.nonfinite = NonfiniteTracker(nonfinite_patience)
+        self.step_terms: dict[str, torch.Tensor] = {}  # the last micro-batch's loss terms
+        self.step_applied: torch.Tensor | None = None  # whether this optimizer step is applied (device)
         self.teacher_taps: FeatureTaps | None = None
         self.student_taps: FeatureTaps | None = None
 
@@ -160,9 +164,22 @@ class DistillModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._frozen_on_device()
 
+    def _frozen_grad_mode(self):
+        return torch.inference_mode() if self.teacher_inference_mode else torch.no_grad()
+
     # -- taps: hooked while a trainer uses the module, taken off when it is torn down ------------------
     def setup(self, stage: str) -> None:
         self._hook_taps()
+        if not self.speedups_applied:  # once, now that the device is known (the module is not on it yet)
+            device = self.trainer.strategy.root_device
+            unets = [self.student, self.frozen.unet]
+            if resolve_auto(self.hparams.channels_last, device):
+                for model in filter(None, (*unets, self.frozen.vae)):
+                    to_channels_last(model)
+            if resolve_auto(self.hparams.compile, device):
+                for model in unets:
+                    compile_in_place(model)
+            self.speedups_applied = True
 
     def teardown(self, stage: str) -> None:
         for taps in (self.teacher_taps, self.student_taps):
@@ -195,7 +212,7 @@ class DistillModule(L.LightningModule):
                 mean + batch["latent_std"].to(self.device, torch.float32) * randomness.randn(mean.shape)
             ) * self.latent_scale
         else:
-            with torch.inference_mode():
+            with self._frozen_grad_mode():
                 pixels = batch["pixel_values"].to(self.device, self.frozen_dtype)
                 posterior = frozen.vae.encode(pixels).latent_dist  # sampled as DiagonalGaussian.sample does
                 noise = randomness.randn(posterior.mean.shape, posterior.mean.dtype)
@@ -211,7 +228,7 @@ class DistillModule(L.LightningModule):
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.device)
-        with torch.inference_mode():
+        with self._frozen_grad_mode():
             context = frozen.text_encoder(ids)[0]
         return latents, context.float().clone()
 
@@ -238,7 +255,7 @@ class DistillModule(L.LightningModule):
         """The teacher's prediction and tapped features, computed without autograd in its low precision."""
         unet = self._frozen_on_device().unet
         teacher_taps, _ = self._hook_taps()
-        with torch.inference_mode(), teacher_taps.recording() as features:
+        with self._frozen_grad_mode(), teacher_taps.recording() as features:
             prediction = unet(noisy.to(self.frozen_dtype), timesteps, context.to(self.frozen_dtype)).sample
         # inference tensors cannot be saved for backward: hand out ordinary copies
         return prediction.clone(), {path: feature.clone() for path, feature in features.items()}
@@ -255,6 +272,7 @@ class DistillModule(L.LightningModule):
         self.skips.check()  # a whole epoch without one usable sample
 
     def on_train_end(self) -> None:
+        self.nonfinite.check(self.global_step)
         counts = self.trainer.strategy.reduce(self.skips.counts.to(self.device), reduce_op="sum")
         rank_zero_info(f"data: {describe_skips(counts.tolist())}")
 
@@ -264,10 +282,9 @@ class DistillModule(L.LightningModule):
         if not self._all_ranks(bool(batch.get("caption"))):
             return None  # every sample of a batch was bad: nothing to learn from
         loss, terms = self.distill_loss(batch)
-        if not self._all_ranks(bool(torch.isfinite(loss))):  # the step's one host synchronisation
-            return self._skip_nonfinite(terms)
-        self.nonfinite_streak = 0
-        self.last_finite = (self.global_step, {name: value.detach() for name, value in terms.items()})
+        # a non-finite loss is not looked at here (that would sync the host every step): it makes the
+        # gradients non-finite, and on_before_optimizer_step skips the step
+        self.step_terms = {name: value.detach() for name, value in terms.items()}
         batch_size = len(batch["caption"])
         # the loss is averaged over ranks (one scalar all-reduce); the terms are rank 0's
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=True)
@@ -280,29 +297,29 @@ class DistillModule(L.LightningModule):
             return flag
         return self.trainer.strategy.reduce_boolean_decision(flag, all=True)
 
-    def _skip_nonfinite(self, terms: Mapping[str, torch.Tensor]) -> None:
-        """Skips the step: no backward, so the optimizer has no gradient to apply and the EMA does not
-        move (the step still counts in ``global_step``, as an AMP-skipped one does). Stops the run after
-        ``nonfinite_patience`` in a row."""
-        self.step_skipped = True
-        self.nonfinite_steps += 1
-        self.nonfinite_streak += 1
-        self.log("train/nonfinite_skipped", float(self.nonfinite_steps), reduce_fx="max")
-        if self.nonfinite_streak >= self.nonfinite_patience:
-            bad = {name: float(value) for name, value in terms.items()}
-            last = "none yet" if self.last_finite is None else (
-                f"step {self.last_finite[0]}: "
-                + ", ".join(f"{name}={float(value):.6g}" for name, value in self.last_finite[1].items())
-            )  # fmt: skip
-            raise FloatingPointError(
-                f"{self.nonfinite_streak} non-finite losses in a row, up to step {self.global_step} "
-                f"(this step's terms: {bad}); last finite loss terms at {last}. Lower the learning rate, "
-                "check the data, or train in bf16/fp32 instead of fp16."
-            )
-        rank_zero_info(
-            f"step {self.global_step}: non-finite loss, step skipped ({self.nonfinite_steps} so far)"
-        )
-        return None
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skips a step whose gradients are not finite (a NaN/inf loss on any rank or micro-batch makes
+        them so: DDP averages gradients, so every rank decides alike without a collective). Fused
+        optimizers skip on the device (``found_inf``, as under AMP's GradScaler); for the others the
+        gradients are dropped, which costs a host sync."""
+        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        if not grads:
+            self.step_applied = None
+            return
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.log("train/grad_norm", norm)  # before clipping
+        finite = torch.isfinite(norm)
+        self.step_applied = finite
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            optimizer.found_inf = (~finite).float()
+        elif not bool(finite):
+            for p in self.student.parameters():
+                p.grad = None
+        self.nonfinite.record(finite, self.global_step, self.step_terms)
+        self.log("train/nonfinite_skipped", self.nonfinite.skipped.float(), reduce_fx="max")
+        host_synced = not getattr(optimizer, "_step_supports_amp_scaling", False)
+        if host_synced or self.global_step % self.trainer.log_every_n_steps == 0:
+            self.nonfinite.check(self.global_step)
 
     def distill_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step's objective: encode, noise, teacher and student forward, loss and its (detached) terms."""
@@ -340,11 +357,15 @@ class DistillModule(L.LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        self.step_skipped = False
-        super().optimizer_step(*args, **kwargs)  # runs training_step (the closure), then updates
-        if self.ema is not None and not self.step_skipped:
-            self.ema.update_parameters(self.student)
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        self.step_applied = None
+        # runs training_step and backward (the closure), on_before_optimizer_step, then the update
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper keeps its own __dict__
+        if hasattr(optimizer, "found_inf"):  # set for this step only (AMP's GradScaler deletes its own too)
+            del optimizer.found_inf
+        if self.ema is not None and self.step_applied is not None:
+            self.ema.update(self.student, applied=self.step_applied)
 
     def exported_student(self) -> UNet2DConditionModel:
         """The weights to export: the EMA student when EMA is on, else the student itself."""

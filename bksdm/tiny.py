@@ -5,6 +5,8 @@ the demo use this pipeline. It has SD-v1's topology (four U-Net stages, two (Res
 per down block, a cross-attention mid block, a VAE with 8x downsampling, a CLIP text encoder and SD's
 scheduler settings) at widths that make a distillation step on CPU take milliseconds. It is saved once
 in diffusers layout to a cache folder and then loaded like any other teacher, with ``from_pretrained``.
+The same builder makes ``builtin:sd14-random``: SD-v1.4's shapes at full width, random weights, so that
+``python -m bksdm.bench`` can time the real model's step without a download.
 """
 
 from __future__ import annotations
@@ -54,6 +56,36 @@ TINY_VAE_CONFIG = {
     "sample_size": 128,
     "scaling_factor": 0.18215,
 }
+TINY_TEXT_WIDTHS = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+
+# Stable Diffusion v1.4 at full width with random weights (``builtin:sd14-random``): what a benchmark
+# needs to time the real model's step offline. diffusers' U-Net defaults are SD-v1's, less the context width.
+SD14_UNET_CONFIG = {"sample_size": 64, "cross_attention_dim": 768}
+SD14_VAE_CONFIG = {
+    **TINY_VAE_CONFIG,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+}
+# CLIP ViT-L/14's text tower (the vocabulary is the byte-level tokenizer's)
+SD14_TEXT_WIDTHS = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "hidden_act": "quick_gelu",
+}
+SHAPES = {
+    "tiny": (TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_WIDTHS, torch.float32),
+    "sd14-random": (SD14_UNET_CONFIG, SD14_VAE_CONFIG, SD14_TEXT_WIDTHS, torch.float16),  # 2 GB on disk
+}
+
 # SD-v1.4's scheduler_config.json (less clip_sample, which PNDM does not take)
 SD_SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
@@ -103,21 +135,22 @@ def write_vocab_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
-def build_tiny_pipeline(seed: int = 0):
-    """Build the tiny pipeline (a StableDiffusionPipeline) in memory; a seed gives the same weights anywhere."""
+def build_tiny_pipeline(seed: int = 0, shape: str = "tiny"):
+    """Build the tiny pipeline (a StableDiffusionPipeline) in memory; a seed gives the same weights anywhere.
+    ``shape="sd14-random"``: the same at SD-v1.4's full widths (for benchmarks; its outputs mean nothing)."""
     # imported here: the pipeline module pulls in transformers' image processors, which the arch report
     # and training never need
     from diffusers import StableDiffusionPipeline
 
+    if shape not in SHAPES:
+        raise ValueError(f"unknown builtin pipeline shape {shape!r}: accepted are {list(SHAPES)}")
+    unet_config, vae_config, text_widths, _ = SHAPES[shape]
     tokenizer = build_tokenizer()
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **text_widths,
         max_position_embeddings=TEXT_TOKENS,
-        projection_dim=32,
+        projection_dim=text_widths["hidden_size"],
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -125,8 +158,8 @@ def build_tiny_pipeline(seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(text_config)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
-        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        vae = AutoencoderKL(**vae_config)
+        unet = UNet2DConditionModel(**unet_config)
     return StableDiffusionPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
@@ -146,17 +179,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bksdm"
 
 
-def tiny_pipeline_path(seed: int = 0, root: str | os.PathLike | None = None) -> Path:
-    """The folder of the tiny pipeline for ``seed``, built and saved (diffusers layout) on first use.
+def tiny_pipeline_path(seed: int = 0, root: str | os.PathLike | None = None, shape: str = "tiny") -> Path:
+    """The folder of the tiny pipeline (or another ``shape``) for ``seed``, built and saved (diffusers
+    layout) on first use.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted build
     never leaves a half-written pipeline that later runs would load.
     """
     root = Path(root) if root is not None else cache_dir()
-    target = root / f"tiny-sd-v{TINY_VERSION}-seed{seed}"
+    name = "tiny-sd" if shape == "tiny" else shape
+    target = root / f"{name}-v{TINY_VERSION}-seed{seed}"
     if not (target / "model_index.json").is_file():
         with atomic_directory(target, overwrite=False) as staging:
-            pipeline = build_tiny_pipeline(seed)
+            pipeline = build_tiny_pipeline(seed, shape)
+            for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+                torch.nn.Module.to(model, SHAPES[shape][3])  # stored precision; loading casts as asked
             pipeline.save_pretrained(staging, safe_serialization=True)
             write_vocab_files(pipeline.tokenizer, staging / "tokenizer")
     return target

@@ -16,6 +16,7 @@ from bksdm.arch.report import check_latent_size
 from bksdm.components import teacher_unet_config
 from bksdm.module import DistillModule
 from bksdm.resume import checkpoint_to_resume, wandb_run_id
+from bksdm.speed import check_speed_settings, set_tf32
 from bksdm.summary import startup_summary
 from bksdm.taps import paper_tap_pairs
 
@@ -28,6 +29,11 @@ DATA_LOCATIONS = {
 
 def check_config(cfg: DictConfig) -> None:
     """Config errors that must stop the run before anything heavy is loaded."""
+    check_data_location(cfg)
+    check_model_config(cfg, cfg.data.get("resolution"))
+
+
+def check_data_location(cfg: DictConfig) -> None:
     for key, what in DATA_LOCATIONS.items():
         # `in` on a DictConfig is False for a ??? value, so look at the keys
         if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):  # noqa: SIM118
@@ -35,12 +41,18 @@ def check_config(cfg: DictConfig) -> None:
                 f"data.{key} is not set: this data source reads {what}. Run `python -m bksdm.train "
                 f"data.{key}=...`, or pick another source, e.g. `experiment=demo` or `data=synthetic`."
             )
+
+
+def check_model_config(
+    cfg: DictConfig, resolution: int | None, resolution_key: str = "data.resolution"
+) -> None:
+    """The student fits the teacher, images of ``resolution`` pixels fit the U-Net, and the step's
+    switches are valid."""
     teacher = teacher_config(cfg)
     try:
         student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
     except ValueError as error:
         raise ValueError(f"arch={cfg.arch.name} does not fit teacher={cfg.teacher.name}: {error}") from error
-    resolution = cfg.data.get("resolution")
     if resolution is not None:
         try:
             if resolution % VAE_SCALE:
@@ -48,10 +60,28 @@ def check_config(cfg: DictConfig) -> None:
             check_latent_size(teacher, resolution // VAE_SCALE)
         except ValueError as error:
             raise ValueError(
-                f"data.resolution={resolution} cannot go through teacher={cfg.teacher.name}'s U-Net: {error}; "
+                f"{resolution_key}={resolution} cannot go through teacher={cfg.teacher.name}'s U-Net: {error}; "
                 f"accepted are multiples of {VAE_SCALE * 2 ** (len(teacher['block_out_channels']) - 1)} pixels "
                 f"(the teacher was trained at {cfg.teacher.resolution})"
             ) from error
+    check_fused_clipping(cfg)
+    check_speed_settings(cfg.get("distill", {}))
+
+
+def check_fused_clipping(cfg: DictConfig) -> None:
+    """fp16 AMP unscales the gradients inside a fused optimizer's step, after Lightning would clip them."""
+    fused = cfg.get("optim") and cfg.optim.optimizer.get("fused")
+    if (
+        fused
+        and str(cfg.trainer.get("precision")) in ("16-mixed", "16")
+        and cfg.trainer.get("gradient_clip_val")
+    ):
+        raise ValueError(
+            f"trainer.precision={cfg.trainer.precision} with trainer.gradient_clip_val="
+            f"{cfg.trainer.gradient_clip_val} cannot use a fused optimizer (optim.optimizer.fused=true): the "
+            "fp16 loss scale is undone inside its step, after clipping. Accepted: trainer.precision=bf16-mixed "
+            "(the default), optim.optimizer.fused=false, or trainer.gradient_clip_val=null."
+        )
 
 
 def teacher_config(cfg: DictConfig) -> dict:
@@ -97,10 +127,28 @@ def per_device_batch(global_batch: int | None, per_device: int, world_size: int,
     return global_batch // share
 
 
+def build_module(cfg: DictConfig, provides=()) -> DistillModule:
+    """The DistillModule of the config. ``provides``: what the data brings pre-encoded (``latents``,
+    ``text_embeds``): the VAE (and the text encoder) then stay out of memory."""
+    return DistillModule(
+        teacher_source=cfg.teacher.source,
+        revision=cfg.teacher.revision,
+        removal=OmegaConf.to_container(cfg.arch.removal),
+        taps=tap_pairs(cfg),
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optim.optimizer),
+        lr_scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        **OmegaConf.to_container(cfg.distill),
+        load_vae="latents" not in provides,
+        load_text_encoder="text_embeds" not in provides,
+    )
+
+
 def train(cfg: DictConfig) -> DistillModule:
     """Build everything from the composed config and fit; returns the trained module."""
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    set_tf32(cfg.tf32)
     output_dir = Path(cfg.paths.output_dir)
     resume_from = checkpoint_to_resume(cfg, output_dir)
     datamodule = instantiate(cfg.data)
@@ -115,19 +163,7 @@ def train(cfg: DictConfig) -> DistillModule:
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # every rank runs this function; one writes
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    module = DistillModule(
-        teacher_source=cfg.teacher.source,
-        revision=cfg.teacher.revision,
-        removal=OmegaConf.to_container(cfg.arch.removal),
-        taps=tap_pairs(cfg),
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optim.optimizer),
-        lr_scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-        **OmegaConf.to_container(cfg.distill),
-        # pre-encoded data: the VAE (and the text encoder) stay out of memory
-        load_vae="latents" not in getattr(datamodule, "provides", ()),
-        load_text_encoder="text_embeds" not in getattr(datamodule, "provides", ()),
-    )
+    module = build_module(cfg, provides=getattr(datamodule, "provides", ()))
     rank_zero_info(
         startup_summary(
             module,

@@ -80,7 +80,10 @@ def test_builtin_and_local_folder_take_the_same_path(tiny_path):
 def test_bad_sources_and_parts_are_named(tmp_path):
     with pytest.raises(ComponentError, match=r"unknown component\(s\) \['safety_checker'\]"):
         load_components("builtin:tiny", parts=["safety_checker"])
-    with pytest.raises(ComponentError, match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:tiny'\]"):
+    with pytest.raises(
+        ComponentError,
+        match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:tiny', 'builtin:sd14-random'\]",
+    ):
         load_components("builtin:huge")
     with pytest.raises(ComponentError, match=r"(?s)could not load the unet of '.*nowhere'.*Accepted sources"):
         load_components(str(tmp_path / "nowhere"), parts=["unet"])

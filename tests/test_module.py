@@ -1,6 +1,9 @@
 """DistillModule on the tiny teacher: frozen teacher, what is trained, what is checkpointed, one step's data path."""
 
 import functools
+import linecache
+import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -22,8 +25,7 @@ def make_module(variant="small", loss=None, **kwargs) -> DistillModule:
         removal=variant,
         taps=paper_tap_pairs(TINY_UNET_CONFIG, variant),
         loss=loss or DistillLoss(),
-        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
-        **kwargs,
+        **{"optimizer": functools.partial(torch.optim.AdamW, lr=1e-3), **kwargs},
     )
 
 
@@ -199,18 +201,58 @@ class NanAt:
         return loss, terms
 
 
-def test_a_nonfinite_loss_skips_its_step_and_a_streak_stops_the_run(tmp_path):
-    module = make_module(loss=DistillLoss(1.0, 1.0, 0.0), ema_decay=0.9)
+@pytest.mark.parametrize("fused", [False, True], ids=["host-check", "device-skip"])
+def test_a_nonfinite_loss_skips_its_step_and_a_streak_stops_the_run(tmp_path, fused):
+    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, fused=fused)
+    module = make_module(loss=DistillLoss(1.0, 1.0, 0.0), ema_decay=0.9, optimizer=optimizer)
     module.distill_loss = NanAt(module, calls=[1, 2])
     trainer = fit(module, 5, tmp_path)
-    assert trainer.global_step == 5 and module.nonfinite_steps == 2 and module.nonfinite_streak == 0
+    assert trainer.global_step == 5 and module.nonfinite.state() == {"skipped": 2, "streak": 0}
     assert int(module.ema.n_averaged) == 3  # the skipped steps moved neither the student nor its EMA
+    assert int(trainer.optimizers[0].state[next(module.student.parameters())]["step"]) == 3
     assert all(torch.isfinite(p).all() for p in module.student.parameters())
+    assert all(torch.isfinite(p).all() for p in module.ema.module.parameters())
 
-    module = make_module(loss=DistillLoss(1.0, 1.0, 0.0), nonfinite_patience=3)
+    module = make_module(loss=DistillLoss(1.0, 1.0, 0.0), nonfinite_patience=3, optimizer=optimizer)
     module.distill_loss = NanAt(module, calls=range(2, 100))
     with pytest.raises(FloatingPointError) as error:
-        fit(module, 10, tmp_path)
+        fit(module, 10, tmp_path, log_every_n_steps=3)
     message = str(error.value)
-    assert "3 non-finite losses in a row, up to step 4" in message  # steps 2, 3 and 4
+    assert "3 non-finite losses or gradients in a row, up to step 4" in message  # steps 2, 3 and 4
+    # without a host sync per step, the streak is found on the next logging step (6)
+    assert ("found at step 6" in message) == fused
     assert "last finite loss terms at step 1: loss_task=" in message and "loss_kd_out=" in message
+
+
+STEP_FILES = {"module.py", "nonfinite.py", "ema.py", "losses.py", "taps.py", "noise.py"}
+
+
+def test_with_a_fused_optimizer_the_step_reads_no_device_value_on_the_host(tmp_path, monkeypatch):
+    """Host reads of tensor values (item, bool, int, float, tolist) from the step's code: a GPU would wait
+    for the device at each. Their number must not grow with the steps (the checks on logging steps and
+    at the end are the only ones; the bad-sample tally and the samples' draws are host tensors)."""
+    reads = []
+
+    def recording(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(tensor, *args, **kwargs):
+            caller = sys._getframe(1)
+            code = caller.f_code.co_filename
+            line = linecache.getline(code, caller.f_lineno)
+            host = "self.skips" in line or 'batch["draw"]' in line
+            if Path(code).name in STEP_FILES and "bksdm" in code and not host:
+                reads.append(f"{Path(code).name}:{caller.f_lineno}")
+            return original(tensor, *args, **kwargs)
+
+        return read
+
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, recording(name))
+    counts = {}
+    for steps in (2, 5):
+        reads.clear()
+        optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, fused=True)
+        fit(make_module(ema_decay=0.9, optimizer=optimizer), steps, tmp_path, log_every_n_steps=50)
+        counts[steps] = sorted(reads)
+    assert counts[2] == counts[5], counts

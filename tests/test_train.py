@@ -60,7 +60,7 @@ def test_paper_defaults(tmp_path):
     assert (cfg.teacher.name, cfg.arch.name) == ("sd14", "small")
     assert (cfg.loss.w_task, cfg.loss.w_out, cfg.loss.w_feat) == (1.0, 1.0, 1.0)
     assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.max_steps) == (64, 4, 50000)
-    assert (cfg.trainer.precision, cfg.trainer.gradient_clip_val, cfg.seed) == ("16-mixed", 1.0, 1234)
+    assert (cfg.trainer.precision, cfg.trainer.gradient_clip_val, cfg.seed) == ("bf16-mixed", 1.0, 1234)
     assert cfg.optim.optimizer.lr == 5e-5 and cfg.optim.optimizer.weight_decay == 0.01
     assert cfg.distill.gradient_checkpointing and cfg.distill.ema_decay is not None
 
@@ -93,6 +93,11 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
             ["global_batch_size=6", "trainer.accumulate_grad_batches=4"],
             r"global_batch_size=6 does not split over 1 device\(s\) x 4 accumulation step\(s\): accepted are positive multiples of 4",
         ),
+        (
+            ["trainer.precision=16-mixed", "trainer.gradient_clip_val=1.0"],
+            r"trainer\.precision=16-mixed with trainer\.gradient_clip_val=1\.0 cannot use a fused optimizer .*Accepted: trainer\.precision=bf16-mixed",
+        ),
+        (["distill.attention=flash"], r"distill\.attention='flash': accepted are \['sdpa', 'eager'\]"),
     ],
 )
 def test_config_errors_stop_the_run_before_anything_is_loaded_or_written(

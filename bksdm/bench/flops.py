@@ -1,0 +1,84 @@
+"""FLOPs of one KD training step, counted on meta-device copies of the models (no weights, no compute).
+
+The counter is torch's FlopCounterMode, as in the architecture report: two FLOPs per multiply-accumulate
+of every matmul, convolution and attention product. Counted are the teacher's forward, the student's
+forward and backward, and, when the step encodes its own inputs, the VAE encoder and the text encoder.
+Gradient checkpointing's recomputed forward is not counted (model FLOPs, the usual convention for
+utilisation figures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from diffusers import AutoencoderKL
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from bksdm.arch.student import empty_unet, plain_config
+from bksdm.bench.batches import TEXT_TOKENS, VAE_SCALE
+
+
+def _context_width(config: Mapping) -> int:
+    width = config.get("cross_attention_dim", 1280)
+    return width[0] if isinstance(width, list) else width
+
+
+def unet_flops(config: Mapping, latent_size: int, batch_size: int, backward: bool) -> int:
+    """FLOPs of one U-Net call on a (batch, 4, latent, latent) input with a 77-token context, plus its
+    backward (input and weight gradients) when ``backward``."""
+    config = plain_config(config)
+    unet = empty_unet(config).requires_grad_(backward)
+    with torch.device("meta"):
+        sample = torch.empty(batch_size, config.get("in_channels", 4), latent_size, latent_size)
+        context = torch.empty(batch_size, TEXT_TOKENS, _context_width(config))
+        timesteps = torch.zeros(batch_size, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.set_grad_enabled(backward):
+        out = unet(sample, timesteps, context).sample
+        if backward:
+            out.sum().backward()
+    return counter.get_total_flops()
+
+
+def vae_encode_flops(config: Mapping, resolution: int, batch_size: int) -> int:
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(dict(config))
+        pixels = torch.empty(batch_size, 3, resolution, resolution)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        vae.encode(pixels)
+    return counter.get_total_flops()
+
+
+def text_encode_flops(config: CLIPTextConfig, batch_size: int) -> int:
+    with torch.device("meta"):
+        encoder = CLIPTextModel(config)
+        ids = torch.zeros(batch_size, TEXT_TOKENS, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        encoder(ids)
+    return counter.get_total_flops()
+
+
+def step_flops(
+    teacher: Mapping | None,
+    student: Mapping,
+    resolution: int,
+    batch_size: int,
+    vae: Mapping | None = None,
+    text_encoder: CLIPTextConfig | None = None,
+) -> dict[str, int]:
+    """FLOPs per optimizer step by part (``teacher_forward``, ``student_forward_backward``,
+    ``vae_encode``, ``text_encode``) and their ``total``. A part whose config is None is not run."""
+    latent = resolution // VAE_SCALE
+    parts = {"student_forward_backward": unet_flops(student, latent, batch_size, backward=True)}
+    if teacher is not None:
+        parts["teacher_forward"] = unet_flops(teacher, latent, batch_size, backward=False)
+    if vae is not None:
+        parts["vae_encode"] = vae_encode_flops(vae, resolution, batch_size)
+    if text_encoder is not None:
+        parts["text_encode"] = text_encode_flops(text_encoder, batch_size)
+    parts["total"] = sum(parts.values())
+    return parts

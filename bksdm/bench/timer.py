@@ -1,0 +1,45 @@
+"""Callbacks that time a benchmark's steps and, for the reference mode, sync the host every step."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+from bksdm.memory import peak_memory_gb, reset_peak_memory, synchronize
+
+
+class StepTimer(L.Callback):
+    """Wall time and peak memory of the optimizer steps after ``warmup_steps``: the device is synchronised
+    at the start of the first timed step and at the end of training, and nowhere in between."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+        self.start: float | None = None
+        self.start_step = 0
+        self.seconds = 0.0
+        self.steps = 0
+        self.peak_memory_gb = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.start is None and trainer.global_step == self.warmup_steps:
+            synchronize(pl_module.device)
+            reset_peak_memory(pl_module.device)
+            self.start, self.start_step = time.perf_counter(), trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        synchronize(pl_module.device)
+        if self.start is None:
+            raise RuntimeError(f"training ended at step {trainer.global_step}, before the timed steps began")
+        self.seconds = time.perf_counter() - self.start
+        self.steps = trainer.global_step - self.start_step
+        self.peak_memory_gb = peak_memory_gb(pl_module.device)
+
+
+class HostSyncEveryStep(L.Callback):
+    """Reads the loss on the host after every step, as the reference implementation's logging does
+    (``loss.item()``): the host waits for the device each step instead of queueing the next one."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if isinstance(outputs, dict) and outputs.get("loss") is not None:
+            outputs["loss"].item()

@@ -1,0 +1,128 @@
+"""python -m bksdm.bench: fields of its output, FLOP counts, the fast step's switches, and config errors."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from bksdm.arch.report import unet_cost
+from bksdm.arch.student import empty_unet
+from bksdm.bench.flops import unet_flops
+from bksdm.bench.run import benchmark
+from bksdm.memory import peak_memory_gb, reset_peak_memory
+from bksdm.tiny import SD14_UNET_CONFIG, TINY_UNET_CONFIG
+
+TINY = ["teacher=tiny", "trainer=cpu", "distill.frozen_dtype=float32", "bench.resolution=64"]
+
+
+def bench_config(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("bench", overrides=list(overrides))
+
+
+def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
+    out = tmp_path / "bench" / "results.jsonl"
+    result = benchmark(
+        bench_config(*TINY, "bench.mode=both", "bench.warmup_steps=1", "bench.steps=2", f"bench.out={out}")
+    )
+    printed = capsys.readouterr().out.splitlines()
+    assert json.loads(printed[-1]) == json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert printed[0].split() == [
+        "mode", "images_per_s", "s_per_step", "peak_memory_gb", "gflop_per_step", "achieved_tflop_per_s",
+    ]  # fmt: skip
+    assert printed[1].split()[0] == "fast" and printed[2].split()[0] == "reference"
+    fast, reference = result["runs"]
+    for run in (fast, reference):
+        assert run["steps"] == 2 and run["resolution"] == 64 and run["batch_size"] == 1
+        assert run["images_per_s"] == pytest.approx(1 / run["s_per_step"])
+        assert run["achieved_tflop_per_s"] == pytest.approx(run["flops_per_step"] / run["s_per_step"] / 1e12)
+        assert 0.1 < run["peak_memory_gb"] < 64
+    assert result["speedup"] == pytest.approx(fast["images_per_s"] / reference["images_per_s"])
+    # the reference step encodes its own inputs; the fast one gets them pre-encoded
+    assert set(fast["flops_by_part"]) == {"teacher_forward", "student_forward_backward", "total"}
+    assert reference["flops_by_part"]["vae_encode"] > 0 and reference["flops_by_part"]["text_encode"] > 0
+    assert reference["flops_per_step"] > fast["flops_per_step"]
+    assert fast["settings"] | {"attention": "eager"} != reference["settings"]
+    assert (fast["settings"]["attention"], reference["settings"]["attention"]) == ("sdpa", "eager")
+    assert fast["settings"]["fused_adamw"] and not reference["settings"]["fused_adamw"]
+    assert reference["settings"]["host_sync_every_step"] and not reference["settings"]["pre_encoded"]
+
+
+def test_the_cpu_full_width_preset_composes():
+    cfg = bench_config("preset=cpu_full_width")
+    assert (cfg.teacher.source, cfg.arch.name, cfg.bench.resolution, cfg.bench.batch_size) == (
+        "builtin:sd14-random", "small", 256, 1,
+    )  # fmt: skip
+    assert cfg.trainer.precision == 32 and cfg.bench.mode == "both"
+
+
+def test_flops_are_twice_the_macs_of_the_arch_report_and_backward_doubles_them():
+    cost = unet_cost(TINY_UNET_CONFIG, 8)
+    forward = unet_flops(TINY_UNET_CONFIG, 8, 1, backward=False)
+    assert forward == 2 * (cost.macs + cost.attention_macs)
+    assert unet_flops(TINY_UNET_CONFIG, 8, 3, backward=False) == 3 * forward
+    assert 2.5 * forward < unet_flops(TINY_UNET_CONFIG, 8, 1, backward=True) < 3.05 * forward
+
+
+def test_count_only_needs_no_weights(capsys):
+    benchmark(bench_config(*TINY, "bench.count_only=true", "bench.batch_size=2"))
+    counts = json.loads(capsys.readouterr().out.splitlines()[-1])["flops_per_step"]["fast"]
+    assert counts["teacher_forward"] == unet_flops(TINY_UNET_CONFIG, 8, 2, backward=False)
+    assert counts["total"] == counts["teacher_forward"] + counts["student_forward_backward"]
+
+
+def test_sd14_random_teacher_has_sd14_shapes():
+    sd14 = OmegaConf.to_container(OmegaConf.load(CONF / "teacher" / "sd14.yaml").unet_config)
+    unet = empty_unet(SD14_UNET_CONFIG)
+    assert {k: unet.config[k] for k in sd14} == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in sd14.items()
+    }
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964  # the paper's teacher
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["bench.mode=fastest"], r"bench\.mode='fastest': accepted are \['fast', 'reference', 'both'\]"),
+        (["bench.steps=0"], r"bench\.steps=0: accepted are integers >= 1"),
+        (["bench.resolution=100"], r"bench\.resolution=100 cannot go through teacher=tiny's U-Net"),
+        (
+            ["distill.channels_last=maybe"],
+            r"distill\.channels_last='maybe': accepted are \[True, False, 'auto'\]",
+        ),
+    ],
+)
+def test_bad_bench_settings_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        benchmark(bench_config(*TINY, *overrides))
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resettable peak RSS is Linux-only")
+def test_peak_memory_resets_on_cpu():
+    cpu = torch.device("cpu")
+    block = torch.ones(2**29, dtype=torch.uint8)  # 512 MiB, touched
+    high = peak_memory_gb(cpu)
+    del block
+    reset_peak_memory(cpu)
+    assert peak_memory_gb(cpu) < high - 0.3
+
+
+def test_attention_kinds_give_the_same_step():
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_module import make_module
+
+    losses = {}
+    for kind, processor in (("sdpa", AttnProcessor2_0), ("eager", AttnProcessor)):
+        module = make_module(attention=kind)
+        assert {type(p) for p in module.student.attn_processors.values()} == {processor}
+        assert {type(p) for p in module.frozen.unet.attn_processors.values()} == {processor}
+        torch.manual_seed(0)
+        batch = {"pixel_values": torch.rand(2, 3, 128, 128) * 2 - 1, "caption": ["a red circle", "a cat"]}
+        losses[kind] = module.distill_loss(batch)[0]
+    torch.testing.assert_close(losses["sdpa"], losses["eager"], rtol=1e-5, atol=1e-6)
