@@ -18,14 +18,18 @@ class StudentEMA(torch.nn.Module):
     Args:
         model: the model to average (deep-copied, frozen).
         decay: the EMA decay in (0, 1).
+        foreach: one multi-tensor lerp over all tensors (reads two tensors, writes one); False: the loop
+            of diffusers' ``EMAModel`` that BK-SDM's reference used, ``a -= (1 - d) * (a - m)`` tensor by
+            tensor, with two temporaries each (the benchmark's reference mode).
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, foreach: bool = True):
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay={decay!r} must be in (0, 1), or null for no EMA")
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.decay = decay
+        self.foreach = foreach
         device = next(model.parameters()).device
         self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long, device=device))
 
@@ -45,8 +49,11 @@ class StudentEMA(torch.nn.Module):
         if applied is not None:
             weight = weight * applied
         # lerp with weight 1 gives the model exactly, with weight 0 the average exactly
-        if averaged:
+        if averaged and self.foreach:
             torch._foreach_lerp_(averaged, current, [weight.to(averaged[0].dtype)] * len(averaged))
+        else:
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.sub_(weight * (mine - theirs))
         self.n_averaged += 1 if applied is None else applied.long()
 
     @staticmethod

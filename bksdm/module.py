@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +66,11 @@ class DistillModule(L.LightningModule):
         attention: ``sdpa`` (PyTorch's fused attention) or ``eager`` (the reference's explicit softmax).
         channels_last: NHWC weights and activations for the U-Nets and VAE; ``auto``: on a GPU only.
         compile: ``torch.compile`` the teacher and student U-Nets in place; ``auto``: on a GPU only.
-        teacher_inference_mode: run the frozen parts under ``torch.inference_mode`` (False: ``no_grad``,
-            as the reference implementation does).
+        teacher_inference_mode: run the frozen parts under ``torch.inference_mode`` (False: called
+            plainly, as the reference implementation does; their weights need no gradient, so autograd
+            records nothing either way, but inference mode skips its bookkeeping).
+        ema_foreach: update the EMA with one multi-tensor lerp (False: tensor by tensor, as diffusers'
+            EMAModel in the reference implementation).
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class DistillModule(L.LightningModule):
         channels_last: bool | str = "auto",
         compile: bool | str = "auto",
         teacher_inference_mode: bool = True,
+        ema_foreach: bool = True,
     ):
         super().__init__()
         if frozen_dtype not in DTYPES:
@@ -134,7 +139,7 @@ class DistillModule(L.LightningModule):
         for model in (self.student, parts.unet, parts.vae):
             if model is not None:
                 set_attention(model, attention)
-        self.ema = StudentEMA(self.student, ema_decay) if ema_decay is not None else None
+        self.ema = StudentEMA(self.student, ema_decay, ema_foreach) if ema_decay is not None else None
         self.teacher_inference_mode = teacher_inference_mode
         self.speedups_applied = False
         self.removal_spec = resolve_variant(removal)
@@ -150,6 +155,7 @@ class DistillModule(L.LightningModule):
         self.nonfinite = NonfiniteTracker(nonfinite_patience)
         self.step_terms: dict[str, torch.Tensor] = {}  # the last micro-batch's loss terms
         self.step_applied: torch.Tensor | None = None  # whether this optimizer step is applied (device)
+        self.grad_norm: torch.Tensor | None = None  # this step's gradient norm, before clipping (device)
         self.teacher_taps: FeatureTaps | None = None
         self.student_taps: FeatureTaps | None = None
 
@@ -165,7 +171,7 @@ class DistillModule(L.LightningModule):
         self._frozen_on_device()
 
     def _frozen_grad_mode(self):
-        return torch.inference_mode() if self.teacher_inference_mode else torch.no_grad()
+        return torch.inference_mode() if self.teacher_inference_mode else contextlib.nullcontext()
 
     # -- taps: hooked while a trainer uses the module, taken off when it is torn down ------------------
     def setup(self, stage: str) -> None:
@@ -303,11 +309,13 @@ class DistillModule(L.LightningModule):
         optimizers skip on the device (``found_inf``, as under AMP's GradScaler); for the others the
         gradients are dropped, which costs a host sync."""
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        self.grad_norm = None
         if not grads:
             self.step_applied = None
             return
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         self.log("train/grad_norm", norm)  # before clipping
+        self.grad_norm = norm
         finite = torch.isfinite(norm)
         self.step_applied = finite
         if getattr(optimizer, "_step_supports_amp_scaling", False):
@@ -357,13 +365,28 @@ class DistillModule(L.LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Norm clipping folded into a fused optimizer's step: its ``grad_scale`` divides the gradients
+        inside the kernel, so clipping reads and writes no gradient (the norm is the one computed for the
+        non-finite check). Equal to ``clip_grad_norm_`` up to rounding. Other optimizers and value clipping
+        use Lightning's clipping."""
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        by_norm = gradient_clip_algorithm is None or gradient_clip_algorithm == "norm"
+        if gradient_clip_val and fused and by_norm and self.grad_norm is not None:
+            optimizer.grad_scale = torch.clamp((self.grad_norm + 1e-6) / gradient_clip_val, min=1.0)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         self.step_applied = None
         # runs training_step and backward (the closure), on_before_optimizer_step, then the update
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper keeps its own __dict__
-        if hasattr(optimizer, "found_inf"):  # set for this step only (AMP's GradScaler deletes its own too)
-            del optimizer.found_inf
+        for name in ("found_inf", "grad_scale"):  # set for this step only (as AMP's GradScaler does)
+            if hasattr(optimizer, name):
+                delattr(optimizer, name)
         if self.ema is not None and self.step_applied is not None:
             self.ema.update(self.student, applied=self.step_applied)
 

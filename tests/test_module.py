@@ -256,3 +256,15 @@ def test_with_a_fused_optimizer_the_step_reads_no_device_value_on_the_host(tmp_p
         fit(make_module(ema_decay=0.9, optimizer=optimizer), steps, tmp_path, log_every_n_steps=50)
         counts[steps] = sorted(reads)
     assert counts[2] == counts[5], counts
+
+
+def test_clipping_folded_into_the_fused_step_equals_lightnings_clipping(tmp_path):
+    weights = {}
+    for name, fused, clip in (("folded", True, 0.05), ("lightning", False, 0.05), ("unclipped", True, None)):
+        optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, fused=fused)
+        module = make_module(optimizer=optimizer)
+        fit(module, 3, tmp_path, gradient_clip_val=clip)
+        assert float(module.grad_norm) > 0.05  # the clip bites
+        weights[name] = torch.cat([p.detach().flatten() for p in module.student.parameters()])
+    torch.testing.assert_close(weights["folded"], weights["lightning"], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(weights["folded"], weights["unclipped"], rtol=1e-4, atol=1e-6)

@@ -62,7 +62,9 @@ def test_paper_defaults(tmp_path):
     assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.max_steps) == (64, 4, 50000)
     assert (cfg.trainer.precision, cfg.trainer.gradient_clip_val, cfg.seed) == ("bf16-mixed", 1.0, 1234)
     assert cfg.optim.optimizer.lr == 5e-5 and cfg.optim.optimizer.weight_decay == 0.01
-    assert cfg.distill.gradient_checkpointing and cfg.distill.ema_decay is not None
+    assert not cfg.distill.gradient_checkpointing and cfg.distill.ema_decay is not None
+    for variant in ("base", "small", "tiny"):  # the paper's memory setting
+        assert config(f"experiment=paper_{variant}", output_dir=tmp_path).distill.gradient_checkpointing
 
 
 def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, monkeypatch):
