@@ -18,6 +18,7 @@ from bksdm.arch import build_student, resolve_variant
 from bksdm.components import load_components, resolve_source
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.ema import StudentEMA
+from bksdm.host_sync import ranks_agree
 from bksdm.losses import DistillLoss
 from bksdm.noise import SampleRandomness
 from bksdm.nonfinite import NonfiniteTracker
@@ -299,9 +300,7 @@ class DistillModule(L.LightningModule):
         return loss
 
     def _all_ranks(self, flag: bool) -> bool:
-        if self.trainer.world_size == 1:
-            return flag
-        return self.trainer.strategy.reduce_boolean_decision(flag, all=True)
+        return flag if self.trainer.world_size == 1 else ranks_agree(flag, every=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skips a step whose gradients are not finite (a NaN/inf loss on any rank or micro-batch makes

@@ -17,6 +17,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bksdm.host_sync import ranks_agree
+
 # submitit's requeue signal (its --signal=USR2@<delay>); Lightning's SLURM auto-requeue uses USR1 itself
 REQUEUE_SIGNALS = (signal.SIGUSR2,)
 
@@ -44,7 +46,7 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stop = trainer.received_sigterm or self._pending is not None
         if trainer.world_size > 1:  # every rank must take the same branch: the save is collective
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            stop = ranks_agree(stop, every=False)
         if not stop:
             return
         trainer.save_checkpoint(self.path)
