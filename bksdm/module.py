@@ -309,23 +309,22 @@ class DistillModule(L.LightningModule):
         gradients are dropped, which costs a host sync."""
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
         self.grad_norm = None
-        if not grads:
-            self.step_applied = None
+        if not grads:  # nothing to step (an all-bad batch): step_applied stays None, the EMA stays
             return
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         self.log("train/grad_norm", norm)  # before clipping
         self.grad_norm = norm
         finite = torch.isfinite(norm)
         self.step_applied = finite
-        if getattr(optimizer, "_step_supports_amp_scaling", False):
+        skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if skips_on_device:
             optimizer.found_inf = (~finite).float()
         elif not bool(finite):
             for p in self.student.parameters():
                 p.grad = None
         self.nonfinite.record(finite, self.global_step, self.step_terms)
         self.log("train/nonfinite_skipped", self.nonfinite.skipped.float(), reduce_fx="max")
-        host_synced = not getattr(optimizer, "_step_supports_amp_scaling", False)
-        if host_synced or self.global_step % self.trainer.log_every_n_steps == 0:
+        if not skips_on_device or self.global_step % self.trainer.log_every_n_steps == 0:
             self.nonfinite.check(self.global_step)
 
     def distill_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -6,8 +6,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-VAE_SCALE = 8  # pixels per latent cell
-TEXT_TOKENS = 77
+from bksdm.arch.report import TEXT_TOKENS
+from bksdm.train import VAE_SCALE
+
 CAPTION = "a photograph of a small red bird sitting on a branch of a tree in a green forest, high detail"
 
 
