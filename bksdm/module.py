@@ -286,7 +286,7 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.log("data/skipped", float(self.skips.counts.sum()), reduce_fx="max")
         # skipping is decided on every rank together: one rank skipping alone would desynchronise DDP
-        if not self._all_ranks(bool(batch.get("caption"))):
+        if not ranks_agree(bool(batch.get("caption"))):
             return None  # every sample of a batch was bad: nothing to learn from
         loss, terms = self.distill_loss(batch)
         # a non-finite loss is not looked at here (that would sync the host every step): it makes the
@@ -298,9 +298,6 @@ class DistillModule(L.LightningModule):
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
         return loss
-
-    def _all_ranks(self, flag: bool) -> bool:
-        return flag if self.trainer.world_size == 1 else ranks_agree(flag, every=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skips a step whose gradients are not finite (a NaN/inf loss on any rank or micro-batch makes

@@ -44,9 +44,8 @@ class PreemptionCheckpoint(L.Callback):
         self._pending = signum  # acted on at the end of the batch: a signal handler cannot save mid-step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stop = trainer.received_sigterm or self._pending is not None
-        if trainer.world_size > 1:  # every rank must take the same branch: the save is collective
-            stop = ranks_agree(stop, every=False)
+        # every rank must take the same branch: the save is collective
+        stop = ranks_agree(trainer.received_sigterm or self._pending is not None, every=False)
         if not stop:
             return
         trainer.save_checkpoint(self.path)
