@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,10 +25,7 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
         if target.exists():
             if not overwrite:
                 return
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            target.rename(retired / target.name)
-            staging.rename(target)
-            shutil.rmtree(retired, ignore_errors=True)
+            replace_directory(staging, target)
         else:
             try:
                 staging.rename(target)
@@ -36,3 +34,15 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
                     raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_directory(source: Path, target: Path) -> None:
+    """Renames the folder ``source`` to ``target``; an existing ``target`` (file or folder) is set aside
+    first and removed after, so at every moment ``target`` is either the old one or the new one."""
+    if target.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, retired / target.name)
+        os.replace(source, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(source, target)

@@ -18,6 +18,7 @@ from bksdm.arch import build_student, resolve_variant
 from bksdm.components import load_components, resolve_source
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.ema import StudentEMA
+from bksdm.fsdp import gradient_shard_group
 from bksdm.host_sync import ranks_agree
 from bksdm.losses import DistillLoss
 from bksdm.noise import SampleRandomness
@@ -157,6 +158,7 @@ class DistillModule(L.LightningModule):
         self.step_terms: dict[str, torch.Tensor] = {}  # the last micro-batch's loss terms
         self.step_applied: torch.Tensor | None = None  # whether this optimizer step is applied (device)
         self.grad_norm: torch.Tensor | None = None  # this step's gradient norm, before clipping (device)
+        self.grad_shard_group = None  # under FSDP: the ranks whose gradient shards make up the norm
         self.teacher_taps: FeatureTaps | None = None
         self.student_taps: FeatureTaps | None = None
 
@@ -170,6 +172,7 @@ class DistillModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._frozen_on_device()
+        self.grad_shard_group = gradient_shard_group(self.trainer.strategy.model)  # wrapped by now
 
     def _frozen_grad_mode(self):
         return torch.inference_mode() if self.teacher_inference_mode else contextlib.nullcontext()
@@ -309,6 +312,10 @@ class DistillModule(L.LightningModule):
         if not grads:  # nothing to step (an all-bad batch): step_applied stays None, the EMA stays
             return
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if self.grad_shard_group is not None:  # each rank holds a shard: the norm of the whole
+            squared = norm.square()
+            torch.distributed.all_reduce(squared, group=self.grad_shard_group)
+            norm = squared.sqrt()
         self.log("train/grad_norm", norm)  # before clipping
         self.grad_norm = norm
         finite = torch.isfinite(norm)
@@ -363,16 +370,18 @@ class DistillModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        """Norm clipping folded into a fused optimizer's step: its ``grad_scale`` divides the gradients
-        inside the kernel, so clipping reads and writes no gradient (the norm is the one computed for the
-        non-finite check). Equal to ``clip_grad_norm_`` up to rounding. Other optimizers and value clipping
-        use Lightning's clipping."""
-        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
-        by_norm = gradient_clip_algorithm is None or gradient_clip_algorithm == "norm"
-        if gradient_clip_val and fused and by_norm and self.grad_norm is not None:
-            optimizer.grad_scale = torch.clamp((self.grad_norm + 1e-6) / gradient_clip_val, min=1.0)
+        """Norm clipping by the norm already computed for the non-finite check (over all shards under
+        FSDP, where Lightning's own clipping refuses). With a fused optimizer it is folded into the step:
+        its ``grad_scale`` divides the gradients inside the kernel, so clipping reads and writes no
+        gradient. Equal to ``clip_grad_norm_`` up to rounding. Value clipping is Lightning's."""
+        if gradient_clip_algorithm not in (None, "norm"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif not gradient_clip_val or self.grad_norm is None:  # no clipping, or no gradients to clip
             return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif getattr(optimizer, "_step_supports_amp_scaling", False):
+            optimizer.grad_scale = torch.clamp((self.grad_norm + 1e-6) / gradient_clip_val, min=1.0)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(self.student.parameters(), gradient_clip_val, self.grad_norm)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         self.step_applied = None

@@ -8,14 +8,19 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+SHARDED_METADATA = "meta.pt"  # Lightning's FSDPStrategy: the non-tensor state of a sharded checkpoint folder
+
 
 def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
-    """``ckpt_path=<file>``, or with ``resume=auto`` the newest checkpoint of the run folder (periodic,
-    ``last.ckpt``, or one written at preemption); None for a fresh start."""
+    """``ckpt_path=<file or sharded folder>``, or with ``resume=auto`` the newest checkpoint of the run
+    folder (periodic, ``last.ckpt``, or one written at preemption); None for a fresh start."""
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist: give a checkpoint file")
+        if not path.is_file() and not is_sharded_checkpoint(path):
+            raise FileNotFoundError(
+                f"ckpt_path={str(path)!r} is neither a checkpoint file nor a sharded checkpoint folder "
+                f"(one holding {SHARDED_METADATA}, as trainer=fsdp writes)"
+            )
         return path
     resume = cfg.get("resume")
     if resume in (None, False):
@@ -25,10 +30,18 @@ def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
             f"resume={resume!r}: accepted are auto (the newest checkpoint of the run folder) or null"
         )
     found = [*(output_dir / "checkpoints").glob("*.ckpt"), *output_dir.glob("hpc_ckpt_*.ckpt")]
+    found = [path for path in found if path.is_file() or is_sharded_checkpoint(path)]
     if not found:
         rank_zero_info(f"resume=auto: no checkpoint in {output_dir}, starting from the beginning")
         return None
-    return max(found, key=lambda path: path.stat().st_mtime_ns)
+    # a sharded folder is complete once its metadata, written last, is there
+    return max(
+        found, key=lambda path: (path / SHARDED_METADATA if path.is_dir() else path).stat().st_mtime_ns
+    )
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / SHARDED_METADATA).is_file()
 
 
 def wandb_run_id(output_dir: Path) -> str:

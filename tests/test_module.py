@@ -258,13 +258,25 @@ def test_with_a_fused_optimizer_the_step_reads_no_device_value_on_the_host(tmp_p
     assert counts[2] == counts[5], counts
 
 
-def test_clipping_folded_into_the_fused_step_equals_lightnings_clipping(tmp_path):
+def test_clipping_by_the_steps_norm_equals_clip_grad_norm(tmp_path):
+    def reference_clipping(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        torch.nn.utils.clip_grad_norm_(module.student.parameters(), gradient_clip_val)
+
     weights = {}
-    for name, fused, clip in (("folded", True, 0.05), ("lightning", False, 0.05), ("unclipped", True, None)):
+    cases = [
+        ("folded", True, 0.05),
+        ("unfused", False, 0.05),
+        ("reference", False, 0.05),
+        ("unclipped", True, None),
+    ]
+    for name, fused, clip in cases:
         optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, fused=fused)
         module = make_module(optimizer=optimizer)
+        if name == "reference":
+            module.configure_gradient_clipping = reference_clipping
         fit(module, 3, tmp_path, gradient_clip_val=clip)
         assert float(module.grad_norm) > 0.05  # the clip bites
         weights[name] = torch.cat([p.detach().flatten() for p in module.student.parameters()])
-    torch.testing.assert_close(weights["folded"], weights["lightning"], rtol=1e-4, atol=1e-6)
+    for name in ("folded", "unfused"):
+        torch.testing.assert_close(weights[name], weights["reference"], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(weights["folded"], weights["unclipped"], rtol=1e-4, atol=1e-6)

@@ -133,7 +133,7 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 
 def test_resume_settings_are_checked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ckpt_path='.*nowhere\.ckpt' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path='.*nowhere\.ckpt' is neither a checkpoint file"):
         train_app.train(config(*FAST, f"ckpt_path={tmp_path / 'nowhere.ckpt'}", output_dir=tmp_path))
 
 

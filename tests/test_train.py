@@ -21,6 +21,7 @@ FAST = [
     "teacher=tiny",
     "data=synthetic",
     "data.batch_size=2",
+    "global_batch_size=null",  # the paper_* experiments' 256 would make it the per-device batch
     "data.num_workers=0",
     "trainer=cpu",
     "trainer.max_steps=1",
@@ -238,24 +239,24 @@ def test_runs_log_grad_norm_throughput_and_peak_memory(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_equals_one_process_with_the_same_global_batch(tmp_path):
+def test_ddp_and_fsdp_on_two_cpu_processes_equal_one_process_and_fsdp_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
     common = ["experiment=demo", "data.num_samples=8", "trainer.max_steps=3", "trainer.log_every_n_steps=1",
-              "trainer.deterministic=true", "callbacks.sample_grid=null"]  # fmt: skip
+              "trainer.deterministic=true", "distill.ema_decay=0.9", "callbacks.sample_grid.num_inference_steps=2",
+              "callbacks.sample_grid.prompts=[a red circle]"]  # fmt: skip
+    two = ["data.batch_size=2", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32"]
+    fsdp_checkpoint = tmp_path / "fsdp" / "checkpoints" / "epoch=0-step=2.ckpt"
     runs = {
         "one": ["data.batch_size=4"],
-        "ddp": [
-            "data.batch_size=2",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.precision=32",
-        ],
+        "ddp": [*two, "trainer=ddp"],
+        "fsdp": [*two, "trainer=fsdp", "callbacks.checkpoint.every_n_train_steps=2"],
+        # the sharded step-2 checkpoint folder, in a fresh run folder: student, EMA, optimizer, RNG
+        "resumed": [*two, "trainer=fsdp", f"ckpt_path='{fsdp_checkpoint}'", "callbacks.sample_grid=null"],
     }
     results = {}
     for name, overrides in runs.items():
-        # one thread per process: two DDP processes share this machine's two cores
+        # one thread per process: two processes share this machine's two cores
         done = run_cli(
             *common, *overrides, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path, OMP_NUM_THREADS="1"
         )
@@ -264,13 +265,21 @@ def test_ddp_on_two_cpu_processes_equals_one_process_with_the_same_global_batch(
         losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
         weights = load_file(tmp_path / name / "student" / "unet" / "diffusion_pytorch_model.safetensors")
         results[name] = (losses, weights)
-    (one_losses, one_weights), (ddp_losses, ddp_weights) = results["one"], results["ddp"]
-    assert len(one_losses) == 3 and ddp_losses == pytest.approx(one_losses, rel=1e-5)
-    # the same updates up to the all-reduce's summation order (Adam magnifies it in near-zero gradients,
-    # so whole tensors are compared, not single elements)
-    gaps = {k: float((ddp_weights[k] - v).norm() / v.norm().clamp_min(1e-12)) for k, v in one_weights.items()}
-    assert max(gaps.values()) < 1e-3, max(gaps.items(), key=lambda item: item[1])
+    one_losses, one_weights = results["one"]
+    assert len(one_losses) == 3
+    for name in ("ddp", "fsdp"):
+        losses, weights = results[name]
+        assert losses == pytest.approx(one_losses, rel=1e-5), name
+        # the same updates up to the all-reduce's summation order (Adam magnifies it in near-zero
+        # gradients, so whole tensors are compared, not single elements)
+        gaps = {k: float((weights[k] - v).norm() / v.norm().clamp_min(1e-12)) for k, v in one_weights.items()}
+        assert max(gaps.values()) < 1e-3, (name, max(gaps.items(), key=lambda item: item[1]))
+        assert len(list((tmp_path / name / "samples").glob("*.png"))) == 1
     assert not (tmp_path / "ddp" / "multirun").exists() and len(list(tmp_path.glob("ddp/student"))) == 1
+    assert (fsdp_checkpoint / "meta.pt").is_file() and len(list(fsdp_checkpoint.glob("*.distcp"))) == 2
+    (fsdp_losses, fsdp_weights), (resumed_losses, resumed_weights) = results["fsdp"], results["resumed"]
+    assert resumed_losses == fsdp_losses[2:]
+    assert all(torch.equal(resumed_weights[k], v) for k, v in fsdp_weights.items())
 
 
 def test_a_global_batch_sets_the_per_device_batch(tmp_path):

@@ -10,19 +10,22 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from bksdm.export import save_student_pipeline
+from bksdm.fsdp import whole_module
 
 
 class ExportStudent(L.Callback):
-    """At the end of training, on rank 0 only, save ``dirpath`` as a StableDiffusionPipeline folder."""
+    """At the end of training, rank 0 saves ``dirpath`` as a StableDiffusionPipeline folder (under FSDP
+    every rank first takes part in gathering the weights)."""
 
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        student = whole_module(pl_module.exported_student(), rank0_only=True)
         if not trainer.is_global_zero:
             return
         # nn.Module.to: diffusers' override warns about fp32-only modules that SD U-Nets do not have
-        student = torch.nn.Module.to(copy.deepcopy(pl_module.exported_student()), "cpu", torch.float32)
+        student = torch.nn.Module.to(copy.deepcopy(student), "cpu", torch.float32)
         if getattr(student, "is_gradient_checkpointing", False):
             student.disable_gradient_checkpointing()
         hparams = pl_module.hparams

@@ -18,6 +18,7 @@ from bksdm.eval.generation import generate_images
 from bksdm.eval.metrics import FeatureStats, frechet_distance
 from bksdm.eval.prompts import load_prompts
 from bksdm.eval.scoring import image_features, load_scored, real_statistics
+from bksdm.fsdp import whole_module
 
 
 class PeriodicEval(L.Callback):
@@ -77,7 +78,7 @@ class PeriodicEval(L.Callback):
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict:
         self._last_step = step = trainer.global_step
-        pipeline = frozen_pipeline(pl_module, pl_module.exported_student())
+        pipeline = frozen_pipeline(pl_module, whole_module(pl_module.exported_student(), rank0_only=False))
         mine = range(trainer.global_rank, len(self.captions), trainer.world_size)
         paths = generate_images(
             pipeline, self.captions, self.dirpath / f"step_{step:07d}", seed=self.seed,

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from bksdm.components import load_components
+from bksdm.fsdp import whole_module
 
 
 class SampleGrid(L.Callback):
@@ -50,11 +51,12 @@ class SampleGrid(L.Callback):
     @torch.no_grad()
     def draw(self, trainer: L.Trainer, pl_module) -> Path | None:
         self._last_step = trainer.global_step
+        student = whole_module(pl_module.exported_student(), rank0_only=True)  # every rank, under FSDP
         if not trainer.is_global_zero:
             return None
         pipeline = frozen_pipeline(pl_module, pl_module.frozen.unet)  # built (and parts loaded) once
         columns = []
-        for unet in (pl_module.frozen.unet, pl_module.exported_student()):
+        for unet in (pl_module.frozen.unet, student):
             pipeline.register_modules(unet=unet)
             columns.append(self._images(pipeline, pl_module))
         rows = [np.concatenate([column[i] for column in columns], axis=1) for i in range(len(self.prompts))]
