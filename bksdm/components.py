@@ -2,8 +2,9 @@
 
 ``source`` is a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``; offline, it must be in the
 local HF cache), a local folder in diffusers layout (``model_index.json`` plus ``unet/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``, ``scheduler/``), or ``builtin:tiny`` for the offline tiny pipeline
-(``builtin:sd14-random``: SD-v1.4's shapes at full width with random weights, for benchmarks).
+``text_encoder/``, ``tokenizer/``, ``scheduler/``), ``builtin:miniworld`` for the shipped mini-world teacher,
+or ``builtin:tiny`` for the offline tiny pipeline (``builtin:sd14-random``: SD-v1.4's shapes at full width
+with random weights, for benchmarks).
 Whatever loads is checked: transformers and diffusers can hand back a degenerate tokenizer or a model
 with randomly initialised tensors instead of failing, and training on those is worse than an error.
 """
@@ -18,12 +19,14 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from bksdm.miniworld.assets import teacher_path
 from bksdm.tiny import tiny_pipeline_path
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
 BUILTINS = {
     "tiny": tiny_pipeline_path,
     "sd14-random": functools.partial(tiny_pipeline_path, shape="sd14-random"),
+    "miniworld": teacher_path,  # shipped with the package, trained by python -m bksdm.miniworld
 }
 _TOKENIZER_PROBE = "a photo of an astronaut riding a horse on mars"
 

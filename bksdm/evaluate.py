@@ -16,6 +16,8 @@ from bksdm.eval.scoring import real_statistics, score_images
 
 def evaluate(cfg: DictConfig) -> dict:
     """Generate (resumably) one image per prompt, score it, write ``metrics.json`` and ``metrics.md``."""
+    if cfg.eval.name == "miniworld":
+        return evaluate_miniworld(cfg)
     prompts = load_prompts(cfg.prompts, cfg.num_images)
     extractor, clip_model = instantiate(cfg.eval.features), instantiate(cfg.eval.clip)
     size = cfg.eval.score_size
@@ -50,9 +52,53 @@ def evaluate(cfg: DictConfig) -> dict:
     return result
 
 
+def evaluate_miniworld(cfg: DictConfig) -> dict:
+    """``eval=miniworld``: accuracy, classifier-feature FID and error to the teacher of ``cfg.model``,
+    written as ``metrics.json`` and ``metrics.md``."""
+    from bksdm.miniworld.assets import ASSETS, load_classifier, teacher_path
+    from bksdm.miniworld.evaluation import MiniWorldReference, evaluate_student
+
+    settings, world = cfg.eval, cfg.eval.world or ASSETS
+    teacher = load_pipeline(str(teacher_path(world)), "float32", cfg.device, cfg.scheduler)
+    reference = MiniWorldReference.build(
+        teacher, load_classifier(world), settings.num_real, settings.num_latents
+    )
+    student = load_pipeline(cfg.model, "float32", cfg.device, cfg.scheduler)
+    student.set_progress_bar_config(disable=True)
+    scores = evaluate_student(
+        student, reference, settings.num_images, settings.num_inference_steps, settings.guidance_scale,
+        settings.batch_size,
+    )  # fmt: skip
+    result = {
+        **scores,
+        "model": cfg.model,
+        "world": str(world),
+        "settings": OmegaConf.to_container(cfg, resolve=True),
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    names = ["shape", "colour", "position", "size", "all"]
+    (out / "metrics.md").write_text(
+        "| model | "
+        + " | ".join(f"acc. {n}" for n in names)
+        + " | FID (classifier) | error to teacher |\n"
+        + "|---" * (len(names) + 3)
+        + "|\n"
+        + f"| {cfg.model} | "
+        + " | ".join(f"{scores[f'accuracy/{n}']:.3f}" for n in names)
+        + f" | {scores['fid']:.2f} | {scores['error_to_teacher']:.5f} |\n"
+    )
+    return result
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     result = evaluate(cfg)
+    if cfg.eval.name == "miniworld":
+        print(f"accuracy {result['accuracy/all']:.3f}  FID {result['fid']:.2f}  error to teacher "
+              f"{result['error_to_teacher']:.5f} -> {cfg.out}")  # fmt: skip
+        return
     print(
         f"FID {result['fid']:.2f}  IS {result['is']:.2f}  CLIP {result['clip']:.4f}  ({result['num_images']} images) -> {cfg.out}"
     )

@@ -82,7 +82,7 @@ def test_bad_sources_and_parts_are_named(tmp_path):
         load_components("builtin:tiny", parts=["safety_checker"])
     with pytest.raises(
         ComponentError,
-        match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:tiny', 'builtin:sd14-random'\]",
+        match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:tiny', 'builtin:sd14-random', 'builtin:miniworld'\]",
     ):
         load_components("builtin:huge")
     with pytest.raises(ComponentError, match=r"(?s)could not load the unet of '.*nowhere'.*Accepted sources"):

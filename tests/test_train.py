@@ -141,7 +141,8 @@ def run_cli(*args, cwd, **env_vars):
 
 def test_two_job_multirun_gives_two_loadable_students(tmp_path):
     done = run_cli(
-        "-m", "experiment=demo", "arch=small,tiny", "trainer.max_steps=2", "callbacks.sample_grid.num_inference_steps=2",
+        "-m", "experiment=demo", "arch=small,tiny", "trainer.max_steps=2", "data.batch_size=4",
+        "callbacks.sample_grid.num_inference_steps=2",
         f"paths.log_dir={tmp_path}", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -71,16 +71,10 @@ class SampleGrid(L.Callback):
 
     def _images(self, pipeline, pl_module) -> np.ndarray:
         device = pl_module.device
-        low_precision = pl_module.frozen_dtype != torch.float32
-        autocast = (
-            torch.autocast(device.type, dtype=pl_module.frozen_dtype)
-            if low_precision
-            else contextlib.nullcontext()
-        )
         images = []
         for i, prompt in enumerate(self.prompts):
             generator = torch.Generator(device=device).manual_seed(self.seed + i)
-            with autocast:
+            with frozen_precision(pl_module):
                 out = pipeline(
                     prompt,
                     num_inference_steps=self.num_inference_steps,
@@ -90,6 +84,14 @@ class SampleGrid(L.Callback):
                 )
             images.append(out.images[0])
         return np.stack(images)
+
+
+def frozen_precision(pl_module):
+    """Autocast to the frozen parts' precision (a float32 student between a low-precision VAE and text
+    encoder), or nothing when they are float32."""
+    if pl_module.frozen_dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(pl_module.device.type, dtype=pl_module.frozen_dtype)
 
 
 def frozen_pipeline(pl_module, unet):

@@ -91,6 +91,31 @@ class SyntheticDataModule(CaptionDataModule):
         return SyntheticCaptions(self.num_samples, self.resolution, self.seed)
 
 
+class MiniWorldDataModule(CaptionDataModule):
+    """``data=miniworld``: the mini world's captioned shapes (``bksdm.miniworld.world``), drawn from their
+    index. ``world_seed`` picks the world's items (``offset``: from which one; another offset gives a
+    disjoint, held-out set), ``seed`` the order and per-sample noise of training."""
+
+    def __init__(
+        self,
+        num_samples: int = 100_000,
+        resolution: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        world_seed: int = 0,
+        offset: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        self.num_samples, self.resolution = num_samples, resolution
+        self.world_seed, self.offset = world_seed, offset
+
+    def build_dataset(self) -> Dataset:
+        from bksdm.miniworld.world import MiniWorld
+
+        return MiniWorld(self.num_samples, self.resolution, self.world_seed, self.offset)
+
+
 class FolderDataModule(CaptionDataModule):
     """``data=laion_folder``: images plus ``metadata.csv`` (file_name,text) or per-image ``.txt`` captions.
     Images whose shorter side is below ``min_size`` pixels are skipped."""

@@ -1,0 +1,102 @@
+"""MiniWorldEval: the mini-world scores of the student every N optimizer steps (``callbacks=with_miniworld_eval``).
+
+Logs ``eval/accuracy/{shape,colour,position,size,all}``, ``eval/fid`` (classifier features) and
+``eval/error_to_teacher`` for the exported student (the EMA weights when EMA is on), and keeps the history
+in ``<dirpath>/history.jsonl``. Rank 0 evaluates (under FSDP every rank first helps gather the weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from bksdm.callbacks.sample_grid import frozen_pipeline, frozen_precision
+from bksdm.fsdp import whole_module
+
+
+class MiniWorldEval(L.Callback):
+    """Args:
+    dirpath: where ``history.jsonl`` goes.
+    every_n_steps: evaluate when the global step is a multiple of it, at step 0 (the untrained student)
+        when ``at_start``, and at the end of training.
+    world: a built mini world's folder (teacher and classifier); None: the shipped one. It must be the
+        world of the run's teacher.
+    num_images, num_real, num_latents, num_inference_steps, guidance_scale, batch_size: see
+        ``bksdm.miniworld.evaluation``.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        every_n_steps: int = 100,
+        at_start: bool = True,
+        world: str | Path | None = None,
+        num_images: int = 1080,
+        num_real: int = 2000,
+        num_latents: int = 256,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        batch_size: int = 90,
+    ):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be >= 1")
+        self.dirpath, self.every_n_steps, self.at_start, self.world = (
+            Path(dirpath),
+            every_n_steps,
+            at_start,
+            world,
+        )
+        self.num_images, self.num_real, self.num_latents = num_images, num_real, num_latents
+        self.num_inference_steps, self.guidance_scale, self.batch_size = (
+            num_inference_steps,
+            guidance_scale,
+            batch_size,
+        )
+        self.history: list[dict] = []
+        self.reference = None
+        self._last_step = -1
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.at_start and trainer.global_step == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and step != self._last_step and step > 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module) -> dict | None:
+        from bksdm.miniworld.assets import ASSETS, load_classifier
+        from bksdm.miniworld.evaluation import MiniWorldReference, evaluate_student
+
+        self._last_step = step = trainer.global_step
+        student = whole_module(pl_module.exported_student(), rank0_only=True)
+        if not trainer.is_global_zero:
+            return None
+        with frozen_precision(pl_module):
+            if self.reference is None:  # the teacher's side, once (the classifier stays on the CPU)
+                teacher = frozen_pipeline(pl_module, pl_module.frozen.unet)
+                classifier = load_classifier(self.world or ASSETS)
+                self.reference = MiniWorldReference.build(
+                    teacher, classifier, self.num_real, self.num_latents
+                )
+            scores = evaluate_student(
+                frozen_pipeline(pl_module, student), self.reference, self.num_images, self.num_inference_steps,
+                self.guidance_scale, self.batch_size,
+            )  # fmt: skip
+        result = {"step": step, **scores}
+        self.history.append(result)
+        for logger in trainer.loggers:  # to the loggers directly: Lightning forbids self.log at train end
+            logger.log_metrics({f"eval/{k}": v for k, v in scores.items()}, step=step)
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        with open(self.dirpath / "history.jsonl", "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+        return result

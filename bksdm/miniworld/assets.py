@@ -1,0 +1,37 @@
+"""The shipped mini-world teacher and classifier (``bksdm/miniworld/assets``), and loading a built one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from bksdm.miniworld.models import AttributeClassifier
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def teacher_path(folder: str | Path = ASSETS) -> Path:
+    """The teacher pipeline folder of a built mini world (``builtin:miniworld``: the shipped one)."""
+    path = Path(folder) / "teacher"
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"no mini-world teacher in {str(folder)!r} (expected teacher/model_index.json); "
+            "build one with `python -m bksdm.miniworld out=<folder>`"
+        )
+    return path
+
+
+def load_classifier(folder: str | Path = ASSETS) -> AttributeClassifier:
+    """The attribute classifier of a built mini world, in float32, in eval mode."""
+    folder = Path(folder)
+    weights = folder / "classifier.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"no mini-world classifier in {str(folder)!r} (expected classifier.safetensors); "
+            "build one with `python -m bksdm.miniworld out=<folder>`"
+        )
+    classifier = AttributeClassifier(**json.loads((folder / "classifier.json").read_text()))
+    classifier.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
+    return classifier.eval().requires_grad_(False)

@@ -1,0 +1,128 @@
+"""Evaluation on the mini world (``eval=miniworld``): does a student draw its captions, how close are its
+images to real ones, and how close are its noise predictions to the teacher's?
+
+- attribute accuracy: the classifier reads shape, colour, position and size from each generated image
+  (every caption of the world in turn, ``num_images`` in all), per attribute and all four at once;
+- FID on the classifier's 128-d features against held-out real items of the world (real items that no
+  training saw; with 128 dimensions, 1000 or more generated images give a usable number);
+- error to the teacher: mean squared difference of the student's and the teacher's noise predictions on
+  fixed held-out noisy latents (held-out images, noise and timesteps drawn from a fixed seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from bksdm.eval.metrics import FeatureStats, frechet_distance
+from bksdm.miniworld.models import AttributeClassifier
+from bksdm.miniworld.scoring import attribute_accuracy, generate
+from bksdm.miniworld.world import MiniWorld, all_captions
+
+HELD_OUT_OFFSET = 10_000_000  # world items from here on are never trained on (training uses far fewer)
+
+
+@dataclass
+class MiniWorldReference:
+    """What every evaluation of one teacher compares against, computed once: the real images' feature
+    statistics and the teacher's predictions on the held-out noisy latents."""
+
+    classifier: AttributeClassifier
+    real_stats: FeatureStats
+    noisy: torch.Tensor  # (N, 4, h, w) float32, CPU, as every tensor here
+    timesteps: torch.Tensor  # (N,)
+    context: torch.Tensor  # (N, T, D)
+    teacher_prediction: torch.Tensor  # (N, 4, h, w)
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        teacher,
+        classifier: AttributeClassifier,
+        num_real: int = 2000,
+        num_latents: int = 256,
+        seed: int = 0,
+    ):
+        """``teacher``: a StableDiffusionPipeline of the mini-world teacher (fp32, CPU or GPU)."""
+        real = MiniWorld(num_real, seed=0, offset=HELD_OUT_OFFSET)
+        images = torch.stack([real[i]["pixel_values"] for i in range(num_real)])
+        real_stats = FeatureStats.of(batched(classifier.features, images))
+        held_out = MiniWorld(num_latents, seed=0, offset=HELD_OUT_OFFSET + num_real)
+        samples = [held_out[i] for i in range(num_latents)]
+        unet, vae, device = teacher.unet, teacher.vae, teacher.unet.device
+        generator = torch.Generator().manual_seed(seed)
+        pixels = torch.stack([s["pixel_values"] for s in samples]).to(device, vae.dtype)
+        latents = vae.encode(pixels).latent_dist.mean.float() * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        scheduler = teacher.scheduler
+        steps = torch.randint(0, scheduler.config.num_train_timesteps, (num_latents,), generator=generator)
+        noisy = noise_latents(scheduler, latents, noise, steps.to(device))
+        tokenizer = teacher.tokenizer
+        ids = tokenizer(
+            [s["caption"] for s in samples], padding="max_length", max_length=tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids  # fmt: skip
+        context = teacher.text_encoder(ids.to(device))[0].float()
+        prediction = unet(noisy.to(unet.dtype), steps.to(device), context.to(unet.dtype)).sample.float()
+        return cls(classifier, real_stats, noisy.cpu(), steps, context.cpu(), prediction.cpu())
+
+
+def noise_latents(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """SD's forward process from the scheduler's betas (whatever sampler the pipeline holds)."""
+    alphas = torch.cumprod(1.0 - scheduler.betas.to(latents.device, torch.float64), dim=0)[timesteps]
+    shape = (-1, *([1] * (latents.ndim - 1)))
+    return (alphas.sqrt().view(shape) * latents + (1 - alphas).sqrt().view(shape) * noise).to(latents.dtype)
+
+
+def batched(function, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([function(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+@torch.no_grad()
+def error_to_teacher(unet: UNet2DConditionModel, reference: MiniWorldReference) -> float:
+    """Mean squared difference of ``unet``'s noise prediction and the teacher's on the held-out latents."""
+    parameter = next(unet.parameters())
+    noisy, context = (t.to(parameter.device, parameter.dtype) for t in (reference.noisy, reference.context))
+    prediction = unet(noisy, reference.timesteps.to(parameter.device), context).sample.float().cpu()
+    return float(torch.nn.functional.mse_loss(prediction, reference.teacher_prediction))
+
+
+@torch.no_grad()
+def evaluate_student(
+    pipeline,
+    reference: MiniWorldReference,
+    num_images: int = 1080,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 3.0,
+    batch_size: int = 90,
+) -> dict[str, float]:
+    """The scores of ``pipeline`` (the teacher's VAE and text encoder around a student U-Net):
+    ``accuracy/{shape,colour,position,size,all}``, ``fid`` (classifier features) and
+    ``error_to_teacher``. ``num_images`` cycles through the 180 captions (a multiple of 180 weighs each
+    alike), seed by seed."""
+    captions = [text for text, _ in all_captions()]
+    rounds, rest = divmod(num_images, len(captions))
+    texts = captions * rounds + captions[:rest]
+    settings = (num_inference_steps, guidance_scale, batch_size)
+    if num_images < 2:
+        raise ValueError(
+            f"num_images={num_images!r}: FID needs at least 2 images (1000 or more to mean much)"
+        )
+    parts = [generate(pipeline, captions, list(range(rounds)), *settings)] if rounds else []
+    if rest:  # a last partial round: the first captions with the next seed
+        parts.append(generate(pipeline, captions[:rest], [rounds], *settings))
+    images = torch.cat(parts)
+    accuracy = attribute_accuracy(reference.classifier, images, texts)
+    fid = frechet_distance(
+        FeatureStats.of(batched(reference.classifier.features, images)), reference.real_stats
+    )
+    return {
+        **{f"accuracy/{name}": value for name, value in accuracy.items()},
+        "fid": fid,
+        "error_to_teacher": error_to_teacher(pipeline.unet, reference),
+    }

@@ -1,0 +1,154 @@
+"""The mini world: captioned 64 px images of one shape, generated deterministically from an integer index.
+
+Four named attributes: shape (3) x colour (6) x position (5) x size (2) = 180 captions, e.g. "a small red
+circle on the left" or "a large blue square in the center". Unnamed nuisances make images of one caption
+differ: the exact position, size and colour jitter, and the background (4 tones, half of them split in
+two). Images are drawn at twice the resolution and downsampled, so edges are antialiased.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from bksdm.data.sampler import item_key
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {
+    "red": (210, 35, 35),
+    "green": (40, 170, 60),
+    "blue": (45, 75, 220),
+    "yellow": (235, 205, 35),
+    "purple": (150, 50, 190),
+    "orange": (245, 150, 20),
+}
+POSITIONS = {
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
+    "center": (0.5, 0.5),
+}
+# radius range, fraction of the side: a small shape still spans about two latent cells (8x downsampling)
+SIZES = {"small": (0.12, 0.15), "large": (0.2, 0.25)}
+BACKGROUNDS = ((70, 70, 75), (150, 150, 150), (205, 195, 170), (110, 125, 140))
+# attribute name -> its values, in the order of the classifier's heads and labels
+ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "position": tuple(POSITIONS), "size": tuple(SIZES)}
+RESOLUTION = 64
+SUPERSAMPLE = 2
+
+
+@dataclass(frozen=True)
+class Scene:
+    shape: str
+    colour: str
+    position: str
+    size: str
+    centre: tuple[float, float]  # fraction of the side, x then y
+    radius: float  # fraction of the side
+    rgb: tuple[int, int, int]
+    background: tuple[tuple[int, int, int], ...]  # one tone, or two (top and bottom halves)
+
+    @property
+    def caption(self) -> str:
+        return caption(self.shape, self.colour, self.position, self.size)
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Index of each attribute's value (shape, colour, position, size)."""
+        return tuple(ATTRIBUTES[name].index(getattr(self, name)) for name in ATTRIBUTES)
+
+
+def caption(shape: str, colour: str, position: str, size: str) -> str:
+    where = "in the center" if position == "center" else f"on the {position}"
+    return f"a {size} {colour} {shape} {where}"
+
+
+def all_captions() -> list[tuple[str, tuple[int, ...]]]:
+    """Every caption of the world with its attribute labels, in a fixed order (180 of them)."""
+    out = []
+    for values in itertools.product(*ATTRIBUTES.values()):
+        named = dict(zip(ATTRIBUTES, values, strict=True))
+        out.append((caption(**named), tuple(ATTRIBUTES[k].index(v) for k, v in named.items())))
+    return out
+
+
+def parse_caption(text: str) -> tuple[int, ...]:
+    """The attribute labels of a caption of this world; ValueError naming the text otherwise."""
+    if text in _CAPTION_LABELS:
+        return _CAPTION_LABELS[text]
+    raise ValueError(f"caption {text!r} is not one of the mini world's 180 (e.g. {all_captions()[0][0]!r})")
+
+
+def scene(index: int, seed: int = 0) -> Scene:
+    """Item ``index`` of the world of ``seed``: the same on every machine."""
+    rng = random.Random(seed * 1_000_003 + index)
+    shape, colour, position, size = (rng.choice(values) for values in ATTRIBUTES.values())
+    cx, cy = POSITIONS[position]
+    centre = (cx + rng.uniform(-0.04, 0.04), cy + rng.uniform(-0.04, 0.04))
+    rgb = tuple(int(np.clip(c + rng.randint(-15, 15), 0, 255)) for c in COLOURS[colour])
+    tones = rng.sample(BACKGROUNDS, 2)
+    background = tuple(tones) if rng.random() < 0.5 else (tones[0],)
+    return Scene(shape, colour, position, size, centre, rng.uniform(*SIZES[size]), rgb, background)
+
+
+def render(item: Scene, resolution: int = RESOLUTION) -> Image.Image:
+    side = resolution * SUPERSAMPLE
+    image = Image.new("RGB", (side, side), item.background[0])
+    draw = ImageDraw.Draw(image)
+    if len(item.background) == 2:
+        draw.rectangle((0, side // 2, side, side), fill=item.background[1])
+    cx, cy, r = item.centre[0] * side, item.centre[1] * side, item.radius * side
+    if item.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=item.rgb)
+    elif item.shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=item.rgb)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=item.rgb)
+    return image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+
+
+class MiniWorld(Dataset):
+    """``num_samples`` items of the world of ``seed``, starting at item ``offset`` (held-out splits use
+    another offset). Each item: ``pixel_values`` (3, R, R) in [-1, 1], ``caption``, ``labels`` (4,) long;
+    with a ResumableSampler key also ``draw`` (the sample's noise seed in training)."""
+
+    def __init__(
+        self, num_samples: int = 100_000, resolution: int = RESOLUTION, seed: int = 0, offset: int = 0
+    ):
+        if num_samples < 1:
+            raise ValueError(f"num_samples={num_samples!r} must be >= 1")
+        if resolution < 8 or resolution % 8:
+            raise ValueError(f"resolution={resolution!r} must be a positive multiple of 8 (pixels)")
+        self.num_samples, self.resolution, self.seed, self.offset = num_samples, resolution, seed, offset
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, draw = item_key(key)
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"item {index} of a {self.num_samples}-item mini world")
+        item = scene(self.offset + index, self.seed)
+        sample = {
+            "pixel_values": to_tensor(render(item, self.resolution)),
+            "caption": item.caption,
+            "labels": torch.tensor(item.labels),
+        }
+        if draw is not None:
+            sample["draw"] = draw
+        return sample
+
+
+_CAPTION_LABELS = dict(all_captions())

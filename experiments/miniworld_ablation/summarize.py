@@ -1,0 +1,112 @@
+"""python experiments/miniworld_ablation/summarize.py <sweep folder> [--out <folder>]
+
+Reads every run of a mini-world ablation sweep (each run folder's .hydra/hydra.yaml for its loss, arch and
+seed, and eval/history.jsonl for its scores by step) and writes, into --out (default: this folder):
+results.md (the table: each loss x arch at the last step, mean and spread over seeds), results.json (every
+score of every run) and accuracy.png / fid.png / error.png (the score against steps, one panel per arch,
+one line per loss, the band spanning the seeds). Plots need matplotlib (pip install -e ".[plots]").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+LOSSES = ["task", "kd_out", "kd_full", "kd_full_normalized"]
+ARCHS = ["base", "small", "tiny"]
+SCORES = {"accuracy/all": "accuracy (all four attributes)", "fid": "FID (classifier features)",
+          "error_to_teacher": "error to the teacher (MSE)"}  # fmt: skip
+PLOTS = {"accuracy/all": "accuracy.png", "fid": "fid.png", "error_to_teacher": "error.png"}
+
+
+def read_runs(sweep: Path) -> list[dict]:
+    runs = []
+    for history in sorted(sweep.glob("*/eval/history.jsonl")):
+        folder = history.parent.parent
+        hydra = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        choices = hydra["runtime"]["choices"]
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+        rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        runs.append({"loss": choices["loss"], "arch": choices["arch"], "seed": config["seed"],
+                     "folder": folder.name, "history": rows})  # fmt: skip
+    if not runs:
+        raise FileNotFoundError(f"no run with eval/history.jsonl under {str(sweep)!r}")
+    return runs
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def table(runs: list[dict]) -> str:
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run["loss"], run["arch"]].append(run["history"][-1])
+    order = sorted(groups, key=lambda key: (ARCHS.index(key[1]) if key[1] in ARCHS else 99,
+                                            LOSSES.index(key[0]) if key[0] in LOSSES else 99))  # fmt: skip
+    lines = [
+        "| arch | loss | steps | seeds | " + " | ".join(SCORES.values()) + " |",
+        "|---" * (4 + len(SCORES)) + "|",
+    ]
+    for loss, arch in order:
+        finals = groups[loss, arch]
+        steps = sorted({row["step"] for row in finals})
+        cells = [spread([row[score] for row in finals]) for score in SCORES]
+        lines.append(
+            f"| {arch} | {loss} | {'/'.join(map(str, steps))} | {len(finals)} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], score: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = [a for a in ARCHS if any(r["arch"] == a for r in runs)]
+    figure, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False, sharey=True)
+    for axis, arch in zip(axes[0], archs, strict=True):
+        for loss in [name for name in LOSSES if any(r["loss"] == name for r in runs)]:
+            chosen = [r["history"] for r in runs if r["arch"] == arch and r["loss"] == loss]
+            if not chosen:
+                continue
+            steps = sorted(set.intersection(*({row["step"] for row in h} for h in chosen)))
+            values = [[next(row[score] for row in h if row["step"] == s) for h in chosen] for s in steps]
+            axis.plot(steps, [statistics.mean(v) for v in values], marker="o", label=loss)
+            axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+        axis.set_title(f"arch={arch}")
+        axis.set_xlabel("optimizer steps")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(SCORES[score])
+    axes[0][-1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args()
+    runs = read_runs(args.sweep)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(table(runs))
+    (args.out / "results.json").write_text(json.dumps(runs, indent=1) + "\n")
+    if not args.no_plots:
+        for score, name in PLOTS.items():
+            plot(runs, score, args.out / name)
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The mini world: deterministic captioned items, its data source, the shipped teacher and classifier,
+the evaluation, and the build entry point."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bksdm.miniworld.world import ATTRIBUTES, MiniWorld, all_captions, parse_caption, render, scene
+
+
+def test_items_are_deterministic_captioned_and_labelled():
+    a, b = MiniWorld(8, seed=0), MiniWorld(8, seed=0)
+    for i in range(8):
+        assert torch.equal(a[i]["pixel_values"], b[i]["pixel_values"]) and a[i]["caption"] == b[i]["caption"]
+        assert tuple(a[i]["labels"].tolist()) == parse_caption(a[i]["caption"])
+    assert (
+        a[0]["pixel_values"].shape == (3, 64, 64)
+        and -1 <= a[0]["pixel_values"].min() < a[0]["pixel_values"].max() <= 1
+    )
+    assert [MiniWorld(4, seed=1)[i]["caption"] for i in range(4)] != [a[i]["caption"] for i in range(4)]
+    held_out = MiniWorld(4, seed=0, offset=4)
+    assert torch.equal(held_out[0]["pixel_values"], MiniWorld(8, seed=0)[4]["pixel_values"])
+    assert a[(3, 77)]["draw"] == 77  # a ResumableSampler key carries the sample's noise seed
+
+
+def test_captions_cover_every_attribute_combination_and_are_parsed_back():
+    captions = all_captions()
+    assert len(captions) == len({text for text, _ in captions}) == 3 * 6 * 5 * 2
+    assert captions[0][0] == "a small red circle on the left"
+    assert all(parse_caption(text) == labels for text, labels in captions)
+    with pytest.raises(ValueError, match=r"caption 'a red circle' is not one of the mini world's 180"):
+        parse_caption("a red circle")
+    seen = {tuple(scene(i).labels) for i in range(3000)}
+    assert len(seen) == len(captions)  # the generator reaches every caption
+
+
+def test_the_drawing_shows_the_caption():
+    item = scene(5)
+    image = np.asarray(render(item)).astype(int)
+    cx, cy = (round(c * 64) for c in item.centre)
+    assert np.abs(image[cy, cx] - np.array(item.rgb)).max() < 30  # the shape's colour at its centre
+    corner = np.array(item.background[0])
+    assert np.abs(image[1, 1] - corner).max() < 30
+    assert list(ATTRIBUTES) == ["shape", "colour", "position", "size"]
+
+
+def test_miniworld_data_source_trains_a_step(tmp_path):
+    from test_train import FAST, config
+
+    from bksdm import train as train_app
+
+    overrides = [o for o in FAST if o not in ("teacher=tiny", "data=synthetic")]
+    cfg = config(
+        "experiment=demo",
+        *overrides,
+        "teacher=tiny",
+        "data=miniworld",
+        "data.resolution=64",
+        output_dir=tmp_path,
+    )
+    module = train_app.train(cfg)
+    assert module.trainer.global_step == 1
+
+
+@pytest.mark.slow
+def test_build_trains_every_part_from_a_seed_and_writes_a_loadable_world(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from test_train import CONF
+
+    from bksdm.components import load_components
+    from bksdm.miniworld.assets import load_classifier, teacher_path
+    from bksdm.miniworld.build import build
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("miniworld", overrides=[
+            f"out={tmp_path / 'world'}", f"log_dir={tmp_path / 'logs'}", "pool.train=128", "pool.held_out=32",
+            "vae.steps=3", "teacher.steps=3", "classifier.steps=3", "classifier.round_trips=32",
+            "report.seeds=1", "report.num_inference_steps=2", "log_every_n_steps=1",
+        ])  # fmt: skip
+    out = build(cfg)
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["teacher_accuracy"]) == {"shape", "colour", "position", "size", "all"}
+    assert report["scaling_factor"] > 0 and set(report["seconds"]) == {
+        "render",
+        "vae",
+        "teacher",
+        "classifier",
+    }
+    assert all(
+        (tmp_path / "logs" / stage / "metrics.csv").is_file() for stage in ("vae", "teacher", "classifier")
+    )
+    parts = load_components(str(teacher_path(out)))  # the checked loading path every teacher takes
+    assert parts.vae.config.scaling_factor == pytest.approx(report["scaling_factor"])
+    assert parts.unet.dtype == torch.float32  # stored in fp16, loaded as asked
+    assert load_classifier(out)(torch.zeros(2, 3, 64, 64))["size"].shape == (2, 2)
+    with pytest.raises(FileNotFoundError, match=r"no mini-world teacher in .*python -m bksdm\.miniworld"):
+        teacher_path(tmp_path)
+
+
+def test_the_ablation_summary_tabulates_and_plots_a_sweep(tmp_path):
+    import subprocess
+    import sys
+
+    from test_train import CONF
+
+    sweep = tmp_path / "sweep"
+    for loss, arch, seed, accuracy in [
+        ("task", "small", 0, 0.5),
+        ("task", "small", 1, 0.6),
+        ("kd_full", "small", 0, 0.9),
+    ]:
+        run = sweep / f"{loss}-{arch}-seed{seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / "eval").mkdir()
+        (run / ".hydra" / "hydra.yaml").write_text(
+            f"hydra:\n  runtime:\n    choices:\n      loss: {loss}\n      arch: {arch}\n"
+        )
+        (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
+        rows = [{"step": s, "accuracy/all": accuracy * s / 100, "fid": 10.0 - s / 50, "error_to_teacher": 0.1}
+                for s in (0, 100)]  # fmt: skip
+        (run / "eval" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = CONF.parents[1] / "experiments" / "miniworld_ablation" / "summarize.py"
+    done = subprocess.run([sys.executable, str(script), str(sweep), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "out" / "results.md").read_text().splitlines()
+    assert table[2].startswith("| small | task | 100 | 2 | 0.55 ± 0.071 | 8 ± 0 |")
+    assert table[3].startswith("| small | kd_full | 100 | 1 | 0.9 | 8 |")
+    assert all(
+        (tmp_path / "out" / name).stat().st_size > 1000 for name in ("accuracy.png", "fid.png", "error.png")
+    )
