@@ -31,6 +31,7 @@ def save_student_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
         revision=revision,
+        torch_dtype=student.dtype,  # one precision throughout (a teacher may store its parts in fp16)
     )
     with atomic_directory(folder) as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)

@@ -131,3 +131,67 @@ def test_the_ablation_summary_tabulates_and_plots_a_sweep(tmp_path):
     assert all(
         (tmp_path / "out" / name).stat().st_size > 1000 for name in ("accuracy.png", "fid.png", "error.png")
     )
+
+
+def test_the_shipped_teacher_draws_its_captions_and_scores_zero_error_to_itself(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from test_train import CONF
+
+    from bksdm.evaluate import evaluate
+
+    overrides = ["eval=miniworld", "model=builtin:miniworld", f"out={tmp_path}", "eval.num_images=180",
+                 "eval.num_inference_steps=10", "eval.num_real=500", "eval.num_latents=32", "device=cpu"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        result = evaluate(compose("evaluate", overrides=overrides))
+    assert result["error_to_teacher"] == 0.0  # the teacher against itself
+    # every caption once, 10 sampling steps (chance for all four: 1/180); the full protocol is in report.json
+    assert result["accuracy/all"] > 0.5 and result["accuracy/position"] > 0.8, result
+    assert result["fid"] < 80, result
+    assert "| builtin:miniworld |" in (tmp_path / "metrics.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_kd_student_beats_a_task_only_student_on_error_to_the_teacher(tmp_path):
+    from test_train import config
+
+    from bksdm import train as train_app
+    from bksdm.arch import build_student
+    from bksdm.eval.generation import load_pipeline
+    from bksdm.miniworld.assets import load_classifier
+    from bksdm.miniworld.evaluation import MiniWorldReference, error_to_teacher
+
+    teacher = load_pipeline("builtin:miniworld", "float32", "cpu", None)
+    reference = MiniWorldReference.build(teacher, load_classifier(), num_real=100, num_latents=256)
+    errors = {}
+    for loss in ("task", "kd_full"):  # the same data, noise and steps: only the objective differs
+        cfg = config(
+            "experiment=demo", f"loss={loss}", "trainer.max_steps=40", "data.batch_size=32",
+            "callbacks.sample_grid=null", "callbacks.export_student=null", output_dir=tmp_path / loss,
+        )  # fmt: skip
+        errors[loss] = error_to_teacher(train_app.train(cfg).student, reference)
+    errors["untrained"] = error_to_teacher(build_student(teacher.unet, "small"), reference)
+    assert errors["kd_full"] < 0.8 * errors["task"] and errors["task"] < errors["untrained"], errors
+
+
+def test_periodic_miniworld_eval_scores_the_student_during_training(tmp_path):
+    from test_train import config, read_metrics
+
+    from bksdm import train as train_app
+
+    cfg = config(
+        "experiment=demo", "callbacks=with_miniworld_eval", "trainer.max_steps=2", "data.batch_size=4",
+        "trainer.log_every_n_steps=1", "callbacks.sample_grid=null", "callbacks.miniworld_eval.every_n_steps=1",
+        "callbacks.miniworld_eval.num_images=18", "callbacks.miniworld_eval.num_real=50",
+        "callbacks.miniworld_eval.num_latents=8", "callbacks.miniworld_eval.num_inference_steps=2",
+        output_dir=tmp_path,
+    )  # fmt: skip
+    train_app.train(cfg)
+    history = [json.loads(line) for line in (tmp_path / "eval" / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [
+        0,
+        1,
+        2,
+    ]  # the untrained student, each step, no repeat at the end
+    assert all(0 <= row["accuracy/all"] <= 1 and row["error_to_teacher"] > 0 for row in history)
+    logged = [row for row in read_metrics(tmp_path / "csv" / "metrics.csv") if row.get("eval/fid")]
+    assert len(logged) == 3

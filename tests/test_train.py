@@ -12,6 +12,7 @@ from conftest import CONF
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException, MissingConfigException
+from PIL import Image
 
 from bksdm import train as train_app
 
@@ -44,7 +45,11 @@ def test_experiments_exist():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_trains_a_step(experiment, tmp_path):
-    cfg = config(f"experiment={experiment}", *FAST, output_dir=tmp_path)
+    # the ablation's periodic evaluation, cut to a smoke test (it scores the tiny teacher's images here)
+    smaller = [f"callbacks.miniworld_eval.{k}={v}" for k, v in
+               (("num_images", 4), ("num_real", 8), ("num_latents", 4), ("num_inference_steps", 2))]  # fmt: skip
+    extra = smaller if experiment == "miniworld_ablation" else []
+    cfg = config(f"experiment={experiment}", *FAST, *extra, output_dir=tmp_path)
     module = train_app.train(cfg)
     assert module.trainer.global_step == 1
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -158,24 +163,25 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_demo_distils_and_writes_every_output(tmp_path):
-    done = run_cli("experiment=demo", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+def test_demo_distils_the_shipped_teacher_and_writes_every_output(tmp_path):
+    # the demo as a user runs it, shortened (its learning is tested in test_miniworld.py)
+    done = run_cli("experiment=demo", "trainer.max_steps=20", "callbacks.sample_grid.num_inference_steps=10",
+                   f"paths.log_dir={tmp_path}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     run = next(tmp_path.glob("runs/*"))
-    assert "removed  17 units" in done.stdout + done.stderr
+    assert "teacher  miniworld" in done.stdout + done.stderr
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
     rows = read_metrics(run / "csv" / "metrics.csv")
     columns = set(rows[0])
     assert {"train/loss", "train/loss_task", "train/loss_kd_out", "train/loss_kd_feat"} <= columns
     assert {f"train/kd_feat/{b}_blocks.{i}" for b in ("down", "up") for i in range(4)} <= columns
-    kd_out = [float(r["train/loss_kd_out"]) for r in rows if r["train/loss_kd_out"]]
-    assert sum(kd_out[-5:]) / 5 < 0.6 * sum(kd_out[:3]) / 3, kd_out  # the student imitates the teacher
     pipeline = StableDiffusionPipeline.from_pretrained(run / "student")
     image = pipeline(
-        "a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+        "a large red circle on the left", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
     ).images[0]
-    assert image.size == (128, 128)
-    assert list((run / "samples").glob("step_*.png"))
+    assert image.size == (64, 64)
+    (grid,) = (run / "samples").glob("step_*.png")
+    assert Image.open(grid).size == (2 * 64, 6 * 64)  # teacher | student, one row per prompt
 
 
 @pytest.mark.parametrize("source", ["laion_folder", "webdataset"])
