@@ -1,4 +1,5 @@
-"""python -m bksdm.prepare data.root=<folder> out=<shards> [mode=images|latents]: write training shards."""
+"""python -m bksdm.prepare data.root=<folder> out=<shards> [mode=images|latents]: write training shards
+(from an image folder, ``data=laion_folder``, or from the mini world, ``data=miniworld``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ from bksdm.module import DTYPES
 MODES = ("images", "latents")
 
 
+def source_items(data: DictConfig):
+    """The (key, image bytes, caption, extension) items of the data config: an image folder's images or
+    the mini world's items (``num_samples`` of them from ``offset``, world ``world_seed``)."""
+    if data._target_ == "bksdm.data.datamodule.MiniWorldDataModule":
+        from bksdm.miniworld.world import MiniWorld
+
+        return MiniWorld(data.num_samples, data.resolution, data.world_seed, data.offset).shard_items()
+    if data._target_ == "bksdm.data.datamodule.FolderDataModule":
+        return folder_items(data.root, data.get("min_size", 0))
+    raise ValueError(
+        f"data._target_={data._target_!r} cannot be written to shards: prepare reads image folders "
+        "(data=laion_folder) and the mini world (data=miniworld)"
+    )
+
+
 def prepare(cfg: DictConfig):
     """Write the shards the config asks for; returns the WriteReport."""
     if cfg.mode not in MODES:
@@ -20,10 +36,11 @@ def prepare(cfg: DictConfig):
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
     if cfg.mode == "images":
-        return write_image_shards(cfg.data.root, cfg.out, cfg.shard_size, cfg.data.get("min_size", 0))
+        return write_image_shards(source_items(cfg.data), cfg.out, cfg.shard_size)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
+    items = source_items(cfg.data)  # a bad source stops before the teacher is loaded
     parts = ["vae", "tokenizer"] + (["text_encoder"] if cfg.text_embeddings else [])
     teacher = load_components(cfg.teacher.source, parts, DTYPES[cfg.dtype], cfg.teacher.revision)
     vae = teacher.vae.to(device)
@@ -34,9 +51,10 @@ def prepare(cfg: DictConfig):
         cfg.resolution,
         vae.config.scaling_factor,
         cfg.text_embeddings,
+        cfg.mirrored,
     )
     return write_latent_shards(
-        folder_items(cfg.data.root, cfg.data.get("min_size", 0)),
+        items,
         cfg.out,
         vae,
         record,

@@ -172,3 +172,53 @@ def test_bad_prepare_settings_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         prepare(prepare_config(f"data.root={tmp_path / 'nowhere'}", f"out={tmp_path / 'x'}"))
     assert not (tmp_path / "x").exists()  # nothing written for a bad source
+
+
+def test_the_mini_world_is_written_unmirrored_and_read_back_as_its_own_encodings(tmp_path):
+    from bksdm.components import load_components
+    from bksdm.miniworld.world import MiniWorld
+
+    overrides = [
+        "data=miniworld",
+        "data.num_samples=3",
+        "data.offset=5",
+        "resolution=64",
+        "data.resolution=64",
+    ]
+    images = prepare(prepare_config(*overrides, f"out={tmp_path / 'images'}", "shard_size=2"))
+    assert images.written == 3 and len(images.shards) == 2
+    world = MiniWorld(3, resolution=64, offset=5)
+    raw = list(shard_samples(images.shards, decode=lambda s: s, resampled=False, shuffle_buffer=0))
+    assert [s["__key__"] for s in raw] == ["000000005", "000000006", "000000007"]
+    from bksdm.data.transforms import open_image
+    from bksdm.miniworld.world import to_tensor
+
+    for i, sample in enumerate(raw):  # PNG: the very pixels the world draws
+        assert sample["txt"].decode() == world[i]["caption"]
+        assert torch.equal(to_tensor(open_image(sample["png"])), world[i]["pixel_values"])
+
+    latents = prepare(prepare_config(
+        *overrides, f"out={tmp_path / 'latents'}", "mode=latents", "mirrored=false", "latent_dtype=float32",
+    ))  # fmt: skip
+    assert first_record(latents.shards)["mirrored"] is False
+    raw = list(shard_samples(latents.shards, decode=lambda s: s, resampled=False, shuffle_buffer=0))
+    assert "mean_flip.npy" not in raw[0]
+    vae = load_components("builtin:tiny", ["vae"]).vae
+    with torch.no_grad():
+        expected = vae.encode(torch.stack([world[i]["pixel_values"] for i in range(3)])).latent_dist.mean
+    for i, sample in enumerate(raw):
+        decoded = decode_latent_sample(dict(sample), random_flip=False)
+        torch.testing.assert_close(decoded["latent_mean"], expected[i], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"data.random_flip=true, but .* no mirror-image encodings"):
+        LatentDataModule(latents.shards, teacher="builtin:tiny", resolution=64, random_flip=True)
+    LatentDataModule(latents.shards, teacher="builtin:tiny", resolution=64, random_flip=False)
+
+
+def test_a_source_prepare_cannot_read_and_missing_shards_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"data._target_='bksdm.data.datamodule.SyntheticDataModule' cannot"):
+        prepare(prepare_config("data=synthetic", f"out={tmp_path / 'x'}", "mode=latents"))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(
+        FileNotFoundError, match=r"the first shard '.*nowhere/00000.tar' does not exist; .*prepare"
+    ):
+        LatentDataModule(str(tmp_path / "nowhere" / "{00000..00001}.tar"), teacher="builtin:tiny")

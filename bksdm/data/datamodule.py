@@ -230,6 +230,11 @@ class LatentDataModule(ShardDataModule):
                 f"the pre-encoded shards at data.urls were made with {found}, but this run trains with "
                 f"{expected}: re-encode them with `python -m bksdm.prepare mode=latents` for this teacher"
             )
+        if random_flip and not self.record.get("mirrored", True):
+            raise ValueError(
+                "data.random_flip=true, but the shards at data.urls hold no mirror-image encodings (written "
+                "with mirrored=false): set data.random_flip=false or re-encode them with mirrored=true"
+            )
         self.random_flip = random_flip
         self.provides = {"latents"} | ({"text_embeds"} if self.record.get("text_embeddings") else set())
 

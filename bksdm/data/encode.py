@@ -72,11 +72,11 @@ def folder_items(root: str | Path, min_size: int = 0) -> Iterator[tuple[str, byt
 
 
 def write_image_shards(
-    root: str | Path, out: str | Path, shard_size: int = 1000, min_size: int = 0
+    items: Iterable[tuple[str, bytes, str, str] | dict], out: str | Path, shard_size: int = 1000
 ) -> WriteReport:
-    """Copy a captioned image folder into shards (image bytes unchanged, ``.txt`` caption, ``.json``)."""
+    """Write (key, image bytes, caption, extension) items, e.g. ``folder_items``, into shards (image bytes
+    unchanged, ``.txt`` caption, ``.json``)."""
     report, start = WriteReport(), time.perf_counter()
-    items = folder_items(root, min_size)
     with _writer(Path(out), shard_size) as sink:
         for item in items:
             if is_skip(item):
@@ -97,9 +97,15 @@ def _npy(array: torch.Tensor, dtype: np.dtype) -> bytes:
 
 
 def encoder_record(
-    source: str, revision: str | None, resolution: int, scaling_factor: float, text_embeddings: bool
+    source: str,
+    revision: str | None,
+    resolution: int,
+    scaling_factor: float,
+    text_embeddings: bool,
+    mirrored: bool = True,
 ) -> dict:
-    """What made a latent shard; training compares it with its own teacher."""
+    """What made a latent shard; training compares it with its own teacher (and ``mirrored``, whether the
+    mirror images were encoded too, with its ``random_flip``)."""
     return {
         "format": LATENT_FORMAT,
         "teacher": source,
@@ -108,6 +114,7 @@ def encoder_record(
         "crop": "center",
         "scaling_factor": scaling_factor,
         "text_embeddings": text_embeddings,
+        "mirrored": mirrored,
     }
 
 
@@ -126,7 +133,8 @@ def write_latent_shards(
     """Encode (key, image bytes, caption, extension) items with the teacher's VAE (and text encoder) into shards.
 
     Each sample: ``mean.npy``/``std.npy`` (4, h, w) of the center crop, ``mean_flip.npy``/``std_flip.npy``
-    of its mirror, ``txt``, optionally ``emb.npy`` (77, D), and ``json`` = ``record``.
+    of its mirror (when ``record["mirrored"]``), ``txt``, optionally ``emb.npy`` (77, D), and ``json`` =
+    ``record``.
     """
     transform = ImageTransform(record["resolution"], center_crop=True, random_flip=False)
     device = next(vae.parameters()).device
@@ -136,7 +144,8 @@ def write_latent_shards(
 
     def flush(batch: list, sink: wds.ShardWriter) -> None:
         pixels = torch.stack([pixels for _, pixels, _ in batch]).to(device, dtype)
-        both = vae.encode(torch.cat([pixels, pixels.flip(-1)])).latent_dist
+        mirrored = record.get("mirrored", True)
+        both = vae.encode(torch.cat([pixels, pixels.flip(-1)]) if mirrored else pixels).latent_dist
         n = len(batch)
         embeddings = None
         if text_encoder is not None:
@@ -153,11 +162,12 @@ def write_latent_shards(
                 "__key__": key,
                 "mean.npy": _npy(both.mean[i], store),
                 "std.npy": _npy(both.std[i], store),
-                "mean_flip.npy": _npy(both.mean[n + i], store),
-                "std_flip.npy": _npy(both.std[n + i], store),
                 "txt": caption,
                 "json": json.dumps(record),
             }
+            if mirrored:
+                sample["mean_flip.npy"] = _npy(both.mean[n + i], store)
+                sample["std_flip.npy"] = _npy(both.std[n + i], store)
             if embeddings is not None:
                 sample["emb.npy"] = _npy(embeddings[i], store)
             sink.write(sample)

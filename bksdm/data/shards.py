@@ -14,6 +14,7 @@ import io
 import json
 import random
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -195,6 +196,11 @@ def decode_latent_sample(sample: dict, random_flip: bool = True, rng: random.Ran
 def first_record(urls: str | Sequence[str]) -> dict:
     """The ``json`` record of the first sample of the first shard (what made a pre-encoded data set)."""
     first = next(iter(wds.shardlists.expand_urls(urls) if isinstance(urls, str) else urls))
+    if "://" not in first and not first.startswith("pipe:") and not Path(first).is_file():
+        raise FileNotFoundError(
+            f"data.urls: the first shard {first!r} does not exist; pre-encoded shards are written by "
+            "`python -m bksdm.prepare mode=latents out=<folder>`"
+        )
     for sample in wds.DataPipeline(wds.SimpleShardList([first]), wds.tarfile_to_samples()):
         if "json" in sample:
             return json.loads(sample["json"])

@@ -8,8 +8,10 @@ two). Images are drawn at twice the resolution and downsampled, so edges are ant
 
 from __future__ import annotations
 
+import io
 import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +151,15 @@ class MiniWorld(Dataset):
         if draw is not None:
             sample["draw"] = draw
         return sample
+
+    def shard_items(self) -> Iterator[tuple[str, bytes, str, str]]:
+        """(key, PNG bytes, caption, "png") per item, for ``python -m bksdm.prepare data=miniworld``; the
+        key is the item's number in the world, so shards of different offsets never share keys."""
+        for index in range(self.num_samples):
+            item = scene(self.offset + index, self.seed)
+            buffer = io.BytesIO()
+            render(item, self.resolution).save(buffer, format="PNG")
+            yield f"{self.offset + index:09d}", buffer.getvalue(), item.caption, "png"
 
 
 _CAPTION_LABELS = dict(all_captions())

@@ -52,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bksdm-throughput-"))
     make_folder(work / "folder", args.images)
-    report = write_image_shards(work / "folder", work / "shards", shard_size=128)
+    report = write_image_shards(folder_items(work / "folder"), work / "shards", shard_size=128)
     print(f"prepare mode=images: {report.describe()}")
     vae = load_components("builtin:tiny", ["vae"]).vae
     record = encoder_record("builtin:tiny", None, args.resolution, vae.config.scaling_factor, False)
