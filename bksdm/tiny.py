@@ -135,6 +135,22 @@ def write_vocab_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
+def text_encoder_config(
+    tokenizer: CLIPTokenizer, widths: dict, max_positions: int = TEXT_TOKENS
+) -> CLIPTextConfig:
+    """A CLIP text encoder's config over ``tokenizer``'s vocabulary and special tokens; ``widths``:
+    hidden_size, intermediate_size, num_hidden_layers, num_attention_heads."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        **widths,
+        max_position_embeddings=max_positions,
+        projection_dim=widths["hidden_size"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def build_tiny_pipeline(seed: int = 0, shape: str = "tiny"):
     """Build the tiny pipeline (a StableDiffusionPipeline) in memory; a seed gives the same weights anywhere.
     ``shape="sd14-random"``: the same at SD-v1.4's full widths (for benchmarks; its outputs mean nothing)."""
@@ -146,18 +162,9 @@ def build_tiny_pipeline(seed: int = 0, shape: str = "tiny"):
         raise ValueError(f"unknown builtin pipeline shape {shape!r}: accepted are {list(SHAPES)}")
     unet_config, vae_config, text_widths, _ = SHAPES[shape]
     tokenizer = build_tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        **text_widths,
-        max_position_embeddings=TEXT_TOKENS,
-        projection_dim=text_widths["hidden_size"],
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(text_config)
+        text_encoder = CLIPTextModel(text_encoder_config(tokenizer, text_widths))
         vae = AutoencoderKL(**vae_config)
         unet = UNet2DConditionModel(**unet_config)
     return StableDiffusionPipeline(

@@ -190,12 +190,11 @@ def test_the_mini_world_is_written_unmirrored_and_read_back_as_its_own_encodings
     world = MiniWorld(3, resolution=64, offset=5)
     raw = list(shard_samples(images.shards, decode=lambda s: s, resampled=False, shuffle_buffer=0))
     assert [s["__key__"] for s in raw] == ["000000005", "000000006", "000000007"]
-    from bksdm.data.transforms import open_image
-    from bksdm.miniworld.world import to_tensor
+    from bksdm.data.transforms import image_to_unit, open_image
 
     for i, sample in enumerate(raw):  # PNG: the very pixels the world draws
         assert sample["txt"].decode() == world[i]["caption"]
-        assert torch.equal(to_tensor(open_image(sample["png"])), world[i]["pixel_values"])
+        assert torch.equal(image_to_unit(open_image(sample["png"])), world[i]["pixel_values"])
 
     latents = prepare(prepare_config(
         *overrides, f"out={tmp_path / 'latents'}", "mode=latents", "mirrored=false", "latent_dtype=float32",

@@ -42,8 +42,17 @@ class ImageTransform:
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
         if self.random_flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return image_to_unit(image)
+
+
+def uint8_to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixel values (any shape) -> float32 in [-1, 1], the VAE's input range."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def image_to_unit(image: Image.Image) -> torch.Tensor:
+    """An RGB image -> (3, H, W) float32 in [-1, 1]."""
+    return uint8_to_unit(torch.from_numpy(np.asarray(image))).permute(2, 0, 1).contiguous()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -16,13 +16,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bksdm.data.transforms import uint8_to_unit
+
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(
             f"extractors take uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
         )
-    return images.float() / 127.5 - 1.0
+    return uint8_to_unit(images)
 
 
 def _conv_tower(width: int) -> nn.Sequential:

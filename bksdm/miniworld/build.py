@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from bksdm.atomic import atomic_directory
+from bksdm.data.transforms import uint8_to_unit
 from bksdm.miniworld import models
 from bksdm.miniworld.assets import load_classifier
 from bksdm.miniworld.scoring import attribute_accuracy, generate
@@ -29,7 +30,6 @@ from bksdm.miniworld.training import (
     VAETraining,
     encode_pool,
     round_trip,
-    to_unit,
 )
 from bksdm.miniworld.world import all_captions
 from bksdm.tiny import SD_SCHEDULER_CONFIG, write_vocab_files
@@ -55,7 +55,7 @@ def build(cfg: DictConfig) -> Path:
     )
     vae.eval().requires_grad_(False)
     trips = round_trip(vae, held_out.images)
-    mse = float(((to_unit(trips) - to_unit(held_out.images)) ** 2).mean())
+    mse = float(((uint8_to_unit(trips) - uint8_to_unit(held_out.images)) ** 2).mean())
     report["vae_held_out_psnr_db"] = float(10 * torch.log10(torch.tensor(4.0 / mse)))
     mean, std = encode_pool(vae, pool.images)
     # SD's convention: latents scaled to unit variance
@@ -94,8 +94,8 @@ def build(cfg: DictConfig) -> Path:
     report["seconds"]["classifier"] = fit(stage, loader, cfg.classifier.steps, "classifier", cfg)
     classifier.eval().requires_grad_(False)
     report["classifier_held_out"] = {
-        "real": attribute_accuracy(classifier, to_unit(held_out.images), held_out.captions),
-        "vae_round_trip": attribute_accuracy(classifier, to_unit(trips), held_out.captions),
+        "real": attribute_accuracy(classifier, uint8_to_unit(held_out.images), held_out.captions),
+        "vae_round_trip": attribute_accuracy(classifier, uint8_to_unit(trips), held_out.captions),
     }
 
     out = Path(cfg.out)

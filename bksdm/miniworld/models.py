@@ -12,10 +12,10 @@ import itertools
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from bksdm.miniworld.world import ATTRIBUTES, RESOLUTION
-from bksdm.tiny import build_tokenizer
+from bksdm.tiny import build_tokenizer, text_encoder_config
 
 TEXT_TOKENS = 40  # the longest caption is 33 byte tokens with its start and end tokens
 
@@ -52,17 +52,9 @@ def tokenizer() -> CLIPTokenizer:
 
 
 def text_encoder(seed: int, vocabulary: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
-        vocab_size=len(vocabulary),
-        **TEXT_WIDTHS,
-        max_position_embeddings=TEXT_TOKENS,
-        projection_dim=TEXT_WIDTHS["hidden_size"],
-        bos_token_id=vocabulary.bos_token_id,
-        eos_token_id=vocabulary.eos_token_id,
-        pad_token_id=vocabulary.pad_token_id,
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        config = text_encoder_config(vocabulary, TEXT_WIDTHS, TEXT_TOKENS)
         return CLIPTextModel(config).eval().requires_grad_(False)
 
 

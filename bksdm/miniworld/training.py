@@ -18,6 +18,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_constant_schedule_with_warmup
 from torch.utils.data import DataLoader, TensorDataset
 
+from bksdm.data.transforms import uint8_to_unit
 from bksdm.miniworld.models import AttributeClassifier
 from bksdm.miniworld.world import ATTRIBUTES, MiniWorld, all_captions
 from bksdm.tiny import SD_SCHEDULER_CONFIG
@@ -46,18 +47,13 @@ class Pool:
         return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
 class VAETraining(L.LightningModule):
     def __init__(self, vae: AutoencoderKL, lr: float, kl_weight: float):
         super().__init__()
         self.vae, self.lr, self.kl_weight = vae, lr, kl_weight
 
     def training_step(self, batch, batch_idx):
-        pixels = to_unit(batch[0])
+        pixels = uint8_to_unit(batch[0])
         posterior = self.vae.encode(pixels).latent_dist
         reconstruction = self.vae.decode(posterior.sample()).sample
         mse = F.mse_loss(reconstruction, pixels)
@@ -120,7 +116,7 @@ class ClassifierTraining(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch[0], batch[1]
-        logits = self.classifier(to_unit(images))
+        logits = self.classifier(uint8_to_unit(images))
         loss = sum(F.cross_entropy(logits[name], labels[:, i]) for i, name in enumerate(ATTRIBUTES))
         self.log("classifier/loss", loss, prog_bar=True)
         return loss
@@ -146,7 +142,7 @@ def encode_pool(
     """The VAE posterior's mean and std (N, 4, h, w) of uint8 images (N, 3, H, W)."""
     means, stds = [], []
     for start in range(0, len(images), batch_size):
-        posterior = vae.encode(to_unit(images[start : start + batch_size])).latent_dist
+        posterior = vae.encode(uint8_to_unit(images[start : start + batch_size])).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
     return torch.cat(means), torch.cat(stds)
@@ -157,7 +153,7 @@ def round_trip(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) 
     """uint8 images through the VAE (posterior mean) and back, as uint8."""
     out = []
     for start in range(0, len(images), batch_size):
-        latents = vae.encode(to_unit(images[start : start + batch_size])).latent_dist.mean
+        latents = vae.encode(uint8_to_unit(images[start : start + batch_size])).latent_dist.mean
         decoded = vae.decode(latents).sample.clamp(-1, 1)
         out.append(((decoded + 1) * 127.5).round().to(torch.uint8))
     return torch.cat(out)

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from bksdm.data.sampler import item_key
+from bksdm.data.transforms import image_to_unit
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
@@ -116,11 +117,6 @@ def render(item: Scene, resolution: int = RESOLUTION) -> Image.Image:
     return image.resize((resolution, resolution), Image.Resampling.LANCZOS)
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """(3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
-
-
 class MiniWorld(Dataset):
     """``num_samples`` items of the world of ``seed``, starting at item ``offset`` (held-out splits use
     another offset). Each item: ``pixel_values`` (3, R, R) in [-1, 1], ``caption``, ``labels`` (4,) long;
@@ -144,7 +140,7 @@ class MiniWorld(Dataset):
             raise IndexError(f"item {index} of a {self.num_samples}-item mini world")
         item = scene(self.offset + index, self.seed)
         sample = {
-            "pixel_values": to_tensor(render(item, self.resolution)),
+            "pixel_values": image_to_unit(render(item, self.resolution)),
             "caption": item.caption,
             "labels": torch.tensor(item.labels),
         }
