@@ -14,10 +14,11 @@ import lightning as L
 import torch
 
 from bksdm.callbacks.sample_grid import frozen_pipeline, frozen_precision
+from bksdm.callbacks.schedule import EveryNSteps
 from bksdm.fsdp import whole_module
 
 
-class MiniWorldEval(L.Callback):
+class MiniWorldEval(EveryNSteps):
     """Args:
     dirpath: where ``history.jsonl`` goes.
     every_n_steps: evaluate when the global step is a multiple of it, at step 0 (the untrained student)
@@ -41,14 +42,8 @@ class MiniWorldEval(L.Callback):
         guidance_scale: float = 3.0,
         batch_size: int = 90,
     ):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps!r} must be >= 1")
-        self.dirpath, self.every_n_steps, self.at_start, self.world = (
-            Path(dirpath),
-            every_n_steps,
-            at_start,
-            world,
-        )
+        super().__init__(every_n_steps)
+        self.dirpath, self.at_start, self.world = Path(dirpath), at_start, world
         self.num_images, self.num_real, self.num_latents = num_images, num_real, num_latents
         self.num_inference_steps, self.guidance_scale, self.batch_size = (
             num_inference_steps,
@@ -57,19 +52,9 @@ class MiniWorldEval(L.Callback):
         )
         self.history: list[dict] = []
         self.reference = None
-        self._last_step = -1
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.at_start and trainer.global_step == 0:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 and step != self._last_step and step > 0:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
             self.evaluate(trainer, pl_module)
 
     @torch.no_grad()

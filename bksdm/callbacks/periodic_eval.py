@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from bksdm.callbacks.sample_grid import frozen_pipeline
+from bksdm.callbacks.schedule import EveryNSteps
 from bksdm.eval.generation import generate_images
 from bksdm.eval.metrics import FeatureStats, frechet_distance
 from bksdm.eval.prompts import load_prompts
@@ -21,7 +22,7 @@ from bksdm.eval.scoring import image_features, load_scored, real_statistics
 from bksdm.fsdp import whole_module
 
 
-class PeriodicEval(L.Callback):
+class PeriodicEval(EveryNSteps):
     """Args:
     prompts: COCO captions json or ``file_name,text`` csv; ``num_images`` of them by the prompt rule.
     real: folder of real images for the FID statistics.
@@ -46,16 +47,14 @@ class PeriodicEval(L.Callback):
         score_size: int = 256,
         cache_dir: str | Path | None = None,
     ):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps!r} must be >= 1")
+        super().__init__(every_n_steps)
         self.prompt_source, self.real, self.num_images = prompts, real, num_images
         self.features, self.clip = features, clip
-        self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
+        self.dirpath = Path(dirpath)
         self.num_inference_steps, self.guidance_scale, self.seed = num_inference_steps, guidance_scale, seed
         self.batch_size, self.score_size, self.cache_dir = batch_size, score_size, cache_dir
         self.best_fid = float("inf")
         self.history: list[dict] = []
-        self._last_step = -1
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.captions = [caption for _, caption in load_prompts(self.prompt_source, self.num_images)]
@@ -65,15 +64,6 @@ class PeriodicEval(L.Callback):
                 "choose num_images as a multiple of the world size"
             )
         self.real_stats = real_statistics(self.real, self.features, self.score_size, self.cache_dir)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 and step != self._last_step and step > 0:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict:
