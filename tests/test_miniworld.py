@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import CONF
+from hydra import compose, initialize_config_dir
 
 from bksdm.miniworld.world import ATTRIBUTES, MiniWorld, all_captions, parse_caption, render, scene
 
@@ -67,7 +69,6 @@ def test_miniworld_data_source_trains_a_step(tmp_path):
 @pytest.mark.slow
 def test_build_trains_every_part_from_a_seed_and_writes_a_loadable_world(tmp_path):
     from hydra import compose, initialize_config_dir
-    from test_train import CONF
 
     from bksdm.components import load_components
     from bksdm.miniworld.assets import load_classifier, teacher_path
@@ -103,7 +104,6 @@ def test_the_ablation_summary_tabulates_and_plots_a_sweep(tmp_path):
     import subprocess
     import sys
 
-    from test_train import CONF
 
     sweep = tmp_path / "sweep"
     for loss, arch, seed, accuracy in [
@@ -135,7 +135,6 @@ def test_the_ablation_summary_tabulates_and_plots_a_sweep(tmp_path):
 
 def test_the_shipped_teacher_draws_its_captions_and_scores_zero_error_to_itself(tmp_path):
     from hydra import compose, initialize_config_dir
-    from test_train import CONF
 
     from bksdm.evaluate import evaluate
 
@@ -159,14 +158,21 @@ def test_a_kd_student_beats_a_task_only_student_on_error_to_the_teacher(tmp_path
     from bksdm.eval.generation import load_pipeline
     from bksdm.miniworld.assets import load_classifier
     from bksdm.miniworld.evaluation import MiniWorldReference, error_to_teacher
+    from bksdm.prepare import prepare
 
     teacher = load_pipeline("builtin:miniworld", "float32", "cpu", None)
     reference = MiniWorldReference.build(teacher, load_classifier(), num_real=100, num_latents=256)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # encoded once, not every step
+        shards = prepare(compose("prepare", overrides=[
+            "teacher=miniworld", "data=miniworld", "data.num_samples=320", "mode=latents", "mirrored=false",
+            "batch_size=64", f"out={tmp_path / 'latents'}",
+        ])).shards  # fmt: skip
     errors = {}
     for loss in ("task", "kd_full"):  # the same data, noise and steps: only the objective differs
         cfg = config(
-            "experiment=demo", f"loss={loss}", "trainer.max_steps=40", "data.batch_size=32",
-            "callbacks.sample_grid=null", "callbacks.export_student=null", output_dir=tmp_path / loss,
+            "experiment=demo", f"loss={loss}", "data=miniworld_latents", f"data.urls={shards}",
+            "data.num_workers=0", "trainer.max_steps=40", "data.batch_size=32", "callbacks.sample_grid=null",
+            "callbacks.export_student=null", output_dir=tmp_path / loss,
         )  # fmt: skip
         errors[loss] = error_to_teacher(train_app.train(cfg).student, reference)
     errors["untrained"] = error_to_teacher(build_student(teacher.unet, "small"), reference)
