@@ -104,12 +104,12 @@ def test_the_ablation_summary_tabulates_and_plots_a_sweep(tmp_path):
     import subprocess
     import sys
 
-
     sweep = tmp_path / "sweep"
-    for loss, arch, seed, accuracy in [
-        ("task", "small", 0, 0.5),
-        ("task", "small", 1, 0.6),
-        ("kd_full", "small", 0, 0.9),
+    for loss, arch, seed, accuracy, steps in [
+        ("task", "small", 0, 0.5, (0, 100)),
+        ("task", "small", 1, 0.6, (0, 100)),
+        ("kd_full", "small", 0, 0.9, (0, 100)),
+        ("kd_out", "small", 0, 0.7, (0, 50)),  # still running: left out
     ]:
         run = sweep / f"{loss}-{arch}-seed{seed}"
         (run / ".hydra").mkdir(parents=True)
@@ -117,17 +117,30 @@ def test_the_ablation_summary_tabulates_and_plots_a_sweep(tmp_path):
         (run / ".hydra" / "hydra.yaml").write_text(
             f"hydra:\n  runtime:\n    choices:\n      loss: {loss}\n      arch: {arch}\n"
         )
-        (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
-        rows = [{"step": s, "accuracy/all": accuracy * s / 100, "fid": 10.0 - s / 50, "error_to_teacher": 0.1}
-                for s in (0, 100)]  # fmt: skip
+        (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\ntrainer:\n  max_steps: 100\n")
+        rows = [{"step": s, "accuracy/all": accuracy * s / 100 + 0.01 * seed, "fid": 10.0 - s / 50,
+                 "error_to_teacher": 0.1} for s in steps]  # fmt: skip
         (run / "eval" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps({"accuracy/all": 0.75, "fid": 5.0, "error_to_teacher": 0.0}))
     script = CONF.parents[1] / "experiments" / "miniworld_ablation" / "summarize.py"
-    done = subprocess.run([sys.executable, str(script), str(sweep), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True)  # fmt: skip
+    command = [
+        sys.executable,
+        str(script),
+        str(sweep),
+        "--out",
+        str(tmp_path / "out"),
+        "--teacher",
+        str(teacher),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert "left out, still running: kd_out-small-seed0" in done.stdout
     table = (tmp_path / "out" / "results.md").read_text().splitlines()
-    assert table[2].startswith("| small | task | 100 | 2 | 0.55 ± 0.071 | 8 ± 0 |")
-    assert table[3].startswith("| small | kd_full | 100 | 1 | 0.9 | 8 |")
+    assert table[2] == "| teacher | (itself) | - | - | 0.75 | 5 | 0 |"
+    assert table[3].startswith("| small | untrained | 0 | 2 | 0.005 ± 0.0071 | 10 ± 0 |")
+    assert table[4].startswith("| small | task | 100 | 2 | 0.555 ± 0.078 | 8 ± 0 |")
+    assert table[5].startswith("| small | kd_full | 100 | 1 | 0.9 | 8 |") and len(table) == 6
     assert all(
         (tmp_path / "out" / name).stat().st_size > 1000 for name in ("accuracy.png", "fid.png", "error.png")
     )

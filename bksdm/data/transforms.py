@@ -52,7 +52,7 @@ def uint8_to_unit(pixels: torch.Tensor) -> torch.Tensor:
 
 def image_to_unit(image: Image.Image) -> torch.Tensor:
     """An RGB image -> (3, H, W) float32 in [-1, 1]."""
-    return uint8_to_unit(torch.from_numpy(np.asarray(image))).permute(2, 0, 1).contiguous()
+    return uint8_to_unit(torch.from_numpy(np.array(image))).permute(2, 0, 1).contiguous()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -1,10 +1,14 @@
-"""python experiments/miniworld_ablation/summarize.py <sweep folder> [--out <folder>]
+"""python experiments/miniworld_ablation/summarize.py <sweep folder> [--out <folder>] [--teacher metrics.json]
 
-Reads every run of a mini-world ablation sweep (each run folder's .hydra/hydra.yaml for its loss, arch and
-seed, and eval/history.jsonl for its scores by step) and writes, into --out (default: this folder):
-results.md (the table: each loss x arch at the last step, mean and spread over seeds), results.json (every
-score of every run) and accuracy.png / fid.png / error.png (the score against steps, one panel per arch,
-one line per loss, the band spanning the seeds). Plots need matplotlib (pip install -e ".[plots]").
+Reads every finished run of a mini-world ablation sweep (each run folder's .hydra/hydra.yaml for its loss
+and arch, .hydra/config.yaml for its seed and trainer.max_steps, eval/history.jsonl for its scores by
+step; a run whose last score is not at trainer.max_steps is still running and left out) and writes, into
+--out (default: this folder): results.md (the table: each loss x arch at the last step, mean and sample
+standard deviation over seeds, with the untrained student of each arch and, given --teacher, the
+teacher's own scores from `python -m bksdm.evaluate eval=miniworld model=builtin:miniworld`),
+results.json (every score of every run) and accuracy.png / fid.png / error.png (the score against steps,
+one panel per arch, one line per loss, the band spanning the seeds). Plots need matplotlib
+(pip install -e ".[plots]").
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ SCORES = {"accuracy/all": "accuracy (all four attributes)", "fid": "FID (classif
 PLOTS = {"accuracy/all": "accuracy.png", "fid": "fid.png", "error_to_teacher": "error.png"}
 
 
-def read_runs(sweep: Path) -> list[dict]:
-    runs = []
+def read_runs(sweep: Path) -> tuple[list[dict], list[str]]:
+    """(finished runs, names of the runs still going)."""
+    runs, unfinished = [], []
     for history in sorted(sweep.glob("*/eval/history.jsonl")):
         folder = history.parent.parent
         hydra = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())["hydra"]
         choices = hydra["runtime"]["choices"]
         config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
         rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        if not rows or rows[-1]["step"] != config["trainer"]["max_steps"]:
+            unfinished.append(folder.name)
+            continue
         runs.append({"loss": choices["loss"], "arch": choices["arch"], "seed": config["seed"],
                      "folder": folder.name, "history": rows})  # fmt: skip
     if not runs:
-        raise FileNotFoundError(f"no run with eval/history.jsonl under {str(sweep)!r}")
-    return runs
+        raise FileNotFoundError(f"no finished run with eval/history.jsonl under {str(sweep)!r}")
+    return runs, unfinished
 
 
 def spread(values: list[float]) -> str:
@@ -45,16 +53,25 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
 
 
-def table(runs: list[dict]) -> str:
-    groups = defaultdict(list)
+def table(runs: list[dict], teacher: dict | None = None) -> str:
+    groups, untrained = defaultdict(list), {}
     for run in runs:
         groups[run["loss"], run["arch"]].append(run["history"][-1])
+        if run["history"][0]["step"] == 0:  # no loss has acted yet: one row per arch and seed
+            untrained[run["arch"], run["seed"]] = run["history"][0]
+    for (arch, _), row in untrained.items():
+        groups["untrained", arch].append(row)
+    rows = ["untrained", *LOSSES]
     order = sorted(groups, key=lambda key: (ARCHS.index(key[1]) if key[1] in ARCHS else 99,
-                                            LOSSES.index(key[0]) if key[0] in LOSSES else 99))  # fmt: skip
+                                            rows.index(key[0]) if key[0] in rows else 99))  # fmt: skip
     lines = [
         "| arch | loss | steps | seeds | " + " | ".join(SCORES.values()) + " |",
         "|---" * (4 + len(SCORES)) + "|",
     ]
+    if teacher is not None:
+        lines.append(
+            "| teacher | (itself) | - | - | " + " | ".join(f"{teacher[s]:.3g}" for s in SCORES) + " |"
+        )
     for loss, arch in order:
         finals = groups[loss, arch]
         steps = sorted({row["step"] for row in finals})
@@ -65,7 +82,7 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], score: str, path: Path) -> None:
+def plot(runs: list[dict], score: str, path: Path, teacher: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,6 +99,10 @@ def plot(runs: list[dict], score: str, path: Path) -> None:
             values = [[next(row[score] for row in h if row["step"] == s) for h in chosen] for s in steps]
             axis.plot(steps, [statistics.mean(v) for v in values], marker="o", label=loss)
             axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+        if teacher is not None:
+            axis.axhline(teacher[score], color="black", linestyle="--", linewidth=1, label="teacher")
+        if score != "accuracy/all":  # both fall by orders of magnitude from the untrained student
+            axis.set_yscale("log")
         axis.set_title(f"arch={arch}")
         axis.set_xlabel("optimizer steps")
         axis.grid(alpha=0.3)
@@ -96,16 +117,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--teacher", type=Path, help="the teacher's metrics.json (python -m bksdm.evaluate)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args()
-    runs = read_runs(args.sweep)
+    runs, unfinished = read_runs(args.sweep)
+    teacher = json.loads(args.teacher.read_text()) if args.teacher else None
+    if teacher is not None and (missing := [s for s in SCORES if s not in teacher]):
+        raise ValueError(
+            f"--teacher {str(args.teacher)!r} has no {missing}: give an eval=miniworld metrics.json"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(table(runs))
-    (args.out / "results.json").write_text(json.dumps(runs, indent=1) + "\n")
+    (args.out / "results.md").write_text(table(runs, teacher))
+    (args.out / "results.json").write_text(json.dumps({"teacher": teacher, "runs": runs}, indent=1) + "\n")
     if not args.no_plots:
         for score, name in PLOTS.items():
-            plot(runs, score, args.out / name)
-    print(table(runs))
+            plot(runs, score, args.out / name, teacher)
+    print(table(runs, teacher))
+    if unfinished:
+        print(f"left out, still running: {', '.join(unfinished)}")
 
 
 if __name__ == "__main__":
