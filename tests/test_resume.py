@@ -151,3 +151,24 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks_without_overlap():
     ranks = [list(ResumableSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
     assert all(len(share) == 4 for share in ranks)  # 10 over 3 ranks: padded to 12
     assert {i for share in ranks for i, _ in share} == set(range(10))
+
+
+def test_published_folders_reach_the_disk_before_the_rename_that_publishes_them(tmp_path, monkeypatch):
+    from bksdm.atomic import atomic_directory
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd)
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or replace(a, b))
+    for version in ("old", "new"):  # a fresh folder, then one replacing it
+        events.clear()
+        with atomic_directory(tmp_path / "student") as staging:
+            (staging / "unet").mkdir()
+            (staging / "unet" / "weights.bin").write_text(version)
+        names = [os.path.basename(path) for _, path in events]
+        first_replace = next((i for i, (kind, _) in enumerate(events) if kind == "replace"), len(events))
+        assert names.index("weights.bin") < first_replace and names.index("unet") < first_replace, events
+        assert events[-1] == ("sync", str(tmp_path)), events  # the renamed entry itself
+    assert (tmp_path / "student" / "unet" / "weights.bin").read_text() == "new"
