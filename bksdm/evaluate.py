@@ -52,6 +52,9 @@ def evaluate(cfg: DictConfig) -> dict:
     return result
 
 
+ERRORS = ("error_to_teacher", "error_to_teacher/unconditional", "error_to_teacher/guided")
+
+
 def evaluate_miniworld(cfg: DictConfig) -> dict:
     """``eval=miniworld``: accuracy, classifier-feature FID and error to the teacher of ``cfg.model``,
     written as ``metrics.json`` and ``metrics.md``."""
@@ -82,12 +85,14 @@ def evaluate_miniworld(cfg: DictConfig) -> dict:
     (out / "metrics.md").write_text(
         "| model | "
         + " | ".join(f"acc. {n}" for n in names)
-        + " | FID (classifier) | error to teacher |\n"
-        + "|---" * (len(names) + 3)
+        + " | FID (classifier) | error to teacher | unconditional | guided |\n"
+        + "|---" * (len(names) + 5)
         + "|\n"
         + f"| {cfg.model} | "
         + " | ".join(f"{scores[f'accuracy/{n}']:.3f}" for n in names)
-        + f" | {scores['fid']:.2f} | {scores['error_to_teacher']:.5f} |\n"
+        + f" | {scores['fid']:.2f} | "
+        + " | ".join(f"{scores[k]:.5f}" for k in ERRORS)
+        + " |\n"
     )
     return result
 

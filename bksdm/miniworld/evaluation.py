@@ -6,7 +6,11 @@ images to real ones, and how close are its noise predictions to the teacher's?
 - FID on the classifier's 128-d features against held-out real items of the world (real items that no
   training saw; with 128 dimensions, 1000 or more generated images give a usable number);
 - error to the teacher: mean squared difference of the student's and the teacher's noise predictions on
-  fixed held-out noisy latents (held-out images, noise and timesteps drawn from a fixed seed).
+  fixed held-out noisy latents (held-out images, noise and timesteps drawn from a fixed seed), for the
+  captions (``error_to_teacher``), for the empty caption (``error_to_teacher/unconditional``) and for
+  their classifier-free-guided combination at the sampling guidance scale (``error_to_teacher/guided``):
+  sampling uses the last, so a student that follows the teacher's conditional prediction closely can
+  still draw poorly when its unconditional one has drifted (the paper trains without caption dropout).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class MiniWorldReference:
     timesteps: torch.Tensor  # (N,)
     context: torch.Tensor  # (N, T, D)
     teacher_prediction: torch.Tensor  # (N, 4, h, w)
+    empty_context: torch.Tensor  # (1, T, D): the empty caption's embedding
+    teacher_unconditional: torch.Tensor  # (N, 4, h, w): the teacher's prediction for the empty caption
 
     @classmethod
     @torch.no_grad()
@@ -62,12 +68,18 @@ class MiniWorldReference:
         noisy = noise_latents(scheduler, latents, noise, steps.to(device))
         tokenizer = teacher.tokenizer
         ids = tokenizer(
-            [s["caption"] for s in samples], padding="max_length", max_length=tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
+            [s["caption"] for s in samples] + [""], padding="max_length",
+            max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt",
         ).input_ids  # fmt: skip
-        context = teacher.text_encoder(ids.to(device))[0].float()
-        prediction = unet(noisy.to(unet.dtype), steps.to(device), context.to(unet.dtype)).sample.float()
-        return cls(classifier, real_stats, noisy.cpu(), steps, context.cpu(), prediction.cpu())
+        context, empty = teacher.text_encoder(ids.to(device))[0].float().split([num_latents, 1])
+
+        def predict(c: torch.Tensor) -> torch.Tensor:
+            return unet(noisy.to(unet.dtype), steps.to(device), c.to(unet.dtype)).sample.float().cpu()
+
+        prediction, unconditional = predict(context), predict(empty.expand_as(context))
+        return cls(
+            classifier, real_stats, noisy.cpu(), steps, context.cpu(), prediction, empty.cpu(), unconditional
+        )
 
 
 def noise_latents(
@@ -86,10 +98,43 @@ def batched(function, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tens
 @torch.no_grad()
 def error_to_teacher(unet: UNet2DConditionModel, reference: MiniWorldReference) -> float:
     """Mean squared difference of ``unet``'s noise prediction and the teacher's on the held-out latents."""
+    return float(
+        torch.nn.functional.mse_loss(
+            _predict(unet, reference, reference.context), reference.teacher_prediction
+        )
+    )
+
+
+@torch.no_grad()
+def errors_to_teacher(
+    unet: UNet2DConditionModel, reference: MiniWorldReference, guidance_scale: float
+) -> dict[str, float]:
+    """``error_to_teacher`` (the captions), ``error_to_teacher/unconditional`` (the empty caption) and
+    ``error_to_teacher/guided`` (the unconditional prediction plus ``guidance_scale`` times the difference
+    to the conditional one, as the sampler combines them), each against the teacher's counterpart."""
+    conditional = _predict(unet, reference, reference.context)
+    unconditional = _predict(unet, reference, reference.empty_context.expand_as(reference.context))
+    teacher_conditional, teacher_unconditional = reference.teacher_prediction, reference.teacher_unconditional
+
+    def guided(cond, uncond):
+        return uncond + guidance_scale * (cond - uncond)
+
+    mse = torch.nn.functional.mse_loss
+    return {
+        "error_to_teacher": float(mse(conditional, teacher_conditional)),
+        "error_to_teacher/unconditional": float(mse(unconditional, teacher_unconditional)),
+        "error_to_teacher/guided": float(
+            mse(guided(conditional, unconditional), guided(teacher_conditional, teacher_unconditional))
+        ),
+    }
+
+
+def _predict(
+    unet: UNet2DConditionModel, reference: MiniWorldReference, context: torch.Tensor
+) -> torch.Tensor:
     parameter = next(unet.parameters())
-    noisy, context = (t.to(parameter.device, parameter.dtype) for t in (reference.noisy, reference.context))
-    prediction = unet(noisy, reference.timesteps.to(parameter.device), context).sample.float().cpu()
-    return float(torch.nn.functional.mse_loss(prediction, reference.teacher_prediction))
+    noisy, context = (t.to(parameter.device, parameter.dtype) for t in (reference.noisy, context))
+    return unet(noisy, reference.timesteps.to(parameter.device), context).sample.float().cpu()
 
 
 @torch.no_grad()
@@ -103,7 +148,7 @@ def evaluate_student(
 ) -> dict[str, float]:
     """The scores of ``pipeline`` (the teacher's VAE and text encoder around a student U-Net):
     ``accuracy/{shape,colour,position,size,all}``, ``fid`` (classifier features) and
-    ``error_to_teacher``. ``num_images`` cycles through the 180 captions (a multiple of 180 weighs each
+    ``error_to_teacher`` (also ``/unconditional`` and ``/guided`` at ``guidance_scale``). ``num_images`` cycles through the 180 captions (a multiple of 180 weighs each
     alike), seed by seed."""
     captions = [text for text, _ in all_captions()]
     rounds, rest = divmod(num_images, len(captions))
@@ -124,5 +169,5 @@ def evaluate_student(
     return {
         **{f"accuracy/{name}": value for name, value in accuracy.items()},
         "fid": fid,
-        "error_to_teacher": error_to_teacher(pipeline.unet, reference),
+        **errors_to_teacher(pipeline.unet, reference, guidance_scale),
     }
