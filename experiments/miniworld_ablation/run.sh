@@ -5,7 +5,8 @@
 # an unfinished one started afresh, so the script can be stopped and started again. Seed by seed: every
 # arch x loss with seed 0, then seed 1, ... The same runs as
 #   python -m bksdm.train -m experiment=miniworld_ablation loss=... arch=... seed=...
-# Usage: WORKERS=2 SEEDS="0 1 2" experiments/miniworld_ablation/run.sh
+# Usage: WORKERS=2 SEEDS="0 1 2" ARCHS="small tiny base" LOSSES="task kd_out kd_full kd_full_normalized" \
+#        experiments/miniworld_ablation/run.sh            (these are the defaults)
 set -u
 cd "$(dirname "$0")/../.."
 sweep=outputs/ablation/miniworld
@@ -13,8 +14,8 @@ claims=${CLAIMS:-$sweep/.claims}
 rm -rf "$claims" && mkdir -p "$claims"   # claims of a stopped invocation
 worker() {
   for seed in ${SEEDS:-0 1 2}; do
-    for arch in small tiny base; do
-      for loss in task kd_out kd_full kd_full_normalized; do
+    for arch in ${ARCHS:-small tiny base}; do
+      for loss in ${LOSSES:-task kd_out kd_full kd_full_normalized}; do
         name=$loss-$arch-seed$seed
         if grep -qs '"step": 400,' "$sweep/$name/eval/history.jsonl"; then continue; fi
         mkdir "$claims/$name" 2>/dev/null || continue
