@@ -23,7 +23,8 @@ worker() {
         echo "$(date +%T) worker $1 starts $name"
         OMP_NUM_THREADS=1 python -m bksdm.train -m experiment=miniworld_ablation loss=$loss arch=$arch \
           seed=$seed > "$claims/$name/train.out" 2>&1
-        echo "$(date +%T) worker $1 ends $name (exit $?)"
+        status=$?
+        echo "$(date +%T) worker $1 ends $name (exit $status; output in $claims/$name/train.out)"
       done
     done
   done
