@@ -117,12 +117,17 @@ def test_the_ablation_summary_tabulates_and_plots_a_sweep(tmp_path):
         (run / ".hydra" / "hydra.yaml").write_text(
             f"hydra:\n  runtime:\n    choices:\n      loss: {loss}\n      arch: {arch}\n"
         )
-        (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\ntrainer:\n  max_steps: 100\n")
+        (run / ".hydra" / "config.yaml").write_text(
+            f"seed: {seed}\ntrainer:\n  max_steps: 100\n  accelerator: {'gpu' if seed else 'cpu'}\n"
+        )
         rows = [{"step": s, "accuracy/all": accuracy * s / 100 + 0.01 * seed, "fid": 10.0 - s / 50,
-                 "error_to_teacher": 0.1} for s in steps]  # fmt: skip
+                 "error_to_teacher": 0.1, "error_to_teacher/unconditional": 0.15,
+                 "error_to_teacher/guided": 0.2} for s in steps]  # fmt: skip
         (run / "eval" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     teacher = tmp_path / "teacher.json"
-    teacher.write_text(json.dumps({"accuracy/all": 0.75, "fid": 5.0, "error_to_teacher": 0.0}))
+    errors = ("error_to_teacher", "error_to_teacher/unconditional", "error_to_teacher/guided")
+    scores = {"accuracy/all": 0.75, "fid": 5.0} | dict.fromkeys(errors, 0.0)
+    teacher.write_text(json.dumps(scores))
     script = CONF.parents[1] / "experiments" / "miniworld_ablation" / "summarize.py"
     command = [
         sys.executable,
@@ -137,12 +142,21 @@ def test_the_ablation_summary_tabulates_and_plots_a_sweep(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "left out, still running: kd_out-small-seed0" in done.stdout
     table = (tmp_path / "out" / "results.md").read_text().splitlines()
-    assert table[2] == "| teacher | (itself) | - | - | 0.75 | 5 | 0 |"
+    assert table[2] == "| teacher | (itself) | - | - | 0.75 | 5 | 0 | 0 | 0 |"
     assert table[3].startswith("| small | untrained | 0 | 2 | 0.005 ± 0.0071 | 10 ± 0 |")
     assert table[4].startswith("| small | task | 100 | 2 | 0.555 ± 0.078 | 8 ± 0 |")
-    assert table[5].startswith("| small | kd_full | 100 | 1 | 0.9 | 8 |") and len(table) == 6
-    assert all(
-        (tmp_path / "out" / name).stat().st_size > 1000 for name in ("accuracy.png", "fid.png", "error.png")
+    assert table[5].startswith("| small | kd_full | 100 | 1 | 0.9 | 8 |")
+    assert table[6:] == ["", "Trained on: 2 runs cpu, 1 runs gpu"]
+    plots = ("accuracy.png", "fid.png", "error.png", "guided_error.png")
+    assert all((tmp_path / "out" / name).stat().st_size > 1000 for name in plots)
+    # a history without one of the scores (written before the guided error existed) is named
+    history = sweep / "task-small-seed0" / "eval" / "history.jsonl"
+    history.write_text(json.dumps({"step": 100, "accuracy/all": 0.5, "fid": 8.0, "error_to_teacher": 0.1}))
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert (
+        done.returncode != 0
+        and "task-small-seed0" in done.stderr
+        and "error_to_teacher/guided" in done.stderr
     )
 
 
@@ -171,7 +185,7 @@ def test_a_kd_student_beats_a_task_only_student_on_error_to_the_teacher(tmp_path
     from bksdm.arch import build_student
     from bksdm.eval.generation import load_pipeline
     from bksdm.miniworld.assets import load_classifier
-    from bksdm.miniworld.evaluation import MiniWorldReference, error_to_teacher
+    from bksdm.miniworld.evaluation import MiniWorldReference, errors_to_teacher
     from bksdm.prepare import prepare
 
     teacher = load_pipeline("builtin:miniworld", "float32", "cpu", None)
@@ -188,8 +202,9 @@ def test_a_kd_student_beats_a_task_only_student_on_error_to_the_teacher(tmp_path
             "data.num_workers=0", "trainer.max_steps=40", "data.batch_size=32", "callbacks.sample_grid=null",
             "callbacks.export_student=null", output_dir=tmp_path / loss,
         )  # fmt: skip
-        errors[loss] = error_to_teacher(train_app.train(cfg).student, reference)
-    errors["untrained"] = error_to_teacher(build_student(teacher.unet, "small"), reference)
+        errors[loss] = errors_to_teacher(train_app.train(cfg).student, reference, 3.0)["error_to_teacher"]
+    untrained = build_student(teacher.unet, "small")
+    errors["untrained"] = errors_to_teacher(untrained, reference, 3.0)["error_to_teacher"]
     assert errors["kd_full"] < 0.8 * errors["task"] and errors["task"] < errors["untrained"], errors
 
 

@@ -1,8 +1,9 @@
-"""MiniWorldEval: the mini-world scores of the student every N optimizer steps (``callbacks=with_miniworld_eval``).
+"""MiniWorldEval: the student's mini-world scores every N optimizer steps (``callbacks=with_miniworld_eval``).
 
 Logs ``eval/accuracy/{shape,colour,position,size,all}``, ``eval/fid`` (classifier features) and
-``eval/error_to_teacher`` (also ``/unconditional`` and ``/guided``) for the exported student (the EMA weights when EMA is on), and keeps the history
-in ``<dirpath>/history.jsonl``. Rank 0 evaluates (under FSDP every rank first helps gather the weights).
+``eval/error_to_teacher`` (also ``/unconditional`` and ``/guided``) for the exported student (the EMA
+weights when EMA is on), and keeps the history in ``<dirpath>/history.jsonl``. Rank 0 evaluates (under
+FSDP every rank first helps gather the weights).
 """
 
 from __future__ import annotations

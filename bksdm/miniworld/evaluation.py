@@ -73,10 +73,8 @@ class MiniWorldReference:
         ).input_ids  # fmt: skip
         context, empty = teacher.text_encoder(ids.to(device))[0].float().split([num_latents, 1])
 
-        def predict(c: torch.Tensor) -> torch.Tensor:
-            return unet(noisy.to(unet.dtype), steps.to(device), c.to(unet.dtype)).sample.float().cpu()
-
-        prediction, unconditional = predict(context), predict(empty.expand_as(context))
+        prediction = _predict(unet, noisy, steps, context)
+        unconditional = _predict(unet, noisy, steps, empty.expand_as(context))
         return cls(
             classifier, real_stats, noisy.cpu(), steps, context.cpu(), prediction, empty.cpu(), unconditional
         )
@@ -96,24 +94,15 @@ def batched(function, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tens
 
 
 @torch.no_grad()
-def error_to_teacher(unet: UNet2DConditionModel, reference: MiniWorldReference) -> float:
-    """Mean squared difference of ``unet``'s noise prediction and the teacher's on the held-out latents."""
-    return float(
-        torch.nn.functional.mse_loss(
-            _predict(unet, reference, reference.context), reference.teacher_prediction
-        )
-    )
-
-
-@torch.no_grad()
 def errors_to_teacher(
     unet: UNet2DConditionModel, reference: MiniWorldReference, guidance_scale: float
 ) -> dict[str, float]:
     """``error_to_teacher`` (the captions), ``error_to_teacher/unconditional`` (the empty caption) and
     ``error_to_teacher/guided`` (the unconditional prediction plus ``guidance_scale`` times the difference
     to the conditional one, as the sampler combines them), each against the teacher's counterpart."""
-    conditional = _predict(unet, reference, reference.context)
-    unconditional = _predict(unet, reference, reference.empty_context.expand_as(reference.context))
+    noisy, timesteps, context = reference.noisy, reference.timesteps, reference.context
+    conditional = _predict(unet, noisy, timesteps, context)
+    unconditional = _predict(unet, noisy, timesteps, reference.empty_context.expand_as(context))
     teacher_conditional, teacher_unconditional = reference.teacher_prediction, reference.teacher_unconditional
 
     def guided(cond, uncond):
@@ -130,11 +119,12 @@ def errors_to_teacher(
 
 
 def _predict(
-    unet: UNet2DConditionModel, reference: MiniWorldReference, context: torch.Tensor
+    unet: UNet2DConditionModel, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
 ) -> torch.Tensor:
+    """``unet``'s noise prediction (N, 4, h, w), fp32 on the CPU, for latents and contexts on any device."""
     parameter = next(unet.parameters())
-    noisy, context = (t.to(parameter.device, parameter.dtype) for t in (reference.noisy, context))
-    return unet(noisy, reference.timesteps.to(parameter.device), context).sample.float().cpu()
+    noisy, context = (t.to(parameter.device, parameter.dtype) for t in (noisy, context))
+    return unet(noisy, timesteps.to(parameter.device), context).sample.float().cpu()
 
 
 @torch.no_grad()
@@ -148,8 +138,8 @@ def evaluate_student(
 ) -> dict[str, float]:
     """The scores of ``pipeline`` (the teacher's VAE and text encoder around a student U-Net):
     ``accuracy/{shape,colour,position,size,all}``, ``fid`` (classifier features) and
-    ``error_to_teacher`` (also ``/unconditional`` and ``/guided`` at ``guidance_scale``). ``num_images`` cycles through the 180 captions (a multiple of 180 weighs each
-    alike), seed by seed."""
+    ``error_to_teacher`` (also ``/unconditional`` and ``/guided`` at ``guidance_scale``). ``num_images``
+    cycles through the 180 captions (a multiple of 180 weighs each alike), seed by seed."""
     captions = [text for text, _ in all_captions()]
     rounds, rest = divmod(num_images, len(captions))
     texts = captions * rounds + captions[:rest]

@@ -6,9 +6,9 @@ step; a run whose last score is not at trainer.max_steps is still running and le
 --out (default: this folder): results.md (the table: each loss x arch at the last step, mean and sample
 standard deviation over seeds, with the untrained student of each arch and, given --teacher, the
 teacher's own scores from `python -m bksdm.evaluate eval=miniworld model=builtin:miniworld`),
-results.json (every score of every run) and accuracy.png / fid.png / error.png (the score against steps,
-one panel per arch, one line per loss, the band spanning the seeds). Plots need matplotlib
-(pip install -e ".[plots]").
+results.json (every score of every run) and accuracy.png / fid.png / error.png / guided_error.png (the
+score against steps, one panel per arch, one line per loss, the band spanning the seeds). Plots need
+matplotlib (pip install -e ".[plots]").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import yaml
@@ -24,8 +24,11 @@ import yaml
 LOSSES = ["task", "kd_out", "kd_full", "kd_full_normalized"]
 ARCHS = ["base", "small", "tiny"]
 SCORES = {"accuracy/all": "accuracy (all four attributes)", "fid": "FID (classifier features)",
-          "error_to_teacher": "error to the teacher (MSE)"}  # fmt: skip
-PLOTS = {"accuracy/all": "accuracy.png", "fid": "fid.png", "error_to_teacher": "error.png"}
+          "error_to_teacher": "error to the teacher (MSE)",
+          "error_to_teacher/unconditional": "empty-caption error (MSE)",
+          "error_to_teacher/guided": "guided error to the teacher (MSE, guidance 3)"}  # fmt: skip
+PLOTS = {"accuracy/all": "accuracy.png", "fid": "fid.png", "error_to_teacher": "error.png",
+         "error_to_teacher/guided": "guided_error.png"}  # fmt: skip
 
 
 def read_runs(sweep: Path) -> tuple[list[dict], list[str]]:
@@ -40,8 +43,13 @@ def read_runs(sweep: Path) -> tuple[list[dict], list[str]]:
         if not rows or rows[-1]["step"] != config["trainer"]["max_steps"]:
             unfinished.append(folder.name)
             continue
+        if missing := [score for score in SCORES if score not in rows[-1]]:
+            raise ValueError(
+                f"{str(history)!r} has no {missing} (written before the score existed?): rerun that run"
+            )
         runs.append({"loss": choices["loss"], "arch": choices["arch"], "seed": config["seed"],
-                     "folder": folder.name, "history": rows})  # fmt: skip
+                     "device": config["trainer"]["accelerator"], "folder": folder.name,
+                     "history": rows})  # fmt: skip
     if not runs:
         raise FileNotFoundError(f"no finished run with eval/history.jsonl under {str(sweep)!r}")
     return runs, unfinished
@@ -79,6 +87,8 @@ def table(runs: list[dict], teacher: dict | None = None) -> str:
         lines.append(
             f"| {arch} | {loss} | {'/'.join(map(str, steps))} | {len(finals)} | " + " | ".join(cells) + " |"
         )
+    devices = Counter(run["device"] for run in runs)
+    lines.append("\nTrained on: " + ", ".join(f"{n} runs {d}" for d, n in sorted(devices.items())))
     return "\n".join(lines) + "\n"
 
 
