@@ -28,6 +28,17 @@ from bksdm.speed import check_speed_settings, compile_in_place, resolve_auto, se
 from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FROZEN_DTYPES = ("auto", *DTYPES)
+
+
+def resolve_frozen_dtype(name: str, device: torch.device | str) -> str:
+    """``auto``: float16 on CUDA (the paper's choice, tensor cores), bfloat16 elsewhere (CPUs compute
+    bf16 natively, AMX or AVX-512, while fp16 convolutions and group norms on a CPU are slow or missing)."""
+    if name not in FROZEN_DTYPES:
+        raise ValueError(f"distill.frozen_dtype={name!r}: accepted are {list(FROZEN_DTYPES)}")
+    if name != "auto":
+        return name
+    return "float16" if torch.device(device).type == "cuda" else "bfloat16"
 
 
 @dataclass
@@ -54,7 +65,9 @@ class DistillModule(L.LightningModule):
         optimizer: ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW, lr=5e-5)``).
         lr_scheduler: ``optimizer -> LRScheduler`` or None for a constant learning rate.
         revision: hub revision of the teacher.
-        frozen_dtype: ``float32``, ``float16`` or ``bfloat16`` for the teacher U-Net, VAE and text encoder.
+        frozen_dtype: ``float32``, ``float16``, ``bfloat16`` or ``auto`` (float16 when CUDA is available,
+            else bfloat16): the precision the teacher U-Net, VAE and text encoder are stored and compute
+            in, also inside a mixed-precision (autocast) region.
         ema_decay: EMA decay of the student's weights, None for no EMA.
         gradient_checkpointing: recompute the student's activations in backward (memory for time).
         caption_dropout: probability of replacing a caption by the empty prompt (classifier-free guidance);
@@ -84,7 +97,7 @@ class DistillModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., Any] | None = None,
         revision: str | None = None,
-        frozen_dtype: str = "float32",
+        frozen_dtype: str = "auto",
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         caption_dropout: float = 0.0,
@@ -98,8 +111,7 @@ class DistillModule(L.LightningModule):
         ema_foreach: bool = True,
     ):
         super().__init__()
-        if frozen_dtype not in DTYPES:
-            raise ValueError(f"frozen_dtype={frozen_dtype!r}: accepted are {list(DTYPES)}")
+        frozen_dtype = resolve_frozen_dtype(frozen_dtype, "cuda" if torch.cuda.is_available() else "cpu")
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout={caption_dropout!r} must be a probability in [0, 1]")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -174,8 +186,16 @@ class DistillModule(L.LightningModule):
         self._frozen_on_device()
         self.grad_shard_group = gradient_shard_group(self.trainer.strategy.model)  # wrapped by now
 
-    def _frozen_grad_mode(self):
-        return torch.inference_mode() if self.teacher_inference_mode else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def _frozen_compute(self):
+        """The frozen parts compute in ``frozen_dtype``, without autograd: autocast is switched off
+        around them, since under ``bf16-mixed`` it would run fp16 weights in bf16 (and on a CPU mix the
+        two in one group norm, which fails)."""
+        with contextlib.ExitStack() as stack:
+            if self.teacher_inference_mode:
+                stack.enter_context(torch.inference_mode())
+            stack.enter_context(torch.autocast(self.device.type, enabled=False))
+            yield
 
     # -- taps: hooked while a trainer uses the module, taken off when it is torn down ------------------
     def setup(self, stage: str) -> None:
@@ -222,7 +242,7 @@ class DistillModule(L.LightningModule):
                 mean + batch["latent_std"].to(self.device, torch.float32) * randomness.randn(mean.shape)
             ) * self.latent_scale
         else:
-            with self._frozen_grad_mode():
+            with self._frozen_compute():
                 pixels = batch["pixel_values"].to(self.device, self.frozen_dtype)
                 posterior = frozen.vae.encode(pixels).latent_dist  # sampled as DiagonalGaussian.sample does
                 noise = randomness.randn(posterior.mean.shape, posterior.mean.dtype)
@@ -238,7 +258,7 @@ class DistillModule(L.LightningModule):
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.device)
-        with self._frozen_grad_mode():
+        with self._frozen_compute():
             context = frozen.text_encoder(ids)[0]
         return latents, context.float().clone()
 
@@ -265,7 +285,7 @@ class DistillModule(L.LightningModule):
         """The teacher's prediction and tapped features, computed without autograd in its low precision."""
         unet = self._frozen_on_device().unet
         teacher_taps, _ = self._hook_taps()
-        with self._frozen_grad_mode(), teacher_taps.recording() as features:
+        with self._frozen_compute(), teacher_taps.recording() as features:
             prediction = unet(noisy.to(self.frozen_dtype), timesteps, context.to(self.frozen_dtype)).sample
         # inference tensors cannot be saved for backward: hand out ordinary copies
         return prediction.clone(), {path: feature.clone() for path, feature in features.items()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
@@ -13,12 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch import student_config
 from bksdm.arch.report import check_latent_size
+from bksdm.cli import app, config_checks
 from bksdm.components import teacher_unet_config
-from bksdm.module import DistillModule
+from bksdm.config_types import check_value_types
+from bksdm.module import DistillModule, resolve_frozen_dtype
 from bksdm.resume import checkpoint_to_resume, wandb_run_id
 from bksdm.speed import check_speed_settings, set_tf32
 from bksdm.summary import startup_summary
-from bksdm.taps import paper_tap_pairs
+from bksdm.taps import check_tap_pairs, paper_tap_pairs, parse_tap_pairs
 
 VAE_SCALE = 8  # pixels per latent cell of Stable Diffusion's VAE
 DATA_LOCATIONS = {
@@ -27,10 +28,34 @@ DATA_LOCATIONS = {
 }
 
 
+# config nodes that are not instantiated through a _target_, and what takes their values
+SETTINGS_WITHOUT_TARGET = {"distill": DistillModule}
+
+
 def check_config(cfg: DictConfig) -> None:
     """Config errors that must stop the run before anything heavy is loaded."""
+    check_value_types(cfg, extra=SETTINGS_WITHOUT_TARGET)
     check_data_location(cfg)
+    check_precision(cfg)
     check_model_config(cfg, cfg.data.get("resolution"))
+
+
+# what each accelerator trains in, among the precisions the README names
+CPU_PRECISIONS = ("bf16-mixed", "32", "32-true")
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """fp16 mixed precision is a GPU feature: on a CPU Lightning would quietly swap it for bf16."""
+    import torch
+
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    precision = str(cfg.trainer.get("precision"))
+    if on_cpu and precision in ("16-mixed", "16"):
+        raise ValueError(
+            f"trainer.precision={precision} needs a GPU (fp16 autocast with loss scaling), and this run "
+            f"trains on the CPU: accepted there are {', '.join(CPU_PRECISIONS)} (bf16-mixed is the default)"
+        )
 
 
 def check_data_location(cfg: DictConfig) -> None:
@@ -66,6 +91,27 @@ def check_model_config(
             ) from error
     check_fused_clipping(cfg)
     check_speed_settings(cfg.get("distill", {}))
+    if cfg.get("loss") and cfg.loss.get("w_feat"):
+        check_taps(cfg, teacher)
+
+
+def check_taps(cfg: DictConfig, teacher: dict) -> None:
+    """The feature-KD tap pairs exist on both U-Nets and agree in shape (on meta models: no weights)."""
+    removal = OmegaConf.to_container(cfg.arch.removal)
+    try:
+        check_tap_pairs(
+            teacher, student_config(teacher, removal), parse_tap_pairs(tap_pairs(cfg)), teacher["sample_size"]
+        )
+    except (KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) else str(error)
+        hint = (
+            "arch.taps=auto derives the pairs from the removal spec (the paper's rule)"
+            if cfg.arch.taps != "auto"
+            else "set arch.taps to [teacher module, student module] pairs"
+        )
+        raise ValueError(
+            f"arch={cfg.arch.name}'s feature taps do not fit its student: {message}; {hint}"
+        ) from error
 
 
 def check_fused_clipping(cfg: DictConfig) -> None:
@@ -107,8 +153,10 @@ def make_logger(cfg: DictConfig, output_dir: Path):
     if not cfg.get("logger"):
         return False
     wandb = cfg.logger._target_ == "lightning.pytorch.loggers.WandbLogger"
-    if wandb and cfg.logger.get("id") is None and rank_zero_only.rank == 0:  # other ranks log nothing
-        return instantiate(cfg.logger, id=wandb_run_id(output_dir), resume="allow")
+    if wandb and rank_zero_only.rank == 0:  # other ranks log nothing
+        # the run folder's own id unless one is given (logger.id or WANDB_RUN_ID): resuming continues it
+        run_id = cfg.logger.get("id") or wandb_run_id(output_dir)
+        return instantiate(cfg.logger, id=run_id, resume="allow")
     return instantiate(cfg.logger)
 
 
@@ -127,9 +175,13 @@ def per_device_batch(global_batch: int | None, per_device: int, world_size: int,
     return global_batch // share
 
 
-def build_module(cfg: DictConfig, provides=()) -> DistillModule:
+def build_module(cfg: DictConfig, provides=(), device=None) -> DistillModule:
     """The DistillModule of the config. ``provides``: what the data brings pre-encoded (``latents``,
-    ``text_embeds``): the VAE (and the text encoder) then stay out of memory."""
+    ``text_embeds``): the VAE (and the text encoder) then stay out of memory. ``device``: where it will
+    train, which decides ``distill.frozen_dtype=auto`` (default: CUDA when available)."""
+    distill = OmegaConf.to_container(cfg.distill)
+    if device is not None:
+        distill["frozen_dtype"] = resolve_frozen_dtype(distill["frozen_dtype"], device)
     return DistillModule(
         teacher_source=cfg.teacher.source,
         revision=cfg.teacher.revision,
@@ -138,32 +190,41 @@ def build_module(cfg: DictConfig, provides=()) -> DistillModule:
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optim.optimizer),
         lr_scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-        **OmegaConf.to_container(cfg.distill),
+        **distill,
         load_vae="latents" not in provides,
         load_text_encoder="text_embeds" not in provides,
     )
 
 
 def train(cfg: DictConfig) -> DistillModule:
-    """Build everything from the composed config and fit; returns the trained module."""
-    check_config(cfg)
+    """Build everything from the composed config and fit; returns the trained module.
+
+    Everything up to the teacher's loading is a config check: a mistake there raises ``ConfigError``,
+    which the command line prints as one message.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    with config_checks():
+        check_config(cfg)
+        resume_from = checkpoint_to_resume(cfg, output_dir)
+        datamodule = instantiate(cfg.data)  # opens the data source: a wrong path stops here
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=make_logger(cfg, output_dir)
+        )
+        datamodule.batch_size = per_device_batch(
+            cfg.get("global_batch_size"),
+            datamodule.batch_size,
+            trainer.world_size,
+            trainer.accumulate_grad_batches,
+        )
     L.seed_everything(cfg.seed, workers=True)
     set_tf32(cfg.tf32)
-    output_dir = Path(cfg.paths.output_dir)
-    resume_from = checkpoint_to_resume(cfg, output_dir)
-    datamodule = instantiate(cfg.data)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_logger(cfg, output_dir))
-    datamodule.batch_size = per_device_batch(
-        cfg.get("global_batch_size"),
-        datamodule.batch_size,
-        trainer.world_size,
-        trainer.accumulate_grad_batches,
-    )
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # every rank runs this function; one writes
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    module = build_module(cfg, provides=getattr(datamodule, "provides", ()))
+    module = build_module(
+        cfg, provides=getattr(datamodule, "provides", ()), device=trainer.strategy.root_device
+    )
     rank_zero_info(
         startup_summary(
             module,
@@ -184,7 +245,7 @@ def train(cfg: DictConfig) -> DistillModule:
     return module
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@app("train")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -41,7 +41,7 @@ def test_offline_wandb_run_holds_metrics_grid_and_config(tmp_path, monkeypatch):
         "logger.mode=offline", "logger.tags=[test]", output_dir=tmp_path / "run",
     )  # fmt: skip
     train_app.train(cfg)
-    run_file = next((tmp_path / "run").rglob("offline-run-*/run-*.wandb"))
+    run_file = next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))  # WANDB_DIR, as W&B does
     records = list(read_records(run_file))
     keys = {
         item.key or "/".join(item.nested_key)
@@ -96,5 +96,44 @@ def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
     train_app.train(config(*run, "trainer.max_steps=1", output_dir=tmp_path / "run"))
     train_app.train(config(*run, "trainer.max_steps=2", "resume=auto", output_dir=tmp_path / "run"))
     run_id = (tmp_path / "run" / "wandb_run_id").read_text().strip()
-    runs = sorted((tmp_path / "run").rglob("offline-run-*"))
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # one W&B run, resumed
+
+
+def run_settings(run_file) -> dict:
+    """The run record's project, group and id."""
+    run = next(r.run for r in read_records(run_file) if r.HasField("run"))
+    return {"project": run.project, "group": run.run_group, "id": run.run_id}
+
+
+def test_wandb_takes_its_settings_from_its_environment_variables(tmp_path, monkeypatch):
+    # what a W&B user sets in a job script; no logger.* override on the command line
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "elsewhere"),
+                        "WANDB_PROJECT": "bk-small", "WANDB_RUN_GROUP": "sweep-3", "WANDB_RUN_ID": "run0042",
+                        "WANDB_SILENT": "true"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    run = [
+        *FAST,
+        "experiment=demo",
+        "logger=wandb",
+        "callbacks.sample_grid=null",
+        "callbacks.export_student=null",
+    ]
+    train_app.train(config(*run, output_dir=tmp_path / "run"))
+    (run_file,) = (tmp_path / "elsewhere" / "wandb").glob("offline-run-*-run0042/run-run0042.wandb")
+    assert run_settings(run_file) == {"project": "bk-small", "group": "sweep-3", "id": "run0042"}
+    assert not (tmp_path / "run" / "wandb").exists()
+    # the command line still wins over the environment
+    train_app.train(config(*run, "logger.project=other", "logger.id=run0043", output_dir=tmp_path / "run2"))
+    (run_file,) = (tmp_path / "elsewhere" / "wandb").glob("offline-run-*-run0043/run-run0043.wandb")
+    assert run_settings(run_file)["project"] == "other"
+
+
+def test_wandb_mode_disabled_trains_and_logs_nowhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    cfg = config(*FAST, "experiment=demo", "logger=wandb", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+                 output_dir=tmp_path / "run")  # fmt: skip
+    module = train_app.train(cfg)
+    assert module.trainer.global_step == 2 and (tmp_path / "run" / "student").is_dir()
+    assert not list(tmp_path.rglob("*.wandb"))

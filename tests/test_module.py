@@ -172,10 +172,42 @@ def test_frozen_parts_run_in_the_configured_precision():
     assert latents.dtype == context.dtype == torch.float32 and latents.shape == (1, 4, 16, 16)
 
 
+@pytest.mark.parametrize("frozen_dtype", ["float16", "bfloat16"])
+def test_under_bf16_autocast_the_frozen_parts_compute_in_their_own_dtype(frozen_dtype):
+    # bf16-mixed (the default trainer) wraps the step in autocast: it must not recast the frozen parts
+    module = make_module(frozen_dtype=frozen_dtype)
+    seen = set()
+    for model in (module.frozen.unet, module.frozen.vae, module.frozen.text_encoder):
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear | torch.nn.GroupNorm):
+                layer.register_forward_hook(
+                    lambda _, inputs, output: seen.add((inputs[0].dtype, output.dtype))
+                )
+    batch = {"pixel_values": torch.zeros(1, 3, 128, 128), "caption": ["x"]}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latents, context = module.encode_batch(batch)
+        prediction, _ = module.teacher_forward(latents, torch.tensor([10]), context)
+    dtype = getattr(torch, frozen_dtype)
+    assert seen == {(dtype, dtype)}
+    assert prediction.dtype == dtype and latents.dtype == context.dtype == torch.float32
+
+
+def test_frozen_dtype_auto_is_bf16_on_a_cpu_and_fp16_on_cuda():
+    from bksdm.module import resolve_frozen_dtype
+
+    assert resolve_frozen_dtype("auto", "cpu") == "bfloat16"
+    assert resolve_frozen_dtype("auto", "cuda") == "float16"
+    assert resolve_frozen_dtype("float32", "cuda") == "float32"
+    assert make_module().frozen_dtype == (torch.float16 if torch.cuda.is_available() else torch.bfloat16)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"frozen_dtype": "fp8"}, r"frozen_dtype='fp8': accepted are \['float32', 'float16', 'bfloat16'\]"),
+        (
+            {"frozen_dtype": "fp8"},
+            r"frozen_dtype='fp8': accepted are \['auto', 'float32', 'float16', 'bfloat16'\]",
+        ),
         ({"caption_dropout": 1.5}, r"caption_dropout=1\.5 must be a probability"),
         ({"ema_decay": 1.0}, r"ema_decay=1\.0 must be in \(0, 1\)"),
         ({"nonfinite_patience": 0}, r"nonfinite_patience=0 must be >= 1"),

@@ -11,10 +11,11 @@ import torch
 from conftest import CONF
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException, MissingConfigException
+from hydra.errors import MissingConfigException
 from PIL import Image
 
 from bksdm import train as train_app
+from bksdm.cli import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # what makes any experiment small enough for one CPU step here
@@ -80,8 +81,8 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
     monkeypatch.setattr(train_app, "DistillModule", no_heavy_work)
     with pytest.raises(ValueError, match=r"data\.root is not set: .*data\.root=/path/to/folder"):
         train_app.train(config(output_dir=tmp_path))
-    # hydra.utils.instantiate wraps the datamodule's FileNotFoundError, message included
-    with pytest.raises(InstantiationException, match=r"data\.root='.*nowhere' is not a folder"):
+    # the datamodule's FileNotFoundError, unwrapped from hydra.utils.instantiate's exception
+    with pytest.raises(ConfigError, match=r"^data\.root='.*nowhere' is not a folder"):
         train_app.train(config(f"data.root={tmp_path / 'nowhere'}", output_dir=tmp_path))
 
 
@@ -102,19 +103,63 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
             r"global_batch_size=6 does not split over 1 device\(s\) x 4 accumulation step\(s\): accepted are positive multiples of 4",
         ),
         (
-            ["trainer.precision=16-mixed", "trainer.gradient_clip_val=1.0"],
+            ["trainer.precision=16-mixed", "trainer.gradient_clip_val=1.0", "trainer.accelerator=gpu"],
             r"trainer\.precision=16-mixed with trainer\.gradient_clip_val=1\.0 cannot use a fused optimizer .*Accepted: trainer\.precision=bf16-mixed",
         ),
         (["distill.attention=flash"], r"distill\.attention='flash': accepted are \['sdpa', 'eager'\]"),
+        # numbers that Hydra read as strings, named by their key (not a TypeError deep in torch)
+        (["optim.optimizer.lr=5e-5x"], r"^optim\.optimizer\.lr='5e-5x' is not a number$"),
+        (
+            ["trainer.max_steps=1.5", "distill.caption_dropout=some"],
+            r"trainer\.max_steps=1\.5 is not an integer.*distill\.caption_dropout='some' is not a number"
+            r"|distill\.caption_dropout='some' is not a number; trainer\.max_steps=1\.5 is not an integer",
+        ),
+        # a custom removal spec keeps the preset's explicit taps, which name a stage it removed
+        (
+            ["arch.removal.drop_innermost_stages=1"],
+            r"arch=small's feature taps do not fit its student: student has no module 'down_blocks\.3'"
+            r".*arch\.taps=auto derives the pairs",
+        ),
+        (
+            ["trainer.precision=16-mixed", "trainer.accelerator=cpu"],
+            r"trainer\.precision=16-mixed needs a GPU .*accepted there are bf16-mixed, 32",
+        ),
     ],
 )
 def test_config_errors_stop_the_run_before_anything_is_loaded_or_written(
     tmp_path, monkeypatch, overrides, message
 ):
     monkeypatch.setattr(train_app, "DistillModule", lambda *a, **k: pytest.fail("the teacher was loaded"))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         train_app.train(config("experiment=demo", *FAST, *overrides, output_dir=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_error_is_one_line_without_a_traceback_and_leaves_no_run_folder(tmp_path):
+    done = run_cli("experiment=demo", "optim.optimizer.lr=5e-5x", f"paths.log_dir={tmp_path / 'out'}",
+                   cwd=tmp_path, HYDRA_FULL_ERROR="0")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "Error: optim.optimizer.lr='5e-5x' is not a number"
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+    # Hydra's own switch still shows where it came from
+    full = run_cli("experiment=demo", "optim.optimizer.lr=5e-5x", f"paths.log_dir={tmp_path / 'out'}",
+                   cwd=tmp_path)  # fmt: skip
+    assert full.returncode == 1 and "Traceback" in full.stderr and "check_value_types" in full.stderr
+
+
+def test_the_default_trainer_trains_on_a_cpu(tmp_path):
+    # no trainer= override: bf16-mixed, frozen_dtype auto (bf16 on a CPU), fused AdamW, accumulation
+    cfg = config("teacher=tiny", "data=synthetic", "trainer.max_steps=1", "trainer.accumulate_grad_batches=2",
+                 "callbacks.sample_grid.num_inference_steps=2", "callbacks.sample_grid.prompts=[a red circle]",
+                 output_dir=tmp_path)  # fmt: skip
+    assert (cfg.trainer.precision, cfg.distill.frozen_dtype, cfg.optim.optimizer.fused) == (
+        "bf16-mixed",
+        "auto",
+        True,
+    )
+    module = train_app.train(cfg)
+    assert module.trainer.global_step == 1 and module.frozen_dtype == torch.bfloat16
+    assert module.trainer.precision == "bf16-mixed" and (tmp_path / "student" / "unet").is_dir()
 
 
 def test_an_unknown_choice_lists_the_accepted_ones(tmp_path):

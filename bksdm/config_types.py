@@ -1,0 +1,99 @@
+"""Numeric settings checked against the signature of what they configure, before anything is built.
+
+Hydra reads ``lr=5e-5x`` as the string ``"5e-5x"``, and without a check the run loads the teacher and
+then fails deep inside torch. Every config node with a ``_target_`` is checked against that target's
+annotated parameters; a value whose type the annotation cannot take is named with its key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+NUMBERS = (bool, int, float, torch.Tensor, type(None))
+
+
+def _members(annotation) -> tuple | None:
+    """The plain types an annotation accepts when they are all booleans, numbers or None (else None:
+    nothing is checked)."""
+    origin = typing.get_origin(annotation)
+    members = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    return members if all(m in NUMBERS for m in members) else None
+
+
+def _accepts(members: tuple, value) -> bool:
+    if value is None:
+        return type(None) in members
+    if isinstance(value, bool):
+        return bool in members
+    if isinstance(value, int):
+        return bool(set(members) & {int, float, torch.Tensor})
+    if isinstance(value, float):
+        return bool(set(members) & {float, torch.Tensor}) or (int in members and value.is_integer())
+    return False
+
+
+def _describe(members: tuple) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", torch.Tensor: "a number"}
+    words = list(dict.fromkeys(names[m] for m in members if m in names))
+    return " or ".join(words) + (" or null" if type(None) in members else "")
+
+
+def parameter_types(target: Callable) -> dict[str, tuple]:
+    """Parameter name -> accepted plain types, for the parameters of ``target`` annotated with numbers."""
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # annotations that do not evaluate here: nothing to check
+        return {}
+    return {name: members for name, hint in hints.items() if (members := _members(hint)) is not None}
+
+
+def type_errors(values: Mapping, types_by_name: Mapping[str, tuple], prefix: str) -> Iterator[str]:
+    for name, members in types_by_name.items():
+        if name in values and not _accepts(members, values[name]):
+            yield f"{prefix}{name}={values[name]!r} is not {_describe(members)}"
+
+
+def _targets(node, path: str = "") -> Iterator[tuple[str, DictConfig]]:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            if key != "hydra":
+                yield from _targets(node._get_node(key), f"{path}{key}.")
+    elif isinstance(node, ListConfig):
+        for index, item in enumerate(node._iter_ex(resolve=False)):
+            yield from _targets(item, f"{path}{index}.")
+
+
+def check_value_types(cfg: DictConfig, extra: Mapping[str, Callable] = ()) -> None:
+    """Raise ValueError naming every setting whose value its target's annotation does not accept.
+
+    ``extra``: config paths (``"distill"``) checked against a callable that is not their ``_target_``.
+    """
+    problems = []
+    nodes = [(path, node, node._target_) for path, node in _targets(cfg)]
+    nodes += [(f"{path}.", OmegaConf.select(cfg, path), target) for path, target in dict(extra).items()]
+    for path, node, target in nodes:
+        if node is None:
+            continue
+        if isinstance(target, str):
+            try:
+                target = get_object(target)
+            except Exception:  # a target that does not import: instantiating it says so
+                continue
+        values = {
+            key: node[key]
+            for key in node
+            if not str(key).startswith("_") and not OmegaConf.is_missing(node, key)
+        }
+        problems += type_errors(values, parameter_types(target), path)
+    if problems:
+        raise ValueError("; ".join(problems))
