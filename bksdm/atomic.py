@@ -1,8 +1,9 @@
-"""Writing a folder so that readers see either the old complete one or the new complete one."""
+"""Writing a folder (or a file) so that readers see either the old complete one or the new complete one."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = _make_staging_folder(target.parent, f".{target.name}.partial-")
     try:
         yield staging
         if target.exists():
@@ -36,6 +37,46 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
                     raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_staging_folder(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder in ``parent``, created as a plain ``mkdir`` would create it.
+
+    Not ``tempfile.mkdtemp``: its folders are mode 0700, and the staging folder is what gets published,
+    so every export would come out private. ``os.mkdir`` applies the umask (and any default ACL) as for
+    any other folder, with no need to read the umask (which cannot be done thread-safely).
+    """
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+
+
+def write_file_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one: written
+    under a temporary name beside it, flushed to disk, then renamed over it. The file gets the mode a
+    plain ``open`` would give (``tempfile.mkstemp``'s are 0600)."""
+    path = Path(path)
+    while True:
+        staging = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}")
+        try:
+            descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        break
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
 
 
 def replace_directory(source: Path, target: Path) -> None:

@@ -5,31 +5,55 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bksdm.eval.generation import generate_images, load_pipeline
+from bksdm.cli import app, config_checks
+from bksdm.eval.generation import (
+    check_model,
+    check_scheduler,
+    generate_images,
+    images_manifest,
+    load_pipeline,
+    open_images_folder,
+    resolve_device_dtype,
+)
 from bksdm.eval.prompts import load_prompts
-from bksdm.eval.scoring import real_statistics, score_images
+from bksdm.eval.sampling import resolve_sampling
+from bksdm.eval.scoring import real_image_files, real_statistics, score_images
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Generate (resumably) one image per prompt, score it, write ``metrics.json`` and ``metrics.md``."""
     if cfg.eval.name == "miniworld":
         return evaluate_miniworld(cfg)
-    prompts = load_prompts(cfg.prompts, cfg.num_images)
+    out = Path(cfg.out)
+    with config_checks():
+        prompts = load_prompts(cfg.prompts, cfg.num_images)
+        real_image_files(cfg.real)
+        check_model(cfg.model)
+        captions = [caption for _, caption in prompts]
+        device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        check_scheduler(cfg.scheduler)
+        sampling, origin = resolve_sampling(cfg.model, cfg.guidance_scale, cfg.num_inference_steps)
+        # images of another model or other settings are refused here, before any model is loaded
+        folder = open_images_folder(
+            out / "images",
+            images_manifest(cfg.model, captions, seed=cfg.seed, scheduler=cfg.scheduler,
+                            resolution=cfg.resolution, dtype=dtype, **sampling),
+            overwrite=cfg.overwrite,
+        )  # fmt: skip
     extractor, clip_model = instantiate(cfg.eval.features), instantiate(cfg.eval.clip)
     size = cfg.eval.score_size
     real = real_statistics(
         cfg.real, extractor, size, cfg.cache_dir, cfg.eval.batch_size
     )  # errors before generating
-    pipeline = load_pipeline(cfg.model, cfg.dtype, cfg.device, cfg.scheduler)
-    out = Path(cfg.out)
-    captions = [caption for _, caption in prompts]
+    print(f"sampling: {origin}")
+    pipeline = load_pipeline(cfg.model, dtype, device, cfg.scheduler)
+    folder.claim()
     paths = generate_images(
-        pipeline, captions, out / "images", seed=cfg.seed, num_inference_steps=cfg.num_inference_steps,
-        guidance_scale=cfg.guidance_scale, batch_size=cfg.batch_size, resolution=cfg.resolution,
+        pipeline, captions, folder.path, seed=cfg.seed, batch_size=cfg.batch_size, resolution=cfg.resolution,
+        **sampling,
     )  # fmt: skip
     scores = score_images(
         paths, captions, extractor, clip_model, real, size, cfg.eval.is_splits, cfg.eval.batch_size
@@ -37,6 +61,7 @@ def evaluate(cfg: DictConfig) -> dict:
     result = {
         **scores,
         "model": cfg.model,
+        "sampling": sampling,
         "num_images": len(paths),
         "real_images": real.count,
         "extractors": {"features": extractor.name, "clip": clip_model.name},
@@ -97,7 +122,7 @@ def evaluate_miniworld(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@app("evaluate")
 def main(cfg: DictConfig) -> None:
     result = evaluate(cfg)
     if cfg.eval.name == "miniworld":

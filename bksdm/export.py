@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from diffusers import UNet2DConditionModel
 
 from bksdm.atomic import atomic_directory
 from bksdm.components import resolve_source
+from bksdm.eval.sampling import check_sampling, model_sampling, write_sampling
 
 
 def save_student_pipeline(
-    student: UNet2DConditionModel, teacher_source: str, folder: str | Path, revision: str | None = None
+    student: UNet2DConditionModel,
+    teacher_source: str,
+    folder: str | Path,
+    revision: str | None = None,
+    sampling: Mapping | None = None,
 ) -> Path:
     """Write ``folder`` as a StableDiffusionPipeline: the teacher's VAE, text encoder, tokenizer and
-    inference scheduler, as stored at ``teacher_source``, with the student U-Net in ``unet/``.
+    inference scheduler, as stored at ``teacher_source``, with the student U-Net in ``unet/``, and
+    ``sampling.json``: the guidance scale and step count ``python -m bksdm.generate`` and ``evaluate``
+    draw it with by default. A student is drawn as its teacher is: ``sampling`` (the teacher preset's
+    ``sampling:`` block) over the teacher folder's own ``sampling.json``, else Stable Diffusion's.
 
     Weights are safetensors. The folder is staged and renamed, so a crash mid-save leaves the previous
     export (if any) intact. Load it with ``StableDiffusionPipeline.from_pretrained(folder)`` or just the
@@ -23,6 +32,7 @@ def save_student_pipeline(
     """
     from diffusers import StableDiffusionPipeline  # pulls in transformers' image processors: only here
 
+    defaults = {**model_sampling(teacher_source, revision)[0], **check_sampling(sampling or {}, "sampling")}
     source = resolve_source(teacher_source)
     pipeline = StableDiffusionPipeline.from_pretrained(
         source,
@@ -36,6 +46,7 @@ def save_student_pipeline(
     with atomic_directory(folder) as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)
         _copy_missing_files(_source_subfolder(source, "tokenizer", revision), staging / "tokenizer")
+        write_sampling(staging, defaults)
     return Path(folder)
 
 

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from bksdm.eval.generation import generate_images, image_grid, load_pipeline
+from bksdm.cli import app, config_checks
+from bksdm.eval.generation import (
+    check_model,
+    check_scheduler,
+    generate_images,
+    image_grid,
+    images_manifest,
+    load_pipeline,
+    open_images_folder,
+    resolve_device_dtype,
+)
+from bksdm.eval.sampling import resolve_sampling
 
 
 def prompts_of(cfg: DictConfig) -> list[str]:
@@ -26,24 +36,42 @@ def prompts_of(cfg: DictConfig) -> list[str]:
 
 
 def generate(cfg: DictConfig) -> list[Path]:
-    prompts = prompts_of(cfg)
-    pipeline = load_pipeline(cfg.model, cfg.dtype, cfg.device, cfg.scheduler)
+    """Images of ``cfg``'s prompts in ``cfg.out``, kept from an earlier run only if its manifest shows the
+    same model and settings; every setting and the folder are checked before the model is loaded."""
+    out = Path(cfg.out)
+    with config_checks():
+        prompts = prompts_of(cfg)
+        check_model(cfg.model)
+        device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        check_scheduler(cfg.scheduler)
+        sampling, origin = resolve_sampling(cfg.model, cfg.guidance_scale, cfg.num_inference_steps)
+        folder = open_images_folder(
+            out,
+            images_manifest(cfg.model, prompts, seed=cfg.seed, scheduler=cfg.scheduler,
+                            resolution=cfg.resolution, dtype=dtype, **sampling),
+            overwrite=cfg.overwrite,
+        )  # fmt: skip
+    print(f"sampling: {origin}")
+    pipeline = load_pipeline(cfg.model, dtype, device, cfg.scheduler)
+    folder.claim()
     paths = generate_images(
         pipeline,
         prompts,
-        cfg.out,
+        out,
         seed=cfg.seed,
-        num_inference_steps=cfg.num_inference_steps,
-        guidance_scale=cfg.guidance_scale,
         batch_size=cfg.batch_size,
         resolution=cfg.resolution,
+        **sampling,
     )
+    grid = out / "grid.png"
     if cfg.grid and len(paths) > 1:
-        image_grid(paths).save(Path(cfg.out) / "grid.png")
+        image_grid(paths).save(grid)
+    else:  # a grid left by an earlier run would show other images than this run's
+        grid.unlink(missing_ok=True)
     return paths
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+@app("generate")
 def main(cfg: DictConfig) -> None:
     paths = generate(cfg)
     print(f"{len(paths)} images in {cfg.out}" + (" (and grid.png)" if cfg.grid and len(paths) > 1 else ""))

@@ -8,6 +8,8 @@ training) that is the world itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -25,8 +27,13 @@ def _host_group():
 def ranks_agree(flag: bool, every: bool = True) -> bool:
     """True if ``flag`` holds on every rank (``every=False``: on any rank). Without a distributed world,
     the flag itself."""
+    return ranks_agree_each([flag], every)[0]
+
+
+def ranks_agree_each(flags: Sequence[bool], every: bool = True) -> list[bool]:
+    """``ranks_agree`` of several flags in one collective."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([int(flag)], dtype=torch.int32)
+        return [bool(flag) for flag in flags]
+    value = torch.tensor([int(flag) for flag in flags], dtype=torch.int32)
     dist.all_reduce(value, op=dist.ReduceOp.MIN if every else dist.ReduceOp.MAX, group=_host_group())
-    return bool(value.item())
+    return [bool(v) for v in value.tolist()]

@@ -19,7 +19,7 @@ from bksdm.components import load_components, resolve_source
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.ema import StudentEMA
 from bksdm.fsdp import gradient_shard_group
-from bksdm.host_sync import ranks_agree
+from bksdm.host_sync import ranks_agree, ranks_agree_each
 from bksdm.losses import DistillLoss
 from bksdm.noise import SampleRandomness
 from bksdm.nonfinite import NonfiniteTracker
@@ -97,7 +97,7 @@ class DistillModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., Any] | None = None,
         revision: str | None = None,
-        frozen_dtype: str = "auto",
+        frozen_dtype: str = "float32",
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         caption_dropout: float = 0.0,
@@ -183,6 +183,12 @@ class DistillModule(L.LightningModule):
         return self.frozen
 
     def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:  # what the skip tally names, and when it gives up on the source
+            self.skips = SkipTally(
+                getattr(datamodule, "source", "the data source"),
+                getattr(datamodule, "max_consecutive_bad", 256),
+            )
         self._frozen_on_device()
         self.grad_shard_group = gradient_shard_group(self.trainer.strategy.model)  # wrapped by now
 
@@ -299,7 +305,9 @@ class DistillModule(L.LightningModule):
         return batch
 
     def on_train_epoch_end(self) -> None:
-        self.skips.check()  # a whole epoch without one usable sample
+        self.skips.end_epoch()  # a whole epoch without one usable sample is a failure
+        if not ranks_agree(self.skips.failure is None):
+            self.skips.raise_failure("the data source of another rank gave no usable sample this epoch")
 
     def on_train_end(self) -> None:
         self.nonfinite.check(self.global_step)
@@ -308,8 +316,11 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.log("data/skipped", float(self.skips.counts.sum()), reduce_fx="max")
-        # skipping is decided on every rank together: one rank skipping alone would desynchronise DDP
-        if not ranks_agree(bool(batch.get("caption"))):
+        # skipping and giving up are decided on every rank together: one rank alone would desynchronise DDP
+        has_samples, source_alive = ranks_agree_each([bool(batch.get("caption")), self.skips.failure is None])
+        if not source_alive:
+            self.skips.raise_failure("the data source of another rank gave only unusable samples")
+        if not has_samples:
             return None  # every sample of a batch was bad: nothing to learn from
         loss, terms = self.distill_loss(batch)
         # a non-finite loss is not looked at here (that would sync the host every step): it makes the

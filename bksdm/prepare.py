@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-import hydra
+from pathlib import Path
+
 import torch
 from omegaconf import DictConfig
 
+from bksdm.cli import app, config_checks
 from bksdm.components import load_components
 from bksdm.data.encode import encoder_record, folder_items, write_image_shards, write_latent_shards
 from bksdm.module import DTYPES
@@ -30,17 +32,19 @@ def source_items(data: DictConfig):
 
 
 def prepare(cfg: DictConfig):
-    """Write the shards the config asks for; returns the WriteReport."""
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode={cfg.mode!r} is not accepted: use one of {list(MODES)}")
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
+    """Write the shards the config asks for; returns the WriteReport. A bad setting or source raises
+    ``ConfigError`` before anything is loaded or written."""
+    with config_checks():
+        if cfg.mode not in MODES:
+            raise ValueError(f"mode={cfg.mode!r} is not accepted: use one of {list(MODES)}")
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
+        items = source_items(cfg.data)  # the folder is listed now: no caption, no shard
     if cfg.mode == "images":
-        return write_image_shards(source_items(cfg.data), cfg.out, cfg.shard_size)
+        return write_image_shards(items, cfg.out, cfg.shard_size)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
-    items = source_items(cfg.data)  # a bad source stops before the teacher is loaded
     parts = ["vae", "tokenizer"] + (["text_encoder"] if cfg.text_embeddings else [])
     teacher = load_components(cfg.teacher.source, parts, DTYPES[cfg.dtype], cfg.teacher.revision)
     vae = teacher.vae.to(device)
@@ -66,9 +70,27 @@ def prepare(cfg: DictConfig):
     )
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
+def training_command(cfg: DictConfig, shards: list) -> str:
+    """The command that trains from the shards just written, with the brace pattern quoted so that it
+    reaches Hydra whole (``python -m bksdm.<verb>`` quotes a brace range for Hydra itself)."""
+    names = [Path(shard).name for shard in shards]
+    folder = Path(cfg.out)
+    if len(names) == 1:
+        urls = str(folder / names[0])
+    else:
+        first, last = Path(names[0]).stem, Path(names[-1]).stem
+        urls = f"{folder}/{{{first}..{last}}}.tar"
+    data = "data=latents" if cfg.mode == "latents" else "data=webdataset"
+    flip = " data.random_flip=false" if cfg.mode == "latents" and not cfg.mirrored else ""
+    return f"python -m bksdm.train teacher={cfg.teacher.name} {data} data.urls='{urls}'{flip}"
+
+
+@app("prepare")
 def main(cfg: DictConfig) -> None:
-    print(f"{cfg.mode}: {prepare(cfg).describe()} -> {cfg.out}")
+    report = prepare(cfg)
+    print(f"{cfg.mode}: {report.describe()} -> {cfg.out}")
+    if report.shards:
+        print(f"train from them: {training_command(cfg, report.shards)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from bksdm.atomic import atomic_directory
 
 # Bump when anything below changes what is built: cached folders of older versions are then ignored.
-TINY_VERSION = 1
+TINY_VERSION = 2  # 2: the scheduler config has SD-v1.4's clip_sample
 TEXT_TOKENS = 77
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -86,11 +86,14 @@ SHAPES = {
     "sd14-random": (SD14_UNET_CONFIG, SD14_VAE_CONFIG, SD14_TEXT_WIDTHS, torch.float16),  # 2 GB on disk
 }
 
-# SD-v1.4's scheduler_config.json (less clip_sample, which PNDM does not take)
+# SD-v1.4's scheduler_config.json. clip_sample is not PNDM's, yet SD keeps it there for the samplers built
+# from this config (DDIM's default, True, turns SD's images to noise): build with PNDMScheduler.from_config,
+# which stores it, not PNDMScheduler(**...), which refuses it.
 SD_SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
+    "clip_sample": False,
     "num_train_timesteps": 1000,
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
@@ -172,7 +175,7 @@ def build_tiny_pipeline(seed: int = 0, shape: str = "tiny"):
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         unet=unet.eval(),
-        scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG),
+        scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -34,7 +34,7 @@ def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert json.loads(printed[-1]) == json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert printed[0].split() == [
-        "mode", "images_per_s", "s_per_step", "peak_memory_gb", "gflop_per_step", "achieved_tflop_per_s",
+        "mode", "inputs", "images_per_s", "s_per_step", "peak_memory_gb", "gflop_per_step", "achieved_tflop_per_s",
     ]  # fmt: skip
     assert printed[1].split()[0] == "fast" and printed[2].split()[0] == "reference"
     fast, reference = result["runs"]
@@ -52,6 +52,26 @@ def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
     assert (fast["settings"]["attention"], reference["settings"]["attention"]) == ("sdpa", "eager")
     assert fast["settings"]["fused_adamw"] and not reference["settings"]["fused_adamw"]
     assert reference["settings"]["host_sync_every_step"] and not reference["settings"]["pre_encoded"]
+
+
+def test_the_default_trainer_benchmarks_on_a_cpu_with_honest_labels(capsys):
+    # no trainer= override: bf16-mixed with frozen_dtype auto (bf16 here), as `python -m bksdm.bench
+    # teacher=tiny arch=small` runs it
+    result = benchmark(bench_config("teacher=tiny", "arch=small", "bench.resolution=64", "bench.warmup_steps=0",
+                                    "bench.steps=1", "trainer.accumulate_grad_batches=1"))  # fmt: skip
+    (run,) = result["runs"]
+    assert run["settings"]["precision"] == "bf16-mixed" and run["settings"]["frozen_dtype"] == "bfloat16"
+    assert run["inputs"] == "pre-encoded" and capsys.readouterr().out.splitlines()[1].split()[:2] == [
+        "fast", "pre-encoded",
+    ]  # fmt: skip
+
+
+def test_the_gpu_benchmark_script_runs_each_configuration_once():
+    script = (CONF.parents[1] / "experiments" / "bench" / "gpu.sh").read_text().replace("\\\n", " ")
+    runs = [
+        " ".join(line.split()[3:]) for line in script.splitlines() if line.startswith("python -m bksdm.bench")
+    ]
+    assert len(runs) == 4 and len(set(runs)) == 4
 
 
 def test_the_cpu_full_width_preset_composes():

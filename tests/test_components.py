@@ -124,3 +124,14 @@ def test_weights_missing_from_a_checkpoint_are_not_silently_random(tiny_copy, pa
     save_file(state, file)
     with pytest.raises(ComponentError, match=f"{part} of .*random initialisation.*{dropped}"):
         load_components(str(tiny_copy), parts=[part])
+
+
+def test_teacher_presets_hold_only_settings_that_are_read():
+    # a key no code reads looks like an override and does nothing (prediction_type did: the target
+    # comes from the teacher's scheduler config)
+    from conftest import CONF
+    from omegaconf import OmegaConf
+
+    read = {"name", "source", "revision", "resolution", "unet_config", "sampling"}
+    for preset in sorted((CONF / "teacher").glob("*.yaml")):
+        assert set(OmegaConf.load(preset)) <= read, preset.name

@@ -120,17 +120,37 @@ def test_collate_drops_markers_and_counts_them_by_kind():
     assert collate_skipping([{"skipped": "too_small"}]).keys() == {"skipped"}
 
 
-def test_a_source_with_nothing_readable_stops_with_a_clear_error():
+def counts(**by_kind) -> torch.Tensor:
+    return torch.tensor([by_kind.get(kind, 0) for kind in SKIP_KINDS])
+
+
+def test_a_streak_of_bad_samples_fails_the_source_whether_or_not_good_ones_came_before():
     tally = SkipTally("data.root='/x'", limit=4)
-    tally.add(torch.tensor([0, 3, 0, 0, 0, 0, 0]), good=0)
+    tally.add(counts(unreadable_image=3), good=0)
+    assert tally.failure is None
+    tally.add(counts(unreadable_image=1), good=0)
     with pytest.raises(
         UnreadableSource,
-        match=r"no usable sample in 4 read from data.root='/x' \(4 skipped: 4 unreadable_image",
+        match=r"4 samples in a row from data.root='/x' could not be used \(4 skipped: 4 unreadable_image; "
+        r"data.max_consecutive_bad=4\), after 0 good ones",
     ):
-        tally.add(torch.tensor([0, 1, 0, 0, 0, 0, 0]), good=0)
-    fine = SkipTally(limit=2)
-    fine.add(torch.tensor([5, 0, 0, 0, 0, 0, 0]), good=1)  # bad samples after good ones never stop a run
-    fine.check()
+        tally.raise_failure()
+    later = SkipTally(limit=4)
+    later.add(counts(too_small=3), good=5)  # a good sample ends a streak
+    later.add(counts(too_small=3), good=0)
+    assert later.failure is None
+    later.add(counts(empty_caption=1), good=0)
+    assert "after 5 good ones" in later.failure and "3 too_small, 1 empty_caption" in later.failure
+
+
+def test_an_epoch_without_a_good_sample_fails_the_source():
+    tally = SkipTally(limit=100)
+    tally.add(counts(too_small=2), good=3)
+    tally.end_epoch()
+    assert tally.failure is None
+    tally.add(counts(too_small=2), good=0)
+    tally.end_epoch()
+    assert tally.failure.startswith("a whole epoch of the data source gave no usable sample (2 skipped")
 
 
 def test_folder_errors_name_the_path(tmp_path):
@@ -139,6 +159,10 @@ def test_folder_errors_name_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no samples"):
         CaptionedImageFolder(tmp_path / "empty")
+    (tmp_path / "uncaptioned").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "uncaptioned" / "a.png")
+    with pytest.raises(ValueError, match=r"holds 1 images but not one caption"):
+        CaptionedImageFolder(tmp_path / "uncaptioned")
     (tmp_path / "bad_csv").mkdir()
     (tmp_path / "bad_csv" / "metadata.csv").write_text("image,caption\na.png,x\n")
     with pytest.raises(ValueError, match=r"columns \['image', 'caption'\]: expected file_name,text"):
@@ -183,7 +207,10 @@ def test_training_on_an_unreadable_folder_stops_instead_of_spinning(tmp_path):
         (root / f"{i}.jpg").write_bytes(b"not a jpeg")
         (root / f"{i}.txt").write_text("a caption")
     datamodule = FolderDataModule(str(root), resolution=128, batch_size=2, num_workers=0)
-    with pytest.raises(UnreadableSource, match=r"no usable sample in 6 read .*6 unreadable_image"):
+    with pytest.raises(
+        UnreadableSource,
+        match=r"a whole epoch of data\.root=.* gave no usable sample \(6 skipped: 6 unreadable_image",
+    ):
         fit_one_epoch(tiny_module(), datamodule, tmp_path)
 
 

@@ -12,9 +12,12 @@ from conftest import CONF, cpu_trainer
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from bksdm.cli import ConfigError
 from bksdm.eval.extractors import TinyCLIP, TinyInception
+from bksdm.eval.generation import ImagesFolderError
 from bksdm.eval.metrics import FeatureStats, clip_score, frechet_distance, inception_score
 from bksdm.eval.prompts import load_prompts, spread
+from bksdm.eval.sampling import resolve_sampling
 from bksdm.eval.scoring import load_scored, real_statistics
 from bksdm.evaluate import evaluate
 
@@ -119,6 +122,7 @@ def test_evaluate_writes_finite_metrics_and_resumes_without_regenerating(tmp_pat
         "clip": "tiny-clip",
     }
     assert metrics["settings"]["seed"] == 1234
+    assert metrics["sampling"] == {"guidance_scale": 7.5, "num_inference_steps": 2}
     assert "| builtin:tiny |" in (tmp_path / "eval" / "metrics.md").read_text()
 
     images = sorted((tmp_path / "eval" / "images").glob("*.png"))
@@ -140,6 +144,36 @@ def test_evaluate_writes_finite_metrics_and_resumes_without_regenerating(tmp_pat
     assert again["fid"] == pytest.approx(result["fid"], rel=1e-3)
 
 
+def test_evaluating_another_model_into_its_images_folder_stops_before_loading(tmp_path, monkeypatch):
+    write_real(tmp_path / "real")
+    settings = [
+        f"prompts={coco_json(tmp_path / 'captions.json')}", f"real={tmp_path / 'real'}", "num_images=10",
+        "num_inference_steps=2", "batch_size=10", f"out={tmp_path / 'eval'}", f"cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
+    evaluate(config("model=builtin:tiny", *settings))
+    manifest = json.loads((tmp_path / "eval" / "images" / "manifest.json").read_text())
+    assert manifest["model"] == "builtin:tiny" and len(manifest["prompts"]) == 10
+    assert manifest["guidance_scale"] == 7.5  # SD's: the tiny teacher's folder has no sampling.json
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("bksdm.evaluate.load_pipeline", loaded)
+        patched.setattr("bksdm.evaluate.instantiate", loaded)  # the feature extractors
+        with pytest.raises(
+            ImagesFolderError,
+            match=r"model 'builtin:tiny' -> 'builtin:miniworld'; guidance_scale 7\.5 -> 3\.0",
+        ):
+            evaluate(config("model=builtin:miniworld", *settings))
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["model"] == "builtin:tiny"
+
+    result = evaluate(config("model=builtin:miniworld", "overwrite=true", *settings))
+    assert result["model"] == "builtin:miniworld" and result["sampling"]["guidance_scale"] == 3.0
+    images = sorted((tmp_path / "eval" / "images").glob("*.png"))
+    assert len(images) == 10 and Image.open(images[0]).size == (64, 64)  # the mini world's, not the tiny's
+
+
 def test_evaluate_errors_come_before_generation(tmp_path):
     cfg = config(
         "model=builtin:tiny",
@@ -147,7 +181,7 @@ def test_evaluate_errors_come_before_generation(tmp_path):
         f"real={tmp_path / 'none'}",
         f"out={tmp_path / 'eval'}",
     )
-    with pytest.raises(FileNotFoundError, match=r"real-image folder .*none' does not exist"):
+    with pytest.raises(ConfigError, match=r"^real-image folder .*none' does not exist"):
         evaluate(cfg)
     assert not (tmp_path / "eval").exists()
 
@@ -191,7 +225,11 @@ def test_evaluate_defaults_to_the_paper_protocol():
         cfg = compose("evaluate", overrides=["model=m", "prompts=p.json", "real=r/"])
     assert cfg.eval.name == "coco30k" and cfg.eval.features._target_.endswith("PaperInception")
     assert (cfg.eval.clip.model_name, cfg.eval.clip.pretrained) == ("ViT-g-14", "laion2b_s34b_b88k")
-    assert (cfg.num_images, cfg.seed, cfg.num_inference_steps, cfg.guidance_scale) == (30000, 1234, 25, 7.5)
+    assert (cfg.num_images, cfg.seed, cfg.overwrite) == (30000, 1234, False)
+    # null: the model folder's own sampling defaults; an SD checkpoint has none, so SD's 25 steps, guidance 7.5
+    assert (cfg.num_inference_steps, cfg.guidance_scale) == (None, None)
+    sampling, _ = resolve_sampling("CompVis/stable-diffusion-v1-4", None, None)
+    assert sampling == {"guidance_scale": 7.5, "num_inference_steps": 25}
     assert (cfg.eval.score_size, cfg.eval.is_splits) == (256, 10)
 
 

@@ -1,9 +1,12 @@
 """A saved student loads with plain diffusers (no bksdm import) and generates the same images."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +14,8 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from bksdm.arch import build_student
+from bksdm.callbacks.export import ExportStudent
+from bksdm.eval.generation import load_pipeline
 from bksdm.export import save_student_pipeline
 
 PROMPTS = ["a red square on a blue background", "a green circle"]
@@ -69,6 +74,7 @@ def test_plain_diffusers_loads_the_student_and_generates_the_same_images(exporte
         text=True,
     )
     assert done.returncode == 0, done.stderr
+    assert "sampling" not in done.stderr  # diffusers ignores the folder's sampling.json, and says nothing
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"mid_block": True, "blocks": 3}
     np.testing.assert_allclose(np.load(out), images, atol=1e-5)
 
@@ -104,3 +110,42 @@ def test_exporting_again_replaces_the_folder(exported, tiny_teacher):
     save_student_pipeline(build_student(tiny_teacher.unet, "base"), "builtin:tiny", folder)
     assert UNet2DConditionModel.from_pretrained(folder, subfolder="unet").mid_block is not None
     assert [p.name for p in folder.parent.iterdir()] == ["student"]
+
+
+def test_the_exported_folder_is_as_readable_as_a_plain_mkdir_makes_it(tiny_teacher, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        folder = save_student_pipeline(
+            build_student(tiny_teacher.unet, "tiny"), "builtin:tiny", tmp_path / "s"
+        )
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o755 for p in folder.iterdir() if p.is_dir())
+
+
+def test_a_student_carries_its_teacher_sampling_defaults(exported, tmp_path):
+    folder, _, _ = exported
+    sd = {"guidance_scale": 7.5, "num_inference_steps": 25}
+    assert json.loads((folder / "sampling.json").read_text()) == sd  # the tiny teacher has none: SD's
+    teacher = load_pipeline("builtin:miniworld", "float32", "cpu", None)
+    mini = save_student_pipeline(build_student(teacher.unet, "tiny"), "builtin:miniworld", tmp_path / "mini")
+    assert json.loads((mini / "sampling.json").read_text()) == {
+        "guidance_scale": 3.0,
+        "num_inference_steps": 25,
+    }
+    # the run's teacher preset, handed to the export callback, wins over the teacher folder's file
+    callback = ExportStudent(
+        tmp_path / "run" / "student", sampling={"guidance_scale": 2, "num_inference_steps": 30}
+    )
+    module = SimpleNamespace(
+        exported_student=lambda: build_student(teacher.unet, "tiny"),
+        hparams=SimpleNamespace(teacher_source="builtin:miniworld", revision=None),
+    )
+    callback.on_train_end(SimpleNamespace(is_global_zero=True), module)
+    written = json.loads((tmp_path / "run" / "student" / "sampling.json").read_text())
+    assert written == {"guidance_scale": 2.0, "num_inference_steps": 30}
+    with pytest.raises(
+        ValueError, match=r"export_student.sampling: num_inference_steps=0: accepted is a positive"
+    ):
+        ExportStudent(tmp_path / "x", sampling={"num_inference_steps": 0})

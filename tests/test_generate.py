@@ -1,12 +1,22 @@
 """python -m bksdm.generate and the reproducible, resumable generation it shares with evaluation."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import CONF
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from bksdm.eval.generation import generate_images, load_pipeline
+from bksdm.cli import ConfigError
+from bksdm.eval.generation import (
+    SCHEDULERS,
+    ImagesFolderError,
+    generate_images,
+    images_manifest,
+    load_pipeline,
+    switch_scheduler,
+)
 from bksdm.generate import generate
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a white circle on black", "a yellow square"]
@@ -88,11 +98,21 @@ def test_cli_prompts_file_and_grid(tmp_path):
         (["model=builtin:tiny"], ValueError, "no prompt"),
         (
             ["model=builtin:tiny", "prompts_file=/nowhere.txt"],
-            FileNotFoundError,
+            ConfigError,
             r"prompts_file='/nowhere\.txt' does not exist",
         ),
-        (["model=/nowhere", "prompt=x"], FileNotFoundError, r"model='/nowhere' could not be loaded"),
+        (["model=/nowhere", "prompt=x"], ConfigError, r"^model='/nowhere' is not a folder"),
+        (
+            ["model=outputs/runs/x/student", "prompt=x"],
+            ConfigError,
+            r"^model='outputs/runs/x/student' is not",
+        ),
         (["model=builtin:tiny", "prompt=x", "dtype=fp8"], ValueError, r"dtype='fp8'"),
+        (
+            ["model=builtin:tiny", "prompt=x", "num_inference_steps=0"],
+            ValueError,
+            r"^num_inference_steps=0: accepted is a positive integer$",
+        ),
         (
             ["model=builtin:tiny", "prompt=x", "scheduler=lms"],
             ValueError,
@@ -130,3 +150,175 @@ def test_the_paper_sampler_by_default_others_on_request(pipeline):
     ddim = load_pipeline("builtin:tiny", scheduler="ddim").scheduler
     assert type(ddim).__name__ == "DDIMScheduler"
     assert ddim.config.beta_end == pipeline.scheduler.config.beta_end  # the pipeline's own noise schedule
+
+
+def run_generate(tmp_path, *overrides):
+    return generate(cli("num_inference_steps=2", f"out={tmp_path / 'out'}", *overrides))
+
+
+def manifest(tmp_path):
+    return json.loads((tmp_path / "out" / "manifest.json").read_text())
+
+
+def test_a_run_with_other_settings_stops_before_loading_naming_what_differs(tmp_path, monkeypatch):
+    first = run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+    assert manifest(tmp_path) == {
+        "model": "builtin:tiny", "seed": 1234, "num_inference_steps": 2, "guidance_scale": 7.5,
+        "scheduler": "pndm", "resolution": None, "dtype": "float32", "prompts": ["a red circle"],
+    }  # fmt: skip
+    stamp = first[0].stat().st_mtime_ns
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("bksdm.generate.load_pipeline", loaded)
+    tiny = ["model=builtin:tiny", "prompt=a red circle"]
+    for overrides, difference in [
+        (["model=builtin:tiny", "prompt=a blue square"],
+         r"prompts \(image 000000 was made for 'a red circle', this run's prompt 0 is 'a blue square'\)"),
+        ([*tiny, "guidance_scale=3"], r"guidance_scale 7\.5 -> 3\.0"),
+        ([*tiny, "seed=1", "scheduler=ddim"], r"seed 1234 -> 1; scheduler 'pndm' -> 'ddim'"),
+        ([*tiny, "resolution=64"], r"resolution None -> 64"),
+        (["model=builtin:miniworld", "prompt=a red circle"], r"model 'builtin:tiny' -> 'builtin:miniworld'"),
+    ]:  # fmt: skip
+        with pytest.raises(ImagesFolderError, match=difference) as error:
+            run_generate(tmp_path, *overrides)
+        assert "Pick another out= for these settings, or pass overwrite=true" in str(error.value)
+    assert first[0].stat().st_mtime_ns == stamp and manifest(tmp_path)["prompts"] == ["a red circle"]
+
+    monkeypatch.undo()
+    again = run_generate(tmp_path, "model=builtin:tiny", "prompt=a blue square", "overwrite=true")
+    assert manifest(tmp_path)["prompts"] == ["a blue square"]
+    fresh = run_generate(tmp_path / "fresh", "model=builtin:tiny", "prompt=a blue square")
+    np.testing.assert_array_equal(pixels(again), pixels(fresh))  # the old image was not kept
+
+
+def test_images_without_a_manifest_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    Image.new("RGB", (128, 128)).save(tmp_path / "out" / "000000.png")  # as an older bksdm left them
+    monkeypatch.setattr("bksdm.generate.load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(
+        ImagesFolderError, match=r"holds 1 image\(s\) but no readable manifest\.json .*overwrite=true"
+    ):
+        run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+    (tmp_path / "out" / "manifest.json").write_text("{not json")
+    with pytest.raises(ImagesFolderError, match=r"no readable manifest\.json"):
+        run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+
+
+def test_a_longer_list_of_the_same_prompts_keeps_the_shared_images(tmp_path, monkeypatch):
+    (tmp_path / "two.txt").write_text("a blue square\na green triangle\n")
+    first = run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+    stamp = first[0].stat().st_mtime_ns
+    from diffusers import StableDiffusionPipeline
+
+    calls, manifests = [], []
+    original = StableDiffusionPipeline.__call__
+
+    def record(self, prompts, **kwargs):  # the manifest must be in place before the first image
+        calls.append(list(prompts))
+        manifests.append(manifest(tmp_path)["prompts"])
+        return original(self, prompts, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", record)
+    longer = run_generate(
+        tmp_path, "model=builtin:tiny", "prompt=a red circle", f"prompts_file={tmp_path / 'two.txt'}"
+    )
+    assert calls == [["a blue square"], ["a green triangle"]] and first[0].stat().st_mtime_ns == stamp
+    assert manifests[0] == ["a red circle", "a blue square", "a green triangle"]
+    assert (tmp_path / "out" / "grid.png").is_file()
+    shorter = run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+    assert shorter == longer[:1] and len(calls) == 2  # nothing generated
+    # the folder still holds the other two images: the manifest keeps saying what made them
+    assert manifest(tmp_path)["prompts"] == ["a red circle", "a blue square", "a green triangle"]
+    assert not (tmp_path / "out" / "grid.png").exists()  # it showed images this run did not ask for
+    (tmp_path / "other.txt").write_text("a white circle\n")
+    with pytest.raises(
+        ImagesFolderError, match=r"prompts \(3 -> 2 prompts; image 000001 was made for 'a blue"
+    ):
+        run_generate(
+            tmp_path, "model=builtin:tiny", "prompt=a red circle", f"prompts_file={tmp_path / 'other.txt'}"
+        )
+
+
+def test_the_model_folder_sampling_defaults_are_used_and_printed(tmp_path, monkeypatch, capsys):
+    assert (cli("model=m").guidance_scale, cli("model=m").num_inference_steps) == (None, None)
+    from diffusers import StableDiffusionPipeline
+
+    used = []
+    original = StableDiffusionPipeline.__call__
+    monkeypatch.setattr(
+        StableDiffusionPipeline,
+        "__call__",
+        lambda self, prompts, **kw: (
+            used.append((kw["guidance_scale"], kw["num_inference_steps"]))
+            or original(self, prompts, **{**kw, "num_inference_steps": 2})
+        ),
+    )
+    generate(cli("model=builtin:miniworld", "prompt=a small blue square", f"out={tmp_path / 'mini'}"))
+    generate(cli("model=builtin:tiny", "prompt=a small blue square", f"out={tmp_path / 'tiny'}"))
+    generate(cli("model=builtin:miniworld", "prompt=x", "guidance_scale=5", f"out={tmp_path / 'set'}"))
+    assert used == [(3.0, 25), (7.5, 25), (5.0, 25)]  # the mini world's sampling.json; SD's; as set
+    printed = capsys.readouterr().out
+    assert "guidance_scale=3.0 (builtin:miniworld's sampling.json)" in printed
+    assert (
+        "guidance_scale=7.5 (Stable Diffusion's default: no sampling.json found for builtin:tiny)" in printed
+    )
+    assert (
+        "guidance_scale=5.0 (as set), num_inference_steps=25 (builtin:miniworld's sampling.json)" in printed
+    )
+    assert json.loads((tmp_path / "mini" / "manifest.json").read_text())["guidance_scale"] == 3.0
+
+
+@pytest.mark.parametrize("source", ["builtin:tiny", "builtin:miniworld"])
+def test_every_sampler_gets_sd_settings_the_stored_config_leaves_out(source):
+    import inspect
+
+    for choice, (name, _) in SCHEDULERS.items():
+        scheduler = load_pipeline(source, scheduler=choice).scheduler
+        takes = inspect.signature(type(scheduler).__init__).parameters
+        assert type(scheduler).__name__ == name
+        for key, value in {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}.items():
+            if key in takes:
+                assert scheduler.config[key] == value, (choice, key)
+
+
+def test_a_pndm_config_without_clip_sample_does_not_make_ddim_clip():
+    from diffusers import PNDMScheduler
+
+    from bksdm.tiny import SD_SCHEDULER_CONFIG
+
+    stored = PNDMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if k != "clip_sample"})
+    assert switch_scheduler(stored, "ddim").config.clip_sample is False
+    assert switch_scheduler(stored, "pndm") is stored  # the stored sampler keeps its settings
+
+
+def test_ddim_draws_the_mini_world_teacher_as_pndm_does():
+    import torch
+
+    images = {}
+    for choice in ("pndm", "ddim", "euler"):
+        pipeline = load_pipeline("builtin:miniworld", scheduler=choice)
+        pipeline.set_progress_bar_config(disable=True)
+        images[choice] = pipeline(
+            ["a large red circle on the left"], num_inference_steps=10, guidance_scale=3.0, output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images  # fmt: skip
+    # with DDIM's default clip_sample=True its image was 10x further from PNDM's than Euler's is
+    assert np.abs(images["ddim"] - images["pndm"]).mean() < 0.03
+    assert np.abs(images["euler"] - images["pndm"]).mean() < 0.03
+
+
+def test_a_model_folder_is_one_model_however_its_path_is_written(tmp_path, monkeypatch):
+    (tmp_path / "run" / "student").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "run")
+    settings = {
+        "seed": 1,
+        "num_inference_steps": 2,
+        "guidance_scale": 3,
+        "scheduler": None,
+        "resolution": None,
+    }
+    manifests = [images_manifest(m, ["x"], dtype="float32", **settings) for m in ("student", "./student/")]
+    assert manifests[0] == manifests[1] and manifests[0]["model"] == str(tmp_path / "run" / "student")
+    assert images_manifest("org/model", ["x"], dtype="float32", **settings)["model"] == "org/model"

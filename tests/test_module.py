@@ -198,7 +198,9 @@ def test_frozen_dtype_auto_is_bf16_on_a_cpu_and_fp16_on_cuda():
     assert resolve_frozen_dtype("auto", "cpu") == "bfloat16"
     assert resolve_frozen_dtype("auto", "cuda") == "float16"
     assert resolve_frozen_dtype("float32", "cuda") == "float32"
-    assert make_module().frozen_dtype == (torch.float16 if torch.cuda.is_available() else torch.bfloat16)
+    assert make_module(frozen_dtype="auto").frozen_dtype == (
+        torch.float16 if torch.cuda.is_available() else torch.bfloat16
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,9 @@
 """python -m bksdm.prepare: image shards and pre-encoded latent shards, and training from them."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from test_data import write_folder
 from test_train import FAST
 
 from bksdm import train as train_app
+from bksdm.cli import ConfigError
 from bksdm.data.datamodule import LatentDataModule
 from bksdm.data.folder import list_captioned_images
 from bksdm.data.shards import decode_latent_sample, first_record, shard_samples
@@ -170,9 +174,29 @@ def test_bad_prepare_settings_are_named(tmp_path):
     write_folder(tmp_path / "data", good=1, with_bad=False)
     with pytest.raises(ValueError, match=r"mode='jpeg' is not accepted: use one of \['images', 'latents'\]"):
         prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "mode=jpeg"))
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
+    with pytest.raises(ConfigError, match="is not a folder"):
         prepare(prepare_config(f"data.root={tmp_path / 'nowhere'}", f"out={tmp_path / 'x'}"))
     assert not (tmp_path / "x").exists()  # nothing written for a bad source
+
+
+def test_prepare_prints_the_training_command_with_a_pattern_shell_and_hydra_both_read(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bksdm.prepare", "teacher=miniworld", "data=miniworld", "data.num_samples=6",
+         "shard_size=2", "mode=latents", "mirrored=false", "out=latents"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    command = done.stdout.strip().splitlines()[-1].removeprefix("train from them: ")
+    assert command == (
+        "python -m bksdm.train teacher=miniworld data=latents data.urls='latents/{00000..00002}.tar' "
+        "data.random_flip=false"
+    )
+    # through a real shell, the printed command composes (Hydra reads the pattern as one string)
+    composed = subprocess.run(
+        ["bash", "-c", f"{command} --cfg job --resolve"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert composed.returncode == 0, composed.stderr[-2000:]
+    assert "urls: latents/{00000..00002}.tar" in composed.stdout
 
 
 def test_the_mini_world_is_written_unmirrored_and_read_back_as_its_own_encodings(tmp_path):
@@ -219,6 +243,19 @@ def test_a_source_prepare_cannot_read_and_missing_shards_are_named(tmp_path):
         prepare(prepare_config("data=synthetic", f"out={tmp_path / 'x'}", "mode=latents"))
     assert not (tmp_path / "x").exists()
     with pytest.raises(
-        FileNotFoundError, match=r"the first shard '.*nowhere/00000.tar' does not exist; .*prepare"
+        FileNotFoundError, match=r"data\.urls=.*: 2 of 2 shards do not exist: .*nowhere/00000\.tar"
     ):
         LatentDataModule(str(tmp_path / "nowhere" / "{00000..00001}.tar"), teacher="builtin:tiny")
+
+
+@pytest.mark.parametrize("mode", ["images", "latents"])
+def test_a_folder_without_captions_is_refused_before_anything_is_written(tmp_path, mode):
+    write_folder(tmp_path / "data", good=3, with_bad=False)
+    for caption in (tmp_path / "data").glob("*.txt"):
+        caption.unlink()
+    (tmp_path / "data" / "metadata.csv").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"holds 3 images but not one caption: expected metadata\.csv"):
+        prepare(
+            prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'shards'}", f"mode={mode}")
+        )
+    assert not (tmp_path / "shards").exists()

@@ -1,12 +1,14 @@
 """Resume: a run stopped by SIGTERM or killed with SIGKILL and resumed with resume=auto ends with the same
 step count and the same student and EMA weights as a run that never stopped; checkpoint writes are atomic."""
 
+import contextlib
 import csv
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -16,6 +18,7 @@ from test_train import FAST, config
 
 from bksdm import train as train_app
 from bksdm.checkpoint_io import AtomicCheckpointIO
+from bksdm.cli import ConfigError
 from bksdm.data.sampler import ResumableSampler
 
 # 10 samples in batches of 2: 5 batches an epoch, so 7 steps cross an epoch boundary
@@ -133,7 +136,7 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 
 def test_resume_settings_are_checked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ckpt_path='.*nowhere\.ckpt' is neither a checkpoint file"):
+    with pytest.raises(ConfigError, match=r"^ckpt_path='.*nowhere\.ckpt' is neither a checkpoint file"):
         train_app.train(config(*FAST, f"ckpt_path={tmp_path / 'nowhere.ckpt'}", output_dir=tmp_path))
 
 
@@ -172,3 +175,51 @@ def test_published_folders_reach_the_disk_before_the_rename_that_publishes_them(
         assert names.index("weights.bin") < first_replace and names.index("unet") < first_replace, events
         assert events[-1] == ("sync", str(tmp_path)), events  # the renamed entry itself
     assert (tmp_path / "student" / "unet" / "weights.bin").read_text() == "new"
+
+
+def children_running(pid: int, text: str) -> list[int]:
+    """Processes whose parent is ``pid`` and whose command line holds ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_ends_a_run_whose_data_loader_is_stuck(tmp_path):
+    # the first shard is a command that never writes: the loader blocks in a read of the main thread
+    overrides = ["experiment=demo", "data=webdataset", 'data.urls="pipe:sleep 300"', "data.num_workers=0",
+                 "callbacks.data_watchdog.sigterm_grace_s=2", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    log = (tmp_path / "stderr.txt").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "bksdm.train", *overrides], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=log, text=True)  # fmt: skip
+    stuck = []
+    try:
+        deadline = time.monotonic() + 120
+        while not stuck and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            stuck = children_running(process.pid, "sleep 300")
+        assert stuck, "the loader never started its shard command"
+        time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        log.close()
+        stderr = (tmp_path / "stderr.txt").read_text()
+        process.kill()
+        for pid in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 1, stderr[-3000:]
+    assert "stop signal received, but the data loader produced no batch for" in stderr
+    assert "waiting for data.urls=pipe:sleep 300 (1 shards)" in stderr
+    assert (
+        "`weights_only` was not set" not in stderr
+    )  # Lightning's notice when a save does not say what to save
+    assert torch.load(tmp_path / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 0

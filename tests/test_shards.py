@@ -15,8 +15,8 @@ from conftest import cpu_trainer
 from PIL import Image
 
 from bksdm.data.datamodule import ShardDataModule
-from bksdm.data.shards import ShardStream, decode_sample, shard_samples
-from bksdm.data.skips import SKIP_KINDS, is_skip
+from bksdm.data.shards import ShardStream, decode_sample, expand_shards, shard_samples
+from bksdm.data.skips import SKIP_KINDS, UnreadableSource, is_skip
 from bksdm.data.transforms import ImageTransform
 from bksdm.losses import DistillLoss
 from bksdm.module import DistillModule
@@ -60,7 +60,7 @@ def write_shards(folder, shards=3, per_shard=6, bad=True, truncate_last=False):
             path.write_bytes(data[: len(data) * 2 // 3])
     if bad:
         (folder / f"{shards:05d}.tar").write_bytes(b"not a tar file" * 100)
-        expected["broken_member"] += 1
+        expected["unreadable_shard"] += 1
     return expected, keys
 
 
@@ -147,16 +147,72 @@ def test_empty_urls_are_an_error():
         ShardDataModule(urls=[])
 
 
+def test_shard_lists_as_users_write_them(tmp_path):
+    write_shards(tmp_path / "a", shards=3, bad=False)
+    write_shards(tmp_path / "b", shards=2, bad=False)
+    a = [str(tmp_path / "a" / f"{i:05d}.tar") for i in range(3)]
+    b = [str(tmp_path / "b" / f"{i:05d}.tar") for i in range(2)]
+    assert expand_shards(str(tmp_path / "a" / "{00000..00002}.tar")) == a  # brace pattern
+    assert expand_shards(str(tmp_path / "a")) == a  # a folder of shards
+    assert expand_shards(str(tmp_path / "a" / "*.tar")) == a  # a glob
+    assert expand_shards([str(tmp_path / "a"), str(tmp_path / "b" / "0000[01].tar")]) == a + b  # a list
+    assert expand_shards(f"{tmp_path / 'a' / '00000.tar'}::{tmp_path / 'b'}") == a[:1] + b  # webdataset's ::
+    assert expand_shards(["pipe:cat x.tar", "https://host/{0..1}.tar"]) == [
+        "pipe:cat x.tar", "https://host/0.tar", "https://host/1.tar",
+    ]  # fmt: skip
+
+
+def test_missing_shards_are_all_named_before_anything_is_loaded(tmp_path):
+    write_shards(tmp_path, shards=3, bad=False)
+    pattern = str(tmp_path / "{00000..00019}.tar")  # 20 named, 3 written
+    with pytest.raises(FileNotFoundError, match=r"data\.urls=.*: 17 of 20 shards do not exist: ") as error:
+        ShardDataModule(urls=pattern)
+    assert all(f"{i:05d}.tar" in str(error.value) for i in range(3, 20))
+    assert "00002.tar," not in str(error.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"the folder .*empty' holds no \.tar shard"):
+        ShardDataModule(urls=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=r"the pattern .*\*\.tgz' matches no file"):
+        ShardDataModule(urls=str(tmp_path / "*.tgz"))
+
+
+def module_without_features():
+    return DistillModule(
+        teacher_source="builtin:tiny", removal="tiny", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+    )  # fmt: skip
+
+
+def test_a_source_that_never_opens_stops_the_run_instead_of_spinning(tmp_path):
+    # resampled: the stream never ends, so only the streak of unusable samples can stop it
+    datamodule = ShardDataModule(urls=["pipe:false"], resolution=128, batch_size=4, num_workers=0,
+                                 epoch_samples=10_000, max_consecutive_bad=16)  # fmt: skip
+    trainer = cpu_trainer(tmp_path, max_steps=1000)
+    with pytest.raises(UnreadableSource, match=r"16 samples in a row from data\.urls=\['pipe:false'\] \(1 shards\) "
+                       r"could not be used \(16 skipped: 16 unreadable_shard; data\.max_consecutive_bad=16\)"):  # fmt: skip
+        trainer.fit(module_without_features(), datamodule=datamodule)
+
+
+def test_a_source_that_turns_bad_mid_run_stops_after_the_limit(tmp_path):
+    write_shards(tmp_path, shards=1, per_shard=8, bad=False)
+    for i in range(1, 30):  # then shards of garbage only
+        (tmp_path / f"{i:05d}.tar").write_bytes(b"garbage" * 100)
+    datamodule = ShardDataModule(urls=str(tmp_path / "{00000..00029}.tar"), resolution=128, batch_size=4,
+                                 num_workers=0, resampled=False, shuffle_buffer=0, max_consecutive_bad=8)  # fmt: skip
+    module = module_without_features()
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
+    with pytest.raises(UnreadableSource, match=r"8 samples in a row .* after 8 good ones"):
+        trainer.fit(module, datamodule=datamodule)
+    assert module.skips.good == 8  # the good shard was trained on first
+
+
 def test_training_from_shards_with_workers_counts_skips(tmp_path):
     expected, _ = write_shards(tmp_path / "shards", shards=2)
     datamodule = ShardDataModule(
         urls=str(tmp_path / "shards" / "{00000..00002}.tar"), resolution=128, batch_size=4, num_workers=2,
         epoch_samples=None, resampled=False, shuffle_buffer=0, min_size=32,
     )  # fmt: skip
-    module = DistillModule(
-        teacher_source="builtin:tiny", removal="tiny", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
-        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-    )  # fmt: skip
+    module = module_without_features()
     trainer = cpu_trainer(tmp_path, max_epochs=1)
     trainer.fit(module, datamodule=datamodule)
     counts = dict(zip(SKIP_KINDS, module.skips.counts.tolist(), strict=True))

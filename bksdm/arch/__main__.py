@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch.report import render_report, report_dict
+from bksdm.cli import ConfigError, app
 from bksdm.components import teacher_unet_config
 
 FORMATS = ("table", "json")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="arch_report")
+@app("arch_report")
 def main(cfg: DictConfig) -> None:
     if cfg.format not in FORMATS:
-        raise ValueError(f"format={cfg.format!r} is not accepted: use one of {list(FORMATS)}")
+        raise ConfigError(f"format={cfg.format!r} is not accepted: use one of {list(FORMATS)}")
     if not isinstance(cfg.resolution, int) or cfg.resolution % 8:
-        raise ValueError(
+        raise ConfigError(
             f"resolution={cfg.resolution!r} must be a pixel size divisible by 8 (SD's VAE factor)"
         )
     embedded = cfg.teacher.unet_config

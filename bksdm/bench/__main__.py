@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
 from bksdm.bench.run import benchmark
+from bksdm.cli import app
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@app("bench")
 def main(cfg: DictConfig) -> None:
     benchmark(cfg)
 

@@ -19,12 +19,15 @@ from bksdm.arch import student_config
 from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
 from bksdm.bench.timer import HostSyncEveryStep, StepTimer
+from bksdm.cli import config_checks
+from bksdm.module import resolve_frozen_dtype
 from bksdm.speed import resolve_auto, set_tf32
-from bksdm.train import build_module, check_model_config, teacher_config
+from bksdm.train import build_module, check_model_config, check_precision, teacher_config
 
 MODES = ("fast", "reference", "both")
 COLUMNS = (
     ("mode", "{}"),
+    ("inputs", "{}"),
     ("images_per_s", "{:.3f}"),
     ("s_per_step", "{:.3f}"),
     ("peak_memory_gb", "{:.2f}"),
@@ -48,6 +51,7 @@ def check_bench_config(cfg: DictConfig) -> int:
         if not isinstance(bench[key], int) or bench[key] < least:
             raise ValueError(f"bench.{key}={bench[key]!r}: accepted are integers >= {least}")
     resolution = bench.resolution or cfg.teacher.resolution
+    check_precision(cfg)
     check_model_config(cfg, resolution, resolution_key="bench.resolution")
     return resolution
 
@@ -62,7 +66,7 @@ def settings(cfg: DictConfig, device: torch.device) -> dict:
     """What the step ran with, ``auto`` switches resolved for the device."""
     return {
         "precision": str(cfg.trainer.precision),
-        "frozen_dtype": cfg.distill.frozen_dtype,
+        "frozen_dtype": resolve_frozen_dtype(cfg.distill.frozen_dtype, device),
         "pre_encoded": cfg.bench.pre_encoded,
         "attention": cfg.distill.attention,
         "channels_last": resolve_auto(cfg.distill.channels_last, device),
@@ -112,7 +116,7 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
             plugins=None,
             default_root_dir=scratch,
         )
-        module = build_module(cfg, provides=data.provides)
+        module = build_module(cfg, provides=data.provides, device=trainer.strategy.root_device)
         trainer.fit(module, datamodule=data)
     device = module.device
     vae, text_encoder = module.frozen.vae, module.frozen.text_encoder
@@ -126,6 +130,8 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
     seconds_per_step = timer.seconds / timer.steps
     record = {
         "mode": mode,
+        # what the step starts from: pre-encoded latents and text embeddings, or images and captions
+        "inputs": "pre-encoded" if bench.pre_encoded else "encoded each step",
         "device": device_name(device),
         "teacher": cfg.teacher.name,
         "arch": cfg.arch.name,
@@ -168,7 +174,8 @@ def render_table(records: list[dict]) -> str:
 def benchmark(cfg: DictConfig) -> dict:
     """Runs ``bench.mode``; prints a table and one JSON line ``{"runs": [...], "speedup": ...}``
     (speedup: fast images/s over reference images/s, with ``both``); returns that dict."""
-    resolution = check_bench_config(cfg)
+    with config_checks():
+        resolution = check_bench_config(cfg)
     modes = ["fast", "reference"] if cfg.bench.mode == "both" else [cfg.bench.mode]
     if cfg.bench.count_only:
         result = {"flops_per_step": {mode: _count_only(mode_config(cfg, mode), resolution) for mode in modes}}

@@ -95,7 +95,7 @@ class PeriodicEval(EveryNSteps):
         self.history.append(result)
         if result["fid"] < self.best_fid:
             self.best_fid = result["fid"]
-            trainer.save_checkpoint(self.dirpath / "best.ckpt")
+            trainer.save_checkpoint(self.dirpath / "best.ckpt", weights_only=False)  # the whole state
         return result
 
     @staticmethod

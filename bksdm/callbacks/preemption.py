@@ -40,6 +40,11 @@ class PreemptionCheckpoint(L.Callback):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
 
+    @property
+    def requested(self) -> bool:
+        """A requeue signal arrived and waits for the end of the batch."""
+        return self._pending is not None
+
     def _note(self, signum, frame) -> None:
         self._pending = signum  # acted on at the end of the batch: a signal handler cannot save mid-step
 
@@ -48,7 +53,8 @@ class PreemptionCheckpoint(L.Callback):
         stop = ranks_agree(trainer.received_sigterm or self._pending is not None, every=False)
         if not stop:
             return
-        trainer.save_checkpoint(self.path)
+        # the whole training state (Lightning's weights_only=None means the same, with a notice)
+        trainer.save_checkpoint(self.path, weights_only=False)
         rank_zero_info(
             f"preemption: saved {self.path} at step {trainer.global_step}; stopping (resume=auto continues)"
         )

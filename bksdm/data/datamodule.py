@@ -6,24 +6,34 @@ import functools
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from bksdm.data.folder import CaptionedImageFolder
 from bksdm.data.sampler import ResumableLoader, ResumableSampler
-from bksdm.data.shards import ShardStream, decode_latent_sample, decode_sample, first_record
+from bksdm.data.shards import ShardStream, decode_latent_sample, decode_sample, expand_shards, first_record
 from bksdm.data.skips import collate_skipping
 from bksdm.data.synthetic import SyntheticCaptions
 from bksdm.data.transforms import ImageTransform
 
 
 class CaptionDataModule(L.LightningDataModule):
-    """Serves one captioned-image dataset for training; subclasses say how the dataset is built."""
+    """Serves one captioned-image dataset for training; subclasses say how the dataset is built.
 
-    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0):
+    ``source`` names the data in messages (``data.root=...``); ``max_consecutive_bad``: that many
+    unusable samples in a row stop the run (see ``bksdm.data.skips``).
+    """
+
+    source = "the data source"
+
+    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0, max_consecutive_bad: int = 256):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size!r} must be >= 1")
+        if max_consecutive_bad < 1:
+            raise ValueError(f"data.max_consecutive_bad={max_consecutive_bad!r} must be >= 1")
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.max_consecutive_bad = max_consecutive_bad
         self.dataset: Dataset | None = None
 
     def build_dataset(self) -> Dataset:
@@ -130,8 +140,10 @@ class FolderDataModule(CaptionDataModule):
         random_flip: bool = True,
         min_size: int = 0,
         seed: int = 0,
+        max_consecutive_bad: int = 256,
     ):
-        super().__init__(batch_size, num_workers, seed)
+        super().__init__(batch_size, num_workers, seed, max_consecutive_bad)
+        self.source = f"data.root={root}"
         self.root, self.resolution, self.min_size = root, resolution, min_size
         self.center_crop, self.random_flip = center_crop, random_flip
         self.dataset = self.build_dataset()  # a wrong path stops the run before the teacher is loaded
@@ -162,13 +174,12 @@ class ShardDataModule(CaptionDataModule):
         random_flip: bool = True,
         min_size: int = 0,
         seed: int = 0,
+        max_consecutive_bad: int = 256,
     ):
-        super().__init__(batch_size, num_workers, seed)
-        if not urls:
-            raise ValueError(
-                "data.urls is empty: give a brace pattern such as shards/{00000..00099}.tar or a list"
-            )
-        self.urls = urls if isinstance(urls, str) else list(urls)
+        super().__init__(batch_size, num_workers, seed, max_consecutive_bad)
+        self.urls = expand_shards(urls if isinstance(urls, str) else list(urls))  # missing shards stop here
+        self.source = f"data.urls={urls if isinstance(urls, str) else list(urls)} ({len(self.urls)} shards)"
+        rank_zero_info(f"data     {len(self.urls)} shards from data.urls: {self.urls[0]} ... {self.urls[-1]}")
         self.epoch_samples, self.resampled, self.shuffle_buffer = epoch_samples, resampled, shuffle_buffer
         self.transform = ImageTransform(resolution, center_crop=center_crop, random_flip=random_flip)
         self.min_size = min_size
@@ -217,10 +228,11 @@ class LatentDataModule(ShardDataModule):
         shuffle_buffer: int = 1000,
         random_flip: bool = True,
         seed: int = 0,
+        max_consecutive_bad: int = 256,
     ):
         super().__init__(
             urls, resolution, batch_size, num_workers, epoch_samples, resampled, shuffle_buffer,
-            random_flip=random_flip, seed=seed,
+            random_flip=random_flip, seed=seed, max_consecutive_bad=max_consecutive_bad,
         )  # fmt: skip
         self.record = first_record(self.urls)
         expected = {"teacher": teacher, "revision": revision, "resolution": resolution}

@@ -49,6 +49,11 @@ def list_captioned_images(root: str | Path) -> list[tuple[Path, str | None]]:
             f"data.root={str(root)!r} holds no samples: expected metadata.csv rows or image files "
             f"({', '.join(IMAGE_SUFFIXES)}) with .txt captions"
         )
+    if not any(caption and caption.strip() for _, caption in items):
+        raise ValueError(
+            f"data.root={str(root)!r} holds {len(items)} images but not one caption: expected metadata.csv "
+            "(columns file_name,text) or a .txt file beside each image (a.jpg + a.txt)"
+        )
     return items
 
 

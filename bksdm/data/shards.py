@@ -1,7 +1,7 @@
 """Webdataset shards in img2dataset's format: ``<key>.jpg|png|webp`` + ``<key>.txt`` (+ ``<key>.json``).
 
-Shards are given as a brace pattern or a list of local paths, ``pipe:`` commands (``pipe:aws s3 cp
-s3://bucket/00001.tar -``) or http(s) URLs. Training reads *resampled* shards: each (rank, worker) draws
+Shards are given as a brace pattern, a folder, a glob or a list of local paths, ``pipe:`` commands
+(``pipe:aws s3 cp s3://bucket/00001.tar -``) or http(s) URLs (``expand_shards``). Training reads *resampled* shards: each (rank, worker) draws
 shards at random with replacement from its own seeded stream, so no shard list has to divide evenly and
 no node splitter is needed (webdataset's default one raises under DDP). ``resampled=False`` splits the
 shard list instead, by rank and then by worker, for exact passes (evaluation, pre-encoding). An epoch is
@@ -10,10 +10,11 @@ shard list instead, by rank and then by worker, for exact passes (evaluation, pr
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,52 @@ from bksdm.data.skips import skip
 from bksdm.data.transforms import ImageTransform, open_image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+REMOTE = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://", "ais://")
+GLOB_CHARACTERS = ("*", "?", "[")
+
+
+def expand_shards(urls: str | Sequence[str], key: str = "data.urls") -> list[str]:
+    """The shard list that ``urls`` names, as users write it:
+
+    - a brace pattern, ``/data/laion/{00000..00212}.tar`` (webdataset's and img2dataset's naming);
+    - a folder: every ``.tar`` in it, sorted;
+    - a glob, ``/data/laion/*.tar``;
+    - ``pipe:`` commands and http(s)/s3 URLs, taken as they are (they cannot be checked here);
+    - a list of any of these (or ``::`` between them, webdataset's separator).
+
+    Local shards must exist: every missing one is named, with ``key``, before anything is loaded.
+    """
+    if not urls:
+        raise ValueError(
+            f"{key} is empty: give a brace pattern such as shards/{{00000..00099}}.tar, a folder or a list"
+        )
+    patterns = [urls] if isinstance(urls, str) else [str(u) for u in urls]
+    shards, missing = [], []
+    for pattern in patterns:
+        for url in wds.shardlists.expand_urls(pattern):
+            path = Path(url)
+            if url.startswith(REMOTE):
+                shards.append(url)
+            elif path.is_dir():
+                found = sorted(str(p) for p in path.glob("*.tar"))
+                if not found:
+                    raise FileNotFoundError(f"{key}: the folder {url!r} holds no .tar shard")
+                shards += found
+            elif any(c in url for c in GLOB_CHARACTERS) and not path.exists():
+                found = sorted(glob.glob(url))
+                if not found:
+                    raise FileNotFoundError(f"{key}: the pattern {url!r} matches no file")
+                shards += found
+            elif path.is_file():
+                shards.append(url)
+            else:
+                missing.append(url)
+    if missing:
+        raise FileNotFoundError(
+            f"{key}={urls!r}: {len(missing)} of {len(missing) + len(shards)} shards do not exist: "
+            + ", ".join(missing)
+        )
+    return shards
 
 
 def worker_index() -> tuple[int, int]:
@@ -43,25 +90,35 @@ def split_by_rank(rank: int, world_size: int) -> Callable[[Iterator], Iterator]:
     return split
 
 
-class BrokenMembers:
-    """A tar reader's error handler that counts broken members instead of raising, and a pipeline
-    stage that turns the count into skip markers in the sample stream (same worker process)."""
+class ShardReader:
+    """A pipeline stage: shard sources -> their samples, with a skip marker for every broken member
+    and one ``unreadable_shard`` marker for a shard that gave no sample at all (missing, not a tar, a
+    ``pipe:`` command that failed). Markers follow their shard at once, so a source whose every shard
+    fails still yields markers for the skip tally to count, instead of yielding nothing forever."""
 
     def __init__(self):
-        self.pending = 0
+        self.errors = 0
 
     def handler(self, error: Exception) -> bool:
-        self.pending += 1
+        self.errors += 1
         return True  # go on with the next member or shard
 
-    def stage(self, samples: Iterator[dict]) -> Iterator[dict]:
-        for sample in samples:
-            while self.pending:
-                self.pending -= 1
-                yield skip("broken_member")
-            yield sample
-        while self.pending:
-            self.pending -= 1
+    def __call__(self, sources: Iterable[dict]) -> Iterator[dict]:
+        for source in sources:
+            self.errors, samples = 0, 0
+            for sample in wds.tarfile_samples(iter([source]), handler=self.handler):
+                samples += 1
+                yield from self._broken_members()
+                yield sample
+            if samples:
+                yield from self._broken_members()
+            else:  # an empty or unreadable shard counts once, however many errors it raised
+                self.errors = 0
+                yield skip("unreadable_shard")
+
+    def _broken_members(self) -> Iterator[dict]:
+        while self.errors:
+            self.errors -= 1
             yield skip("broken_member")
 
 
@@ -112,16 +169,13 @@ def shard_samples(
     """The sample stream of one rank: shards -> tar members -> decoded samples (or skip markers).
 
     Args:
-        urls: brace pattern (``shards/{00000..00099}.tar``) or list; local, ``pipe:`` or http(s).
+        urls: the shard list (``expand_shards``); local paths, ``pipe:`` commands or http(s) URLs.
         decode: raw sample (key -> bytes, ``__key__``) -> sample dict or skip marker.
         resampled: draw shards with replacement per (rank, worker) stream; False: split the list.
         shuffle_buffer: samples shuffled in a buffer of this size (0: no shuffling).
         samples_per_worker: length of one epoch of this pipeline (None: one pass, or endless if resampled).
     """
-    urls = list(wds.shardlists.expand_urls(urls)) if isinstance(urls, str) else list(urls)
-    if not urls:
-        raise ValueError("data.urls names no shard: give a brace pattern, a path, or a list of them")
-    broken = BrokenMembers()
+    urls = expand_shards(urls)
     if resampled:
 
         def worker_seed() -> int:
@@ -132,7 +186,7 @@ def shard_samples(
         stages = [shards]
     else:
         stages = [wds.SimpleShardList(urls), split_by_rank(rank, world_size), wds.split_by_worker]
-    stages += [wds.tarfile_to_samples(handler=broken.handler), broken.stage]
+    stages.append(ShardReader())
     if shuffle_buffer:
         stages.append(
             wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), rng=random.Random(seed + rank))
@@ -195,12 +249,7 @@ def decode_latent_sample(sample: dict, random_flip: bool = True, rng: random.Ran
 
 def first_record(urls: str | Sequence[str]) -> dict:
     """The ``json`` record of the first sample of the first shard (what made a pre-encoded data set)."""
-    first = next(iter(wds.shardlists.expand_urls(urls) if isinstance(urls, str) else urls))
-    if "://" not in first and not first.startswith("pipe:") and not Path(first).is_file():
-        raise FileNotFoundError(
-            f"data.urls: the first shard {first!r} does not exist; pre-encoded shards are written by "
-            "`python -m bksdm.prepare mode=latents out=<folder>`"
-        )
+    first = expand_shards(urls)[0]
     for sample in wds.DataPipeline(wds.SimpleShardList([first]), wds.tarfile_to_samples()):
         if "json" in sample:
             return json.loads(sample["json"])

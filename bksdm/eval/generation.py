@@ -5,21 +5,160 @@ order, at batch 1. Here each image's latent is drawn separately, in prompt order
 generator and handed to the pipeline, so batching changes nothing in the noise and a resumed run replays
 the draws of the finished images (cheap) instead of regenerating them. PNDM and DDIM draw nothing after
 the initial latent.
+
+A resumed run may only keep images that the same settings made, so ``generate`` and ``evaluate`` write a
+manifest (``manifest.json``: model, prompts, seed, steps, guidance, sampler, resolution, dtype) beside
+their images before the first one, and refuse a folder whose images another model or setting made
+(``open_images_folder``), before any model is loaded.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from bksdm.atomic import write_file_atomically
+from bksdm.cli import ConfigError
+
+MANIFEST_FILE = "manifest.json"
+_IMAGE = re.compile(r"\d{6}\.png")
+_PARTIAL_IMAGE = re.compile(r"\.\d{6}\.png\.partial")
+
 
 def image_path(out: Path, index: int) -> Path:
     return out / f"{index:06d}.png"
+
+
+def images_manifest(
+    model: str,
+    prompts: Sequence[str],
+    *,
+    seed: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    scheduler: str | None,
+    resolution: int | None,
+    dtype: str,
+) -> dict:
+    """What decides a run's images, as its images folder's ``manifest.json`` records it. A local
+    ``model`` folder is recorded by its absolute path (``student`` and ``./student`` are one model);
+    ``resolution`` None is the U-Net's native size; ``dtype`` is the resolved one, not ``auto``."""
+    local = Path(model).expanduser()
+    return {
+        "model": str(local.resolve()) if local.is_dir() else model,
+        "seed": int(seed),
+        "num_inference_steps": int(num_inference_steps),
+        "guidance_scale": float(guidance_scale),
+        "scheduler": scheduler,
+        "resolution": None if resolution is None else int(resolution),
+        "dtype": dtype,
+        "prompts": [str(prompt) for prompt in prompts],
+    }
+
+
+class ImagesFolderError(ConfigError):
+    """An images folder holds images that other settings made, or that no manifest describes."""
+
+
+@dataclass
+class ImagesFolder:
+    """An images folder checked against a run's manifest by ``open_images_folder``. ``claim()``, called
+    once the model has loaded, makes it the run's: removes the files it must not keep, then writes the
+    manifest."""
+
+    path: Path
+    manifest: dict
+    remove: list[Path]
+
+    def claim(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        # old images go before the new manifest is written: a kill in between must not leave images
+        # under a manifest that did not make them
+        for file in self.remove:
+            file.unlink(missing_ok=True)
+        write_file_atomically(self.path / MANIFEST_FILE, json.dumps(self.manifest, indent=1) + "\n")
+
+
+_HOW_TO_PROCEED = (
+    "Pick another out= for these settings, or pass overwrite=true to remove those images and start over."
+)
+
+
+def open_images_folder(folder: str | Path, manifest: dict, overwrite: bool = False) -> ImagesFolder:
+    """Check that the images already in ``folder`` were made with ``manifest``'s settings, so that a run
+    may keep them; touches nothing (``claim()`` does). Raises ``ImagesFolderError`` otherwise, naming the
+    settings that differ, and for images without a manifest (from a bksdm before manifests).
+
+    The prompts may differ in number if one list extends the other (the same prompts in the same order):
+    image ``i`` depends only on the seed, the settings and prompt ``i``, so the shared images are kept, and
+    the manifest keeps the longer list, since the folder still holds those images. ``overwrite``: any
+    folder is taken, and its images are removed when it is claimed.
+    """
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    images = [folder / name for name in names if _IMAGE.fullmatch(name)]
+    partial = [folder / name for name in names if _PARTIAL_IMAGE.fullmatch(name)]
+    if overwrite:
+        return ImagesFolder(folder, manifest, images + partial)
+    if not images:
+        return ImagesFolder(folder, manifest, partial)
+    stored = _read_manifest(folder / MANIFEST_FILE)
+    if stored is None:
+        raise ImagesFolderError(
+            f"{str(folder)!r} holds {len(images)} image(s) but no readable {MANIFEST_FILE} (an older bksdm "
+            f"wrote them, or something else did), so which model and settings made them is unknown. "
+            + _HOW_TO_PROCEED
+        )
+    differences = _differences(stored, manifest)
+    if differences:
+        raise ImagesFolderError(
+            f"{str(folder)!r} holds {len(images)} image(s) made with other settings than this run's "
+            f"(its {MANIFEST_FILE}, stored -> now): " + "; ".join(differences) + ". " + _HOW_TO_PROCEED
+        )
+    longer = max(stored["prompts"], manifest["prompts"], key=len)
+    return ImagesFolder(folder, {**manifest, "prompts": longer}, partial)
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or not isinstance(stored.get("prompts"), list):
+        return None
+    return stored
+
+
+def _differences(stored: dict, manifest: dict) -> list[str]:
+    missing = "(none)"
+    differences = [
+        f"{key} {stored.get(key, missing)!r} -> {manifest.get(key, missing)!r}"
+        for key in [*manifest, *(k for k in stored if k not in manifest)]
+        if key != "prompts" and stored.get(key, missing) != manifest.get(key, missing)
+    ]
+    old, new = stored["prompts"], manifest["prompts"]
+    # the shorter list may end early: one list extending the other is no difference
+    first = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), None)
+    if first is not None:
+        counts = f"{len(old)} -> {len(new)} prompts; " if len(old) != len(new) else ""
+        differences.append(
+            f"prompts ({counts}image {first:06d} was made for {_shortened(old[first])!r}, this run's prompt "
+            f"{first} is {_shortened(new[first])!r})"
+        )
+    return differences
+
+
+def _shortened(text: str, length: int = 60) -> str:
+    return text if len(text) <= length else text[: length - 3] + "..."
 
 
 def generate_images(
@@ -35,7 +174,8 @@ def generate_images(
     indices: Sequence[int] | None = None,
 ) -> list[Path]:
     """Images ``out/000000.png``, ... for ``prompts`` (only ``indices`` of them, e.g. one DDP rank's
-    share); images already there are kept. Returns the paths of the asked-for images.
+    share); images already there are kept, so a folder that other settings may have filled is checked
+    first (``open_images_folder``). Returns the paths of the asked-for images.
 
     Every prompt's latent is drawn from the one generator in prompt order, whichever process makes the
     image and whether or not it exists already, so the images do not depend on batching, splitting or
@@ -107,16 +247,22 @@ SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
     "dpm_solver": ("DPMSolverMultistepScheduler", {}),
 }
+# Stable Diffusion's sampler settings, for those a stored scheduler config leaves out when another class
+# is built from it. PNDM does not take clip_sample, so a PNDM config may lack it (SD-v1.4's has it, the
+# mini world's and the tiny teacher's did not), and DDIM's default (True) then clips each predicted
+# latent to [-1, 1], where SD's latents do not stay: its images come out as noise.
+SD_SAMPLER_SETTINGS = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 
 
-def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", scheduler: str | None = "pndm"):
-    """A StableDiffusionPipeline from a folder, hub id or ``builtin:tiny``, without the safety checker
-    (the paper's protocol), in fp16 on GPU and fp32 on CPU unless told otherwise. ``scheduler`` picks the
-    sampler (one of ``SCHEDULERS``, built from the pipeline's own noise schedule) or ``None`` to keep the
-    pipeline's stored one."""
-    import diffusers
+def check_scheduler(scheduler: str | None) -> None:
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(
+            f"scheduler={scheduler!r}: accepted are {list(SCHEDULERS)} or null (the pipeline's own)"
+        )
 
-    from bksdm.components import resolve_source
+
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """``auto`` made concrete: CUDA when there is one; float16 on GPU and float32 on CPU."""
     from bksdm.module import DTYPES
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -124,10 +270,54 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", schedu
         dtype = "float16" if device.startswith("cuda") else "float32"
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: accepted are 'auto' or {list(DTYPES)}")
-    if scheduler is not None and scheduler not in SCHEDULERS:
-        raise ValueError(
-            f"scheduler={scheduler!r}: accepted are {list(SCHEDULERS)} or null (the pipeline's own)"
+    return device, dtype
+
+
+def switch_scheduler(scheduler, choice: str):
+    """The sampler ``choice`` (a key of ``SCHEDULERS``) built from ``scheduler``'s noise schedule; a
+    stored scheduler of that class is kept with its settings."""
+    import diffusers
+
+    check_scheduler(choice)
+    name, settings = SCHEDULERS[choice]
+    if type(scheduler).__name__ == name:
+        return scheduler
+    target = getattr(diffusers, name)
+    stored = dict(scheduler.config)
+    defaulted = set(stored.get("_use_default_values", []))  # not in the stored file: the class's default
+    takes = inspect.signature(target.__init__).parameters
+    missing = {
+        key: value
+        for key, value in SD_SAMPLER_SETTINGS.items()
+        if key in takes and (key not in stored or key in defaulted)
+    }
+    return target.from_config(stored, **{**missing, **settings})
+
+
+def check_model(source: str) -> None:
+    """``model=`` names a local folder that exists, a hub id (``org/name``) or ``builtin:<name>``: a path
+    of more parts, or an absolute one, that is not a folder is a mistyped run folder, said before loading."""
+    if source.startswith("builtin:") or Path(source).expanduser().is_dir():
+        return
+    if Path(source).is_absolute() or source.startswith(".") or source.count("/") > 1:
+        raise FileNotFoundError(
+            f"model={source!r} is not a folder: give a pipeline folder (e.g. a run's student/), a hub id "
+            "(org/name) or builtin:tiny / builtin:miniworld"
         )
+
+
+def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", scheduler: str | None = "pndm"):
+    """A StableDiffusionPipeline from a folder, hub id or ``builtin:tiny``, without the safety checker
+    (the paper's protocol), in fp16 on GPU and fp32 on CPU unless told otherwise. ``scheduler`` picks the
+    sampler (one of ``SCHEDULERS``, built from the pipeline's own noise schedule, with SD's settings for
+    what the stored config leaves out) or ``None`` to keep the pipeline's stored one."""
+    import diffusers
+
+    from bksdm.components import resolve_source
+    from bksdm.module import DTYPES
+
+    device, dtype = resolve_device_dtype(device, dtype)
+    check_scheduler(scheduler)
     try:
         pipeline = diffusers.StableDiffusionPipeline.from_pretrained(
             resolve_source(source),
@@ -141,9 +331,5 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", schedu
             "Accepted: a diffusers pipeline folder (e.g. a run's student/), a hub id, or builtin:tiny."
         ) from error
     if scheduler is not None:
-        name, settings = SCHEDULERS[scheduler]
-        if (
-            type(pipeline.scheduler).__name__ != name
-        ):  # a stored scheduler of the right kind keeps its settings
-            pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config, **settings)
+        pipeline.scheduler = switch_scheduler(pipeline.scheduler, scheduler)
     return pipeline.to(device)

@@ -34,17 +34,24 @@ def image_features(paths: Sequence[str | Path], extractor, size: int = 256, batc
     return torch.cat(features), torch.cat(logits)
 
 
-def real_statistics(
-    folder: str | Path, extractor, size: int = 256, cache_dir: str | Path | None = None, batch_size: int = 50
-) -> FeatureStats:
-    """Feature statistics of every image in ``folder`` (e.g. all 40,504 COCO val2014 images), computed
-    once and cached under ``cache_dir`` by folder, file count, extractor and size."""
+def real_image_files(folder: str | Path) -> list[Path]:
+    """The images of the real-image folder, checked: it exists and holds at least 2."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"real-image folder {str(folder)!r} does not exist (e.g. COCO's val2014/)")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
         raise ValueError(f"real-image folder {str(folder)!r} holds {len(files)} images: FID needs at least 2")
+    return files
+
+
+def real_statistics(
+    folder: str | Path, extractor, size: int = 256, cache_dir: str | Path | None = None, batch_size: int = 50
+) -> FeatureStats:
+    """Feature statistics of every image in ``folder`` (e.g. all 40,504 COCO val2014 images), computed
+    once and cached under ``cache_dir`` by folder, file count, extractor and size."""
+    folder = Path(folder)
+    files = real_image_files(folder)
     key = hashlib.sha1(f"{folder.resolve()}|{len(files)}|{extractor.name}|{size}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"real-{extractor.name}-{size}-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():

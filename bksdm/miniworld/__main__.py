@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
+from bksdm.cli import app
 from bksdm.miniworld.build import build
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="miniworld")
+@app("miniworld")
 def main(cfg: DictConfig) -> None:
     print(f"mini world of seed {cfg.seed} -> {build(cfg)}")
 

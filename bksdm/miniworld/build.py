@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bksdm.atomic import atomic_directory
 from bksdm.data.transforms import uint8_to_unit
+from bksdm.eval.sampling import write_sampling
 from bksdm.miniworld import models
 from bksdm.miniworld.assets import load_classifier
 from bksdm.miniworld.scoring import attribute_accuracy, generate
@@ -100,7 +101,14 @@ def build(cfg: DictConfig) -> Path:
 
     out = Path(cfg.out)
     with atomic_directory(out) as staging:
-        save_pipeline(vae, text_encoder, tokenizer, unet, staging / "teacher", DTYPES[cfg.save_dtype])
+        # drawn by default as its caption accuracy below is measured (sampling.json)
+        sampling = {
+            "guidance_scale": cfg.report.guidance_scale,
+            "num_inference_steps": cfg.report.num_inference_steps,
+        }
+        save_pipeline(
+            vae, text_encoder, tokenizer, unet, staging / "teacher", DTYPES[cfg.save_dtype], sampling
+        )
         save_file(
             {k: v.to(DTYPES[cfg.save_dtype]) for k, v in classifier.state_dict().items()},
             staging / "classifier.safetensors",
@@ -136,18 +144,23 @@ def fit(
     return time.perf_counter() - start
 
 
-def save_pipeline(vae, text_encoder, tokenizer, unet, folder: Path, dtype: torch.dtype) -> None:
+def save_pipeline(
+    vae, text_encoder, tokenizer, unet, folder: Path, dtype: torch.dtype, sampling: dict | None = None
+) -> None:
+    """The parts as a StableDiffusionPipeline folder with SD's scheduler, and ``sampling.json``: the
+    guidance scale and step count it is drawn with by default (``sampling`` over SD's)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
+        scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )  # fmt: skip
     for model in (vae, text_encoder, unet):
         torch.nn.Module.to(model, dtype)
     pipeline.save_pretrained(folder, safe_serialization=True)
     write_vocab_files(tokenizer, folder / "tokenizer")
+    write_sampling(folder, sampling or {})
     for model in (vae, text_encoder, unet):
         torch.nn.Module.to(model, torch.float32)
 

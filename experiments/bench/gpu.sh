@@ -7,8 +7,11 @@ set -euo pipefail
 out=${1:-experiments/bench/gpu-results.jsonl}
 export HF_HUB_OFFLINE=1
 common=(teacher=sd14_random arch=small bench.resolution=512 "bench.out=$out")
-# the training default (gradient checkpointing on), then without it, then the reference step
+# the training default (no gradient checkpointing), then the paper's memory setting (with it), then the
+# reference step beside the default; the first two from pre-encoded inputs, then encoding every step
 python -m bksdm.bench "${common[@]}" bench.batch_size=64 bench.warmup_steps=3 bench.steps=10
 python -m bksdm.bench "${common[@]}" bench.batch_size=64 bench.warmup_steps=3 bench.steps=10 \
-  distill.gradient_checkpointing=false
+  distill.gradient_checkpointing=true
+python -m bksdm.bench "${common[@]}" bench.batch_size=64 bench.warmup_steps=3 bench.steps=10 \
+  bench.pre_encoded=false
 python -m bksdm.bench "${common[@]}" bench.batch_size=32 bench.warmup_steps=2 bench.steps=5 bench.mode=both
