@@ -191,12 +191,13 @@ def children_running(pid: int, text: str) -> list[int]:
     return found
 
 
-def test_sigterm_ends_a_run_whose_data_loader_is_stuck(tmp_path):
-    # the first shard is a command that never writes: the loader blocks in a read of the main thread
+def run_with_a_stuck_loader(tmp_path, *overrides, sigterm: bool) -> tuple[int, str]:
+    """A CLI run whose first shard is a command that never writes: the loader blocks in a read of the
+    main thread. Returns its exit status and stderr."""
     overrides = ["experiment=demo", "data=webdataset", 'data.urls="pipe:sleep 300"', "data.num_workers=0",
-                 "callbacks.data_watchdog.sigterm_grace_s=2", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+                 *overrides, f"hydra.run.dir={tmp_path}"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    log = (tmp_path / "stderr.txt").open("w")
+    log = (tmp_path / "stderr.txt").open("w")  # not a pipe: the stuck command would hold it open
     process = subprocess.Popen([sys.executable, "-m", "bksdm.train", *overrides], env=env, cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=log, text=True)  # fmt: skip
     stuck = []
@@ -206,20 +207,41 @@ def test_sigterm_ends_a_run_whose_data_loader_is_stuck(tmp_path):
             time.sleep(0.2)
             stuck = children_running(process.pid, "sleep 300")
         assert stuck, "the loader never started its shard command"
-        time.sleep(1)
-        process.send_signal(signal.SIGTERM)
+        if sigterm:
+            time.sleep(1)
+            process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     finally:
-        log.close()
-        stderr = (tmp_path / "stderr.txt").read_text()
         process.kill()
+        log.close()
         for pid in stuck:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    assert process.returncode == 1, stderr[-3000:]
+    return process.returncode, (tmp_path / "stderr.txt").read_text()
+
+
+def test_sigterm_ends_a_run_whose_data_loader_is_stuck(tmp_path):
+    status, stderr = run_with_a_stuck_loader(
+        tmp_path, "callbacks.data_watchdog.sigterm_grace_s=2", sigterm=True
+    )
+    assert status == 1, stderr[-3000:]
+    assert "data     1 shards from data.urls: pipe:sleep 300 ... pipe:sleep 300" in stderr
     assert "stop signal received, but the data loader produced no batch for" in stderr
     assert "waiting for data.urls=pipe:sleep 300 (1 shards)" in stderr
     assert (
         "`weights_only` was not set" not in stderr
     )  # Lightning's notice when a save does not say what to save
     assert torch.load(tmp_path / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 0
+
+
+@pytest.mark.slow
+def test_a_loader_without_a_batch_is_reported_then_stopped(tmp_path):
+    status, stderr = run_with_a_stuck_loader(
+        tmp_path,
+        "callbacks.data_watchdog.warn_after_s=2",
+        "callbacks.data_watchdog.stop_after_s=5",
+        sigterm=False,
+    )
+    assert status == 1, stderr[-3000:]
+    assert "still waiting for data.urls=pipe:sleep 300 (1 shards)" in stderr  # the warning, before the stop
+    assert "the data loader produced no batch for 5 s" in stderr and "stop_after_s=5" in stderr
