@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -46,8 +47,6 @@ CPU_PRECISIONS = ("bf16-mixed", "32", "32-true")
 
 def check_precision(cfg: DictConfig) -> None:
     """fp16 mixed precision is a GPU feature: on a CPU Lightning would quietly swap it for bf16."""
-    import torch
-
     accelerator = cfg.trainer.get("accelerator", "auto")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     precision = str(cfg.trainer.get("precision"))
