@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 NUMBERS = (bool, int, float, torch.Tensor, type(None))
 
@@ -62,15 +63,29 @@ def type_errors(values: Mapping, types_by_name: Mapping[str, tuple], prefix: str
 
 
 def _targets(node, path: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """(dotted path, node) of every config node with a ``_target_``, below ``node`` (Hydra's own left out)."""
     if isinstance(node, DictConfig):
         if "_target_" in node:
             yield path, node
-        for key in node:
-            if key != "hydra":
-                yield from _targets(node._get_node(key), f"{path}{key}.")
+        keys = [key for key in node if key != "hydra" and not OmegaConf.is_missing(node, key)]
     elif isinstance(node, ListConfig):
-        for index, item in enumerate(node._iter_ex(resolve=False)):
-            yield from _targets(item, f"{path}{index}.")
+        keys = [index for index in range(len(node)) if not OmegaConf.is_missing(node, index)]
+    else:
+        return
+    for key in keys:
+        yield from _targets(_value(node, key), f"{path}{key}.")  # UNKNOWN: neither node nor list
+
+
+UNKNOWN = object()  # a value that cannot be resolved here
+
+
+def _value(node, key):
+    """The resolved value, or UNKNOWN where it cannot be resolved here (``${hydra:...}`` outside a Hydra
+    run): what is not known is not checked."""
+    try:
+        return node[key]
+    except InterpolationResolutionError:
+        return UNKNOWN
 
 
 def check_value_types(cfg: DictConfig, extra: Mapping[str, Callable] = ()) -> None:
@@ -90,9 +105,10 @@ def check_value_types(cfg: DictConfig, extra: Mapping[str, Callable] = ()) -> No
             except Exception:  # a target that does not import: instantiating it says so
                 continue
         values = {
-            key: node[key]
+            key: value
             for key in node
             if not str(key).startswith("_") and not OmegaConf.is_missing(node, key)
+            if (value := _value(node, key)) is not UNKNOWN
         }
         problems += type_errors(values, parameter_types(target), path)
     if problems:

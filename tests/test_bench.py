@@ -116,6 +116,7 @@ def test_sd14_random_teacher_has_sd14_shapes():
             ["distill.channels_last=maybe"],
             r"distill\.channels_last='maybe': accepted are \[True, False, 'auto'\]",
         ),
+        (["optim.optimizer.lr=fast"], r"^optim\.optimizer\.lr='fast' is not a number$"),
     ],
 )
 def test_bad_bench_settings_are_named(overrides, message):

@@ -20,9 +20,16 @@ from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
 from bksdm.bench.timer import HostSyncEveryStep, StepTimer
 from bksdm.cli import config_checks
+from bksdm.config_types import check_value_types
 from bksdm.module import resolve_frozen_dtype
 from bksdm.speed import resolve_auto, set_tf32
-from bksdm.train import build_module, check_model_config, check_precision, teacher_config
+from bksdm.train import (
+    SETTINGS_WITHOUT_TARGET,
+    build_module,
+    check_model_config,
+    check_precision,
+    teacher_config,
+)
 
 MODES = ("fast", "reference", "both")
 COLUMNS = (
@@ -51,6 +58,7 @@ def check_bench_config(cfg: DictConfig) -> int:
         if not isinstance(bench[key], int) or bench[key] < least:
             raise ValueError(f"bench.{key}={bench[key]!r}: accepted are integers >= {least}")
     resolution = bench.resolution or cfg.teacher.resolution
+    check_value_types(cfg, extra=SETTINGS_WITHOUT_TARGET)
     check_precision(cfg)
     check_model_config(cfg, resolution, resolution_key="bench.resolution")
     return resolution
