@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
     staging = _make_staging_folder(target.parent, f".{target.name}.partial-")
     try:
         yield staging
+        _open_up_files(staging)
         if target.exists():
             if not overwrite:
                 return
@@ -53,6 +55,23 @@ def _make_staging_folder(parent: Path, prefix: str) -> Path:
         except FileExistsError:
             continue
         return path
+
+
+def _open_up_files(folder: Path) -> None:
+    """Give every file under ``folder`` at least the permissions a plain ``open`` gives under the current
+    umask: some writers make theirs private (safetensors writes 0600), and a published export is meant to
+    be read by the teammates the umask lets read it. The mode is read off a probe file, since reading the
+    umask itself cannot be done thread-safely."""
+    probe = folder / f".mode-probe-{secrets.token_hex(4)}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.unlink()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            current = stat.S_IMODE(os.lstat(path).st_mode)
+            if current | mode != current:
+                os.chmod(path, current | mode)
 
 
 def write_file_atomically(path: str | Path, text: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import re
 import shutil
@@ -49,24 +50,66 @@ def config_checks() -> Iterator[None]:
         raise
 
 
-# A brace range such as {00000..00212}: webdataset's and img2dataset's way to name shards, and never
-# valid Hydra syntax (the override grammar reads an unquoted `{` as the start of a dict).
-BRACE_RANGE = re.compile(r"(?<!\$)\{[^{}]*\.\.[^{}]*\}")
+# A brace range or list such as {00000..00212} or {train,val}: webdataset's and img2dataset's way to name
+# shards, and never valid Hydra syntax (the override grammar reads an unquoted `{` as the start of a dict,
+# whose entries would hold a colon).
+BRACE_PATTERN = re.compile(r"(?<!\$)\{[^{}:]*(?:\.\.|,)[^{}:]*\}")
 OVERRIDE = re.compile(r"^(?P<key>[~+]{0,2}[\w.\-/@]+)=(?P<value>.*)$", re.DOTALL)
+
+
+def _split_list(inner: str) -> list[str]:
+    """The elements of a Hydra list's inside; commas within braces or brackets do not split."""
+    elements, depth, current = [], 0, ""
+    for char in inner:
+        if char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        if char == "," and depth == 0:
+            elements.append(current)
+            current = ""
+        else:
+            current += char
+    return [*elements, current]
+
+
+def _quoted(value: str) -> str:
+    """``value`` with a brace pattern in double quotes, unless it is quoted already."""
+    if BRACE_PATTERN.search(value) and not value.strip().startswith(("'", '"')) and '"' not in value:
+        return f'"{value.strip()}"'
+    return value
 
 
 def quote_brace_patterns(arguments: Sequence[str]) -> list[str]:
     """``data.urls=/data/{00000..00212}.tar`` (what the shell leaves of ``data.urls='/data/{...}.tar'``)
-    becomes ``data.urls="/data/{00000..00212}.tar"``, which Hydra reads as a string. Values already
-    quoted, and values without a brace range, are left as they are."""
+    becomes ``data.urls="/data/{00000..00212}.tar"``, which Hydra reads as a string; in a list
+    (``[a/{0..9}.tar,b/*.tar]``) each element with a pattern is quoted. Values already quoted, and
+    values without a brace pattern, are left as they are."""
     quoted = []
     for argument in arguments:
         match = OVERRIDE.match(argument)
-        value = match["value"] if match else ""
-        if match and BRACE_RANGE.search(value) and not value.startswith(("'", '"')) and '"' not in value:
-            argument = f'{match["key"]}="{value}"'
+        if match and BRACE_PATTERN.search(match["value"]):
+            value = match["value"]
+            if value.startswith("[") and value.endswith("]"):
+                value = "[" + ",".join(_quoted(element) for element in _split_list(value[1:-1])) + "]"
+            else:
+                value = _quoted(value)
+            argument = f"{match['key']}={value}"
         quoted.append(argument)
     return quoted
+
+
+def shell_expanded_key(arguments: Sequence[str]) -> str | None:
+    """The key of an override the shell has split into several (an unquoted ``data.urls=a/{0..3}.tar``
+    becomes four ``data.urls=`` arguments in a row, with four unquoted values, of which Hydra would keep
+    the last), or None. Repeats with a quoted value (Lightning's relaunch of a DDP rank appends
+    ``hydra.run.dir="..."``) are not the shell's."""
+    pairs = [(m["key"], m["value"]) if (m := OVERRIDE.match(a)) else (None, "") for a in arguments]
+    for (key, value), (next_key, next_value) in itertools.pairwise(pairs):
+        unquoted = not value.startswith(("'", '"')) and not next_value.startswith(("'", '"'))
+        if key is not None and key == next_key and value != next_value and unquoted:
+            return key
+    return None
 
 
 def _is_hydra_leftover(folder: Path, job_name: str) -> bool:
@@ -119,6 +162,14 @@ def app(config_name: str) -> Callable[[Callable], Callable[[], None]]:
 
         @functools.wraps(task)
         def main() -> None:
+            repeated = shell_expanded_key(sys.argv[1:])
+            if repeated is not None:
+                print(
+                    f"Error: {repeated} is given several times in a row: the shell expanded an unquoted brace "
+                    f"pattern. Quote it: {repeated}='/path/{{00000..00099}}.tar'",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
             sys.argv[1:] = quote_brace_patterns(sys.argv[1:])
             hydra_main()
 

@@ -12,8 +12,10 @@ with randomly initialised tensors instead of failing, and training on those is w
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -33,6 +35,27 @@ _TOKENIZER_PROBE = "a photo of an astronaut riding a horse on mars"
 
 class ComponentError(RuntimeError):
     """A part of a Stable Diffusion source could not be loaded, or loaded but is unusable."""
+
+
+OFFLINE = ("1", "ON", "YES", "TRUE")  # what huggingface_hub reads as set
+
+
+def check_available_offline(source: str, revision: str | None = None, key: str = "teacher.source") -> None:
+    """With ``HF_HUB_OFFLINE`` set, a hub id must be in the local Hugging Face cache: said before
+    anything is loaded, instead of a failed load of the first part."""
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() not in OFFLINE:
+        return
+    if source.startswith("builtin:") or Path(source).expanduser().is_dir():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(source, "model_index.json", revision=revision), str):
+        raise FileNotFoundError(
+            f"{key}={source!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
+            f"downloading it: download it where there is a network (`huggingface-cli download {source}`, "
+            "into $HF_HOME), give a local folder, or train an offline teacher (teacher=miniworld, "
+            "teacher=tiny)"
+        )
 
 
 def resolve_source(source: str) -> str:
@@ -129,7 +152,7 @@ def load_components(
             raise ComponentError(
                 f"could not load the {part} of {source!r} (subfolder {_subfolder(part)!r}): {error}\n"
                 "Accepted sources: a hub id (offline: only if it is in the local Hugging Face cache), "
-                "a local folder in diffusers layout, or builtin:tiny."
+                f"a local folder in diffusers layout, or one of {[f'builtin:{n}' for n in BUILTINS]}."
             ) from error
         setattr(components, part, loaded)
     if components.tokenizer is not None:

@@ -11,6 +11,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from hydra.utils import get_object
@@ -46,20 +47,50 @@ def _describe(members: tuple) -> str:
     return " or ".join(words) + (" or null" if type(None) in members else "")
 
 
-def parameter_types(target: Callable) -> dict[str, tuple]:
-    """Parameter name -> accepted plain types, for the parameters of ``target`` annotated with numbers."""
+@dataclass(frozen=True)
+class Accepted:
+    """What a parameter takes: one of ``members``, or (``sequence``) a list or tuple of them."""
+
+    members: tuple
+    sequence: bool = False
+
+    def accepts(self, value) -> bool:
+        if not self.sequence:
+            return _accepts(self.members, value)
+        return isinstance(value, list | tuple | ListConfig) and all(_accepts(self.members, v) for v in value)
+
+    def describe(self) -> str:
+        return f"a list of {_describe(self.members)}" if self.sequence else _describe(self.members)
+
+
+def _accepted(annotation) -> Accepted | None:
+    """What ``annotation`` accepts, when it is made of numbers, booleans and None (else None)."""
+    if typing.get_origin(annotation) in (tuple, list):
+        elements = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        members = [_members(a) for a in elements]
+        if not elements or None in members:
+            return None
+        return Accepted(tuple(dict.fromkeys(m for group in members for m in group)), sequence=True)
+    members = _members(annotation)
+    return None if members is None else Accepted(members)
+
+
+def parameter_types(target: Callable) -> dict[str, Accepted]:
+    """Parameter name -> what it accepts, for the parameters of ``target`` annotated with numbers."""
     function = target.__init__ if inspect.isclass(target) else target
     try:
         hints = typing.get_type_hints(function)
     except Exception:  # annotations that do not evaluate here: nothing to check
         return {}
-    return {name: members for name, hint in hints.items() if (members := _members(hint)) is not None}
+    return {name: accepted for name, hint in hints.items() if (accepted := _accepted(hint)) is not None}
 
 
-def type_errors(values: Mapping, types_by_name: Mapping[str, tuple], prefix: str) -> Iterator[str]:
-    for name, members in types_by_name.items():
-        if name in values and not _accepts(members, values[name]):
-            yield f"{prefix}{name}={values[name]!r} is not {_describe(members)}"
+def type_errors(values: Mapping, types_by_name: Mapping[str, Accepted], prefix: str) -> Iterator[str]:
+    for name, accepted in types_by_name.items():
+        if name in values and not accepted.accepts(values[name]):
+            value = values[name]
+            shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            yield f"{prefix}{name}={shown!r} is not {accepted.describe()}"
 
 
 def _targets(node, path: str = "") -> Iterator[tuple[str, DictConfig]]:

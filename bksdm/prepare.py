@@ -81,7 +81,11 @@ def training_command(cfg: DictConfig, shards: list) -> str:
         first, last = Path(names[0]).stem, Path(names[-1]).stem
         urls = f"{folder}/{{{first}..{last}}}.tar"
     data = "data=latents" if cfg.mode == "latents" else "data=webdataset"
-    flip = " data.random_flip=false" if cfg.mode == "latents" and not cfg.mirrored else ""
+    # mirrored=false latents hold no mirror encodings; the mini world's captions name left and right
+    unflipped = (cfg.mode == "latents" and not cfg.mirrored) or cfg.data._target_.endswith(
+        "MiniWorldDataModule"
+    )
+    flip = " data.random_flip=false" if unflipped else ""
     return f"python -m bksdm.train teacher={cfg.teacher.name} {data} data.urls='{urls}'{flip}"
 
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from bksdm.arch import student_config
 from bksdm.arch.report import check_latent_size
 from bksdm.cli import app, config_checks
-from bksdm.components import teacher_unet_config
+from bksdm.components import check_available_offline, teacher_unet_config
 from bksdm.config_types import check_value_types
 from bksdm.module import DistillModule, resolve_frozen_dtype
 from bksdm.resume import checkpoint_to_resume, wandb_run_id
@@ -39,6 +39,7 @@ def check_config(cfg: DictConfig) -> None:
     check_data_location(cfg)
     check_precision(cfg)
     check_model_config(cfg, cfg.data.get("resolution"))
+    instantiate(cfg.loss)  # its weights are checked when it is built (all three at 0 is an error)
 
 
 # what each accelerator trains in, among the precisions the README names
@@ -204,8 +205,8 @@ def train(cfg: DictConfig) -> DistillModule:
     output_dir = Path(cfg.paths.output_dir)
     with config_checks():
         check_config(cfg)
-        resume_from = checkpoint_to_resume(cfg, output_dir)
         datamodule = instantiate(cfg.data)  # opens the data source: a wrong path stops here
+        check_available_offline(cfg.teacher.source, cfg.teacher.revision)
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
         trainer: L.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=make_logger(cfg, output_dir)
@@ -216,6 +217,7 @@ def train(cfg: DictConfig) -> DistillModule:
             trainer.world_size,
             trainer.accumulate_grad_batches,
         )
+        resume_from = checkpoint_to_resume(cfg, output_dir)  # last: it says what it found
     L.seed_everything(cfg.seed, workers=True)
     set_tf32(cfg.tf32)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bksdm.cli import ConfigError, _is_hydra_leftover, config_checks, quote_brace_patterns
+from bksdm.cli import ConfigError, _is_hydra_leftover, config_checks, quote_brace_patterns, shell_expanded_key
 
 
 def test_a_brace_range_reaches_hydra_as_one_string():
@@ -13,6 +13,11 @@ def test_a_brace_range_reaches_hydra_as_one_string():
     ]
     assert quote_brace_patterns(["+data.urls=pipe:aws s3 cp s3://b/{0..9}.tar -"]) == [
         '+data.urls="pipe:aws s3 cp s3://b/{0..9}.tar -"'
+    ]
+    # a brace list, and patterns inside a Hydra list
+    assert quote_brace_patterns(["data.urls=shards/0000{0,1}.tar"]) == ['data.urls="shards/0000{0,1}.tar"']
+    assert quote_brace_patterns(["data.urls=[a/{00000..00001}.tar,b/*.tar,c/{0,1}.tar]"]) == [
+        'data.urls=["a/{00000..00001}.tar",b/*.tar,"c/{0,1}.tar"]'
     ]
     untouched = [
         'data.urls="/x/{0..1}.tar"',  # already quoted
@@ -50,3 +55,24 @@ def test_only_a_run_folder_holding_nothing_but_hydras_files_counts_as_a_leftover
     assert not _is_hydra_leftover(run, "train")  # a run that trained before stays
     monkeypatch.chdir(tmp_path / "runs" / "a" / ".hydra")
     assert not _is_hydra_leftover(tmp_path / "runs" / "a" / ".hydra", "train")  # never the working folder
+
+
+def test_an_unquoted_pattern_the_shell_expanded_is_caught(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # bash turns data.urls=s/{00000..00002}.tar into three data.urls= arguments; Hydra would keep the last
+    assert (
+        shell_expanded_key(["data=webdataset", "data.urls=s/00000.tar", "data.urls=s/00001.tar"])
+        == "data.urls"
+    )
+    assert (
+        shell_expanded_key(["data.urls=a", "trainer.max_steps=2", "data.urls=b"]) is None
+    )  # a later override
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m bksdm.train data=webdataset data.urls=s/{{00000..00002}}.tar"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("Error: data.urls is given several times in a row: the shell expanded")

@@ -122,6 +122,10 @@ def test_the_exported_folder_is_as_readable_as_a_plain_mkdir_makes_it(tiny_teach
         os.umask(previous)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o755 for p in folder.iterdir() if p.is_dir())
+    # every file, the weights too (safetensors writes its files 0600)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o644 for p in files}
 
 
 def test_a_student_carries_its_teacher_sampling_defaults(exported, tmp_path):

@@ -207,17 +207,29 @@ def run_with_a_stuck_loader(tmp_path, *overrides, sigterm: bool) -> tuple[int, s
             time.sleep(0.2)
             stuck = children_running(process.pid, "sleep 300")
         assert stuck, "the loader never started its shard command"
+        stuck += [pid for shell in stuck for pid in children_running(shell, "sleep 300")]  # what sh started
         if sigterm:
             time.sleep(1)
             process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+        time.sleep(0.5)
+        left = [pid for pid in stuck if alive(pid)]
     finally:
         process.kill()
         log.close()
         for pid in stuck:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    assert not left, f"the stuck reader's processes outlived the run: {left}"
     return process.returncode, (tmp_path / "stderr.txt").read_text()
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's zombie waits for an init that may not reap it here)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_sigterm_ends_a_run_whose_data_loader_is_stuck(tmp_path):

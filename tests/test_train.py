@@ -114,6 +114,11 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
             r"trainer\.max_steps=1\.5 is not an integer.*distill\.caption_dropout='some' is not a number"
             r"|distill\.caption_dropout='some' is not a number; trainer\.max_steps=1\.5 is not an integer",
         ),
+        (
+            ["optim.optimizer.betas=[0.9,x]"],
+            r"^optim\.optimizer\.betas=\[0\.9, 'x'\] is not a list of a number$",
+        ),
+        (["loss.w_task=0", "loss.w_out=0", "loss.w_feat=0"], r"loss weights .* are all 0"),
         # a custom removal spec keeps the preset's explicit taps, which name a stage it removed
         (
             ["arch.removal.drop_innermost_stages=1"],
@@ -145,6 +150,15 @@ def test_a_config_error_is_one_line_without_a_traceback_and_leaves_no_run_folder
     full = run_cli("experiment=demo", "optim.optimizer.lr=5e-5x", f"paths.log_dir={tmp_path / 'out'}",
                    cwd=tmp_path)  # fmt: skip
     assert full.returncode == 1 and "Traceback" in full.stderr and "check_value_types" in full.stderr
+
+
+def test_a_hub_teacher_missing_from_the_offline_cache_is_said_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))  # nothing cached
+    monkeypatch.setattr(train_app, "DistillModule", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    with pytest.raises(ConfigError, match=r"^teacher\.source='CompVis/stable-diffusion-v1-4' is not in the local "
+                       r"Hugging Face cache, and HF_HUB_OFFLINE=1 forbids .*teacher=miniworld"):  # fmt: skip
+        train_app.train(config("data=synthetic", output_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_default_trainer_trains_on_a_cpu(tmp_path):

@@ -20,6 +20,7 @@ from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
 from bksdm.bench.timer import HostSyncEveryStep, StepTimer
 from bksdm.cli import config_checks
+from bksdm.components import check_available_offline
 from bksdm.config_types import check_value_types
 from bksdm.module import resolve_frozen_dtype
 from bksdm.speed import resolve_auto, set_tf32
@@ -61,6 +62,8 @@ def check_bench_config(cfg: DictConfig) -> int:
     check_value_types(cfg, extra=SETTINGS_WITHOUT_TARGET)
     check_precision(cfg)
     check_model_config(cfg, resolution, resolution_key="bench.resolution")
+    if not bench.count_only:  # counting needs the configs only, which the presets embed
+        check_available_offline(cfg.teacher.source, cfg.teacher.revision)
     return resolution
 
 

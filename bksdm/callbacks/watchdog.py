@@ -30,17 +30,20 @@ POLL_S = 0.5
 INTERRUPT = signal.SIGALRM  # how the watching thread stops the main thread
 
 
-def child_processes() -> list[int]:
-    """The ids of this process's children (from /proc; none where there is no /proc)."""
-    me, children = os.getpid(), []
+def descendant_processes() -> list[int]:
+    """The ids of this process's children, their children and so on (from /proc; none without it)."""
+    parents = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if parent == me:
-            children.append(int(entry.name))
-    return children
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 class DataWatchdog(L.Callback):
@@ -105,9 +108,9 @@ class DataWatchdog(L.Callback):
             logger.save()
         # Lightning exits with status 1 after the interrupt; this says why
         print(f"Error: {self.reason}; {saved}", file=sys.stderr, flush=True)
-        # the stuck reader's own processes (a `pipe:` command, loader workers) would hold the exit: at
-        # its end webdataset waits for a pipe's command to finish, which a stuck one never does
-        for pid in child_processes():
+        # the stuck reader's own processes (a `pipe:` command and what its shell started, loader
+        # workers) would hold the exit: webdataset waits for a pipe's command, which a stuck one never ends
+        for pid in descendant_processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
