@@ -57,20 +57,25 @@ BRACE_PATTERN = re.compile(r"(?<!\$)\{[^{}:]*(?:\.\.|,)[^{}:]*\}")
 OVERRIDE = re.compile(r"^(?P<key>[~+]{0,2}[\w.\-/@]+)=(?P<value>.*)$", re.DOTALL)
 
 
-def _split_list(inner: str) -> list[str]:
-    """The elements of a Hydra list's inside; commas within braces or brackets do not split."""
-    elements, depth, current = [], 0, ""
-    for char in inner:
-        if char in "{[":
+def split_top_level(text: str) -> list[str]:
+    """``text`` split at its commas, except those inside quotes, braces, brackets or parentheses: the
+    elements of a Hydra list's inside, or the choices of a sweep (``a,b,c``)."""
+    parts, depth, quote, current = [], 0, None, ""
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "{[(":
             depth += 1
-        elif char in "}]":
+        elif char in "}])":
             depth -= 1
-        if char == "," and depth == 0:
-            elements.append(current)
+        elif char == "," and depth == 0:
+            parts.append(current)
             current = ""
-        else:
-            current += char
-    return [*elements, current]
+            continue
+        current += char
+    return [*parts, current]
 
 
 def _quoted(value: str) -> str:
@@ -91,7 +96,7 @@ def quote_brace_patterns(arguments: Sequence[str]) -> list[str]:
         if match and BRACE_PATTERN.search(match["value"]):
             value = match["value"]
             if value.startswith("[") and value.endswith("]"):
-                value = "[" + ",".join(_quoted(element) for element in _split_list(value[1:-1])) + "]"
+                value = "[" + ",".join(_quoted(element) for element in split_top_level(value[1:-1])) + "]"
             else:
                 value = _quoted(value)
             argument = f"{match['key']}={value}"

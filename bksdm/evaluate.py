@@ -9,17 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bksdm.cli import app, config_checks
-from bksdm.eval.generation import (
-    check_model,
-    check_scheduler,
-    generate_images,
-    images_manifest,
-    load_pipeline,
-    open_images_folder,
-    resolve_device_dtype,
-)
+from bksdm.eval.generation import generate_images, load_pipeline, plan_generation
 from bksdm.eval.prompts import load_prompts
-from bksdm.eval.sampling import resolve_sampling
 from bksdm.eval.scoring import real_image_files, real_statistics, score_images
 
 
@@ -31,29 +22,20 @@ def evaluate(cfg: DictConfig) -> dict:
     with config_checks():
         prompts = load_prompts(cfg.prompts, cfg.num_images)
         real_image_files(cfg.real)
-        check_model(cfg.model)
         captions = [caption for _, caption in prompts]
-        device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-        check_scheduler(cfg.scheduler)
-        sampling, origin = resolve_sampling(cfg.model, cfg.guidance_scale, cfg.num_inference_steps)
         # images of another model or other settings are refused here, before any model is loaded
-        folder = open_images_folder(
-            out / "images",
-            images_manifest(cfg.model, captions, seed=cfg.seed, scheduler=cfg.scheduler,
-                            resolution=cfg.resolution, dtype=dtype, **sampling),
-            overwrite=cfg.overwrite,
-        )  # fmt: skip
+        plan = plan_generation(cfg, captions, out / "images")
     extractor, clip_model = instantiate(cfg.eval.features), instantiate(cfg.eval.clip)
     size = cfg.eval.score_size
     real = real_statistics(
         cfg.real, extractor, size, cfg.cache_dir, cfg.eval.batch_size
     )  # errors before generating
-    print(f"sampling: {origin}")
-    pipeline = load_pipeline(cfg.model, dtype, device, cfg.scheduler)
-    folder.claim()
+    print(f"sampling: {plan.origin}")
+    pipeline = load_pipeline(cfg.model, plan.dtype, plan.device, cfg.scheduler)
+    plan.folder.claim()
     paths = generate_images(
-        pipeline, captions, folder.path, seed=cfg.seed, batch_size=cfg.batch_size, resolution=cfg.resolution,
-        **sampling,
+        pipeline, captions, plan.folder.path, seed=cfg.seed, batch_size=cfg.batch_size,
+        resolution=cfg.resolution, **plan.sampling,
     )  # fmt: skip
     scores = score_images(
         paths, captions, extractor, clip_model, real, size, cfg.eval.is_splits, cfg.eval.batch_size
@@ -61,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
     result = {
         **scores,
         "model": cfg.model,
-        "sampling": sampling,
+        "sampling": plan.sampling,
         "num_images": len(paths),
         "real_images": real.count,
         "extractors": {"features": extractor.name, "clip": clip_model.name},

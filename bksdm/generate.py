@@ -7,17 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bksdm.cli import app, config_checks
-from bksdm.eval.generation import (
-    check_model,
-    check_scheduler,
-    generate_images,
-    image_grid,
-    images_manifest,
-    load_pipeline,
-    open_images_folder,
-    resolve_device_dtype,
-)
-from bksdm.eval.sampling import resolve_sampling
+from bksdm.eval.generation import generate_images, image_grid, load_pipeline, plan_generation
 
 
 def prompts_of(cfg: DictConfig) -> list[str]:
@@ -41,19 +31,10 @@ def generate(cfg: DictConfig) -> list[Path]:
     out = Path(cfg.out)
     with config_checks():
         prompts = prompts_of(cfg)
-        check_model(cfg.model)
-        device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-        check_scheduler(cfg.scheduler)
-        sampling, origin = resolve_sampling(cfg.model, cfg.guidance_scale, cfg.num_inference_steps)
-        folder = open_images_folder(
-            out,
-            images_manifest(cfg.model, prompts, seed=cfg.seed, scheduler=cfg.scheduler,
-                            resolution=cfg.resolution, dtype=dtype, **sampling),
-            overwrite=cfg.overwrite,
-        )  # fmt: skip
-    print(f"sampling: {origin}")
-    pipeline = load_pipeline(cfg.model, dtype, device, cfg.scheduler)
-    folder.claim()
+        plan = plan_generation(cfg, prompts, out)
+    print(f"sampling: {plan.origin}")
+    pipeline = load_pipeline(cfg.model, plan.dtype, plan.device, cfg.scheduler)
+    plan.folder.claim()
     paths = generate_images(
         pipeline,
         prompts,
@@ -61,7 +42,7 @@ def generate(cfg: DictConfig) -> list[Path]:
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         resolution=cfg.resolution,
-        **sampling,
+        **plan.sampling,
     )
     grid = out / "grid.png"
     if cfg.grid and len(paths) > 1:

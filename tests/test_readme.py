@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from bksdm.cli import split_top_level
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ENTRY = re.compile(r"python -m (bksdm(?:\.\w+)*)")
@@ -110,26 +112,6 @@ def with_placeholders(text: str, folder: Path) -> str:
     return text
 
 
-def top_level_split(value: str) -> list[str]:
-    """``a,b,c`` -> its choices; commas inside brackets, braces or quotes do not split."""
-    parts, depth, quote, current = [], 0, None, ""
-    for char in value:
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[{(":
-            depth += 1
-        elif char in "]})":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        current += char
-    return [*parts, current]
-
-
 def sweep_jobs(command: str) -> list[str]:
     """A Hydra multirun (``-m``) as single-run commands that take every choice of every swept key at
     least once (Hydra composes one job at a time: ``--cfg`` refuses ``-m``); another command as it is."""
@@ -138,7 +120,7 @@ def sweep_jobs(command: str) -> list[str]:
         return [command]
     arguments = [a for a in arguments if a not in ("-m", "--multirun")]
     choices = [
-        top_level_split(a.split("=", 1)[1]) if "=" in a and not a.startswith("hydra/") else [a]
+        split_top_level(a.split("=", 1)[1]) if "=" in a and not a.startswith("hydra/") else [a]
         for a in arguments
     ]
     jobs = []

@@ -306,6 +306,36 @@ def check_model(source: str) -> None:
         )
 
 
+@dataclass
+class GenerationPlan:
+    """What ``generate`` and ``evaluate`` settle before loading a model."""
+
+    folder: ImagesFolder  # checked against the run's manifest; claim() it once the model has loaded
+    device: str
+    dtype: str
+    sampling: dict  # guidance_scale, num_inference_steps
+    origin: str  # where the sampling values came from, for the log
+
+
+def plan_generation(settings, prompts: Sequence[str], out: str | Path) -> GenerationPlan:
+    """Every check of a generation run that needs no model: ``model``, ``device``, ``dtype``,
+    ``scheduler``, the sampling defaults (``guidance_scale``, ``num_inference_steps``: null takes the
+    model's own) and the images folder ``out`` against this run's manifest (``seed``, ``resolution``,
+    ``overwrite``). ``settings``: the entry point's config."""
+    from bksdm.eval.sampling import resolve_sampling
+
+    check_model(settings.model)
+    device, dtype = resolve_device_dtype(settings.device, settings.dtype)
+    check_scheduler(settings.scheduler)
+    sampling, origin = resolve_sampling(settings.model, settings.guidance_scale, settings.num_inference_steps)
+    manifest = images_manifest(
+        settings.model, prompts, seed=settings.seed, scheduler=settings.scheduler,
+        resolution=settings.resolution, dtype=dtype, **sampling,
+    )  # fmt: skip
+    folder = open_images_folder(out, manifest, overwrite=settings.overwrite)
+    return GenerationPlan(folder, device, dtype, sampling, origin)
+
+
 def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", scheduler: str | None = "pndm"):
     """A StableDiffusionPipeline from a folder, hub id or ``builtin:tiny``, without the safety checker
     (the paper's protocol), in fp16 on GPU and fp32 on CPU unless told otherwise. ``scheduler`` picks the
