@@ -33,6 +33,15 @@ def read_records(path):
             yield record
 
 
+def written_runs(folder, pattern="offline-run-*"):
+    """The offline runs under ``folder`` once W&B has written them out: ``finish()`` returns before its
+    service has flushed every record (seen under load), ``wandb.teardown()`` waits for that."""
+    import wandb
+
+    wandb.teardown()
+    return sorted(folder.glob(pattern))
+
+
 def test_offline_wandb_run_holds_metrics_grid_and_config(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -41,7 +50,7 @@ def test_offline_wandb_run_holds_metrics_grid_and_config(tmp_path, monkeypatch):
         "logger.mode=offline", "logger.tags=[test]", output_dir=tmp_path / "run",
     )  # fmt: skip
     train_app.train(cfg)
-    run_file = next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))  # WANDB_DIR, as W&B does
+    (run_file,) = written_runs(tmp_path / "wandb", "offline-run-*/run-*.wandb")  # WANDB_DIR, as W&B does
     records = list(read_records(run_file))
     keys = {
         item.key or "/".join(item.nested_key)
@@ -96,7 +105,7 @@ def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
     train_app.train(config(*run, "trainer.max_steps=1", output_dir=tmp_path / "run"))
     train_app.train(config(*run, "trainer.max_steps=2", "resume=auto", output_dir=tmp_path / "run"))
     run_id = (tmp_path / "run" / "wandb_run_id").read_text().strip()
-    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    runs = written_runs(tmp_path / "wandb")
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # one W&B run, resumed
 
 
@@ -120,12 +129,12 @@ def test_wandb_takes_its_settings_from_its_environment_variables(tmp_path, monke
         "callbacks.export_student=null",
     ]
     train_app.train(config(*run, output_dir=tmp_path / "run"))
-    (run_file,) = (tmp_path / "elsewhere" / "wandb").glob("offline-run-*-run0042/run-run0042.wandb")
+    (run_file,) = written_runs(tmp_path / "elsewhere" / "wandb", "offline-run-*-run0042/run-run0042.wandb")
     assert run_settings(run_file) == {"project": "bk-small", "group": "sweep-3", "id": "run0042"}
     assert not (tmp_path / "run" / "wandb").exists()
     # the command line still wins over the environment
     train_app.train(config(*run, "logger.project=other", "logger.id=run0043", output_dir=tmp_path / "run2"))
-    (run_file,) = (tmp_path / "elsewhere" / "wandb").glob("offline-run-*-run0043/run-run0043.wandb")
+    (run_file,) = written_runs(tmp_path / "elsewhere" / "wandb", "offline-run-*-run0043/run-run0043.wandb")
     assert run_settings(run_file)["project"] == "other"
 
 
