@@ -9,9 +9,9 @@ import torch
 from omegaconf import DictConfig
 
 from bksdm.cli import app, config_checks
-from bksdm.components import load_components
 from bksdm.data.encode import encoder_record, folder_items, write_image_shards, write_latent_shards
-from bksdm.module import DTYPES
+from bksdm.distill.module import DTYPES
+from bksdm.teachers.loading import load_components
 
 MODES = ("images", "latents")
 

@@ -14,13 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from bksdm.arch import student_config
 from bksdm.arch.report import check_latent_size
 from bksdm.cli import app, config_checks
-from bksdm.components import check_available_offline, teacher_unet_config
-from bksdm.config_types import check_value_types
-from bksdm.module import DistillModule, resolve_frozen_dtype
-from bksdm.resume import checkpoint_to_resume, wandb_run_id
-from bksdm.speed import check_speed_settings, set_tf32
-from bksdm.summary import startup_summary
-from bksdm.taps import check_tap_pairs, paper_tap_pairs, parse_tap_pairs
+from bksdm.cli.value_types import check_value_types
+from bksdm.distill.module import DistillModule, resolve_frozen_dtype
+from bksdm.distill.speed import check_speed_settings, set_tf32
+from bksdm.distill.summary import startup_summary
+from bksdm.distill.taps import check_tap_pairs, paper_tap_pairs, parse_tap_pairs
+from bksdm.teachers.loading import check_available_offline, teacher_unet_config
+from bksdm.training.resume import checkpoint_to_resume, wandb_run_id
 
 VAE_SCALE = 8  # pixels per latent cell of Stable Diffusion's VAE
 DATA_LOCATIONS = {

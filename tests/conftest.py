@@ -51,7 +51,7 @@ def sd21base_config() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_path() -> Path:
-    from bksdm.tiny import tiny_pipeline_path
+    from bksdm.teachers.builtin import tiny_pipeline_path
 
     return tiny_pipeline_path()
 
@@ -59,7 +59,7 @@ def tiny_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_path):
     """The tiny teacher's parts, loaded from its folder by the real from_pretrained path."""
-    from bksdm.components import load_components
+    from bksdm.teachers.loading import load_components
 
     return load_components(str(tiny_path))
 

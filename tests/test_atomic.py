@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from bksdm.atomic import atomic_directory, write_file_atomically
+from bksdm.training.atomic import atomic_directory, write_file_atomically
 
 
 @contextmanager

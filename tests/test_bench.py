@@ -15,8 +15,8 @@ from bksdm.arch.report import unet_cost
 from bksdm.arch.student import empty_unet
 from bksdm.bench.flops import unet_flops
 from bksdm.bench.run import benchmark
-from bksdm.memory import peak_memory_gb, reset_peak_memory
-from bksdm.tiny import SD14_UNET_CONFIG, TINY_UNET_CONFIG
+from bksdm.teachers.builtin import SD14_UNET_CONFIG, TINY_UNET_CONFIG
+from bksdm.training.memory import peak_memory_gb, reset_peak_memory
 
 TINY = ["teacher=tiny", "trainer=cpu", "distill.frozen_dtype=float32", "bench.resolution=64"]
 

@@ -2,7 +2,9 @@
 
 import pytest
 
-from bksdm.cli import ConfigError, _is_hydra_leftover, config_checks, quote_brace_patterns, shell_expanded_key
+from bksdm.cli.app import _is_hydra_leftover
+from bksdm.cli.errors import ConfigError, config_checks
+from bksdm.cli.overrides import quote_brace_patterns, shell_expanded_key
 
 
 def test_a_brace_range_reaches_hydra_as_one_string():

@@ -9,8 +9,8 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
 from bksdm.arch import build_student, check_teacher_topology
-from bksdm.components import ComponentError, load_components, resolve_source, teacher_unet_config
-from bksdm.tiny import TINY_UNET_CONFIG, build_tiny_pipeline, tiny_pipeline_path
+from bksdm.teachers.builtin import TINY_UNET_CONFIG, build_tiny_pipeline, tiny_pipeline_path
+from bksdm.teachers.loading import ComponentError, load_components, resolve_source, teacher_unet_config
 
 
 def test_tiny_teacher_is_deterministic_per_seed():

@@ -21,8 +21,8 @@ from bksdm.data.skips import (
     is_skip,
 )
 from bksdm.data.transforms import ImageTransform
-from bksdm.losses import DistillLoss
-from bksdm.module import DistillModule
+from bksdm.distill.losses import DistillLoss
+from bksdm.distill.module import DistillModule
 
 
 def picture(mode="RGB", size=(160, 120), seed=0) -> Image.Image:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bksdm.ema import StudentEMA
+from bksdm.distill.ema import StudentEMA
 
 
 def test_ema_follows_the_warm_up_schedule_and_skips_unapplied_steps():

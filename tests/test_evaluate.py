@@ -12,7 +12,7 @@ from conftest import CONF, cpu_trainer
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from bksdm.cli import ConfigError
+from bksdm.cli.errors import ConfigError
 from bksdm.eval.extractors import TinyCLIP, TinyInception
 from bksdm.eval.generation import ImagesFolderError
 from bksdm.eval.metrics import FeatureStats, clip_score, frechet_distance, inception_score
@@ -193,8 +193,8 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
 
     from bksdm.callbacks.periodic_eval import PeriodicEval
     from bksdm.data.datamodule import SyntheticDataModule
-    from bksdm.losses import DistillLoss
-    from bksdm.module import DistillModule
+    from bksdm.distill.losses import DistillLoss
+    from bksdm.distill.module import DistillModule
 
     write_real(tmp_path / "real")
     callback = PeriodicEval(

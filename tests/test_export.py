@@ -16,7 +16,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from bksdm.arch import build_student
 from bksdm.callbacks.export import ExportStudent
 from bksdm.eval.generation import load_pipeline
-from bksdm.export import save_student_pipeline
+from bksdm.teachers.export import save_student_pipeline
 
 PROMPTS = ["a red square on a blue background", "a green circle"]
 

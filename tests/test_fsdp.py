@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 from test_train import FAST, config
 
 from bksdm import train as train_app
-from bksdm.cli import ConfigError
-from bksdm.fsdp import DistillFSDPStrategy, gradient_shard_group, whole_module
-from bksdm.resume import checkpoint_to_resume
+from bksdm.cli.errors import ConfigError
+from bksdm.training.fsdp import DistillFSDPStrategy, gradient_shard_group, whole_module
+from bksdm.training.resume import checkpoint_to_resume
 
 
 def fake_sharded_save(written: list):

@@ -8,7 +8,7 @@ from conftest import CONF
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from bksdm.cli import ConfigError
+from bksdm.cli.errors import ConfigError
 from bksdm.eval.generation import (
     SCHEDULERS,
     ImagesFolderError,
@@ -286,7 +286,7 @@ def test_every_sampler_gets_sd_settings_the_stored_config_leaves_out(source):
 def test_a_pndm_config_without_clip_sample_does_not_make_ddim_clip():
     from diffusers import PNDMScheduler
 
-    from bksdm.tiny import SD_SCHEDULER_CONFIG
+    from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG
 
     stored = PNDMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if k != "clip_sample"})
     assert switch_scheduler(stored, "ddim").config.clip_sample is False

@@ -3,7 +3,7 @@
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bksdm.host_sync import ranks_agree
+from bksdm.training.host_sync import ranks_agree
 
 
 def _agree(rank: int, init_file: str, results) -> None:

@@ -6,7 +6,7 @@ from conftest import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bksdm.losses import DistillLoss
+from bksdm.distill.losses import DistillLoss
 
 
 def tensors(seed=0, dtype=torch.float32):

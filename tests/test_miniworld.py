@@ -70,9 +70,9 @@ def test_miniworld_data_source_trains_a_step(tmp_path):
 def test_build_trains_every_part_from_a_seed_and_writes_a_loadable_world(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from bksdm.components import load_components
     from bksdm.miniworld.assets import load_classifier, teacher_path
     from bksdm.miniworld.build import build
+    from bksdm.teachers.loading import load_components
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("miniworld", overrides=[

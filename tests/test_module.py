@@ -12,10 +12,10 @@ from conftest import cpu_trainer
 from diffusers import DDPMScheduler
 
 from bksdm.data.datamodule import SyntheticDataModule
-from bksdm.losses import DistillLoss
-from bksdm.module import DistillModule
-from bksdm.taps import paper_tap_pairs
-from bksdm.tiny import TINY_UNET_CONFIG
+from bksdm.distill.losses import DistillLoss
+from bksdm.distill.module import DistillModule
+from bksdm.distill.taps import paper_tap_pairs
+from bksdm.teachers.builtin import TINY_UNET_CONFIG
 
 
 def make_module(variant="small", loss=None, **kwargs) -> DistillModule:
@@ -193,7 +193,7 @@ def test_under_bf16_autocast_the_frozen_parts_compute_in_their_own_dtype(frozen_
 
 
 def test_frozen_dtype_auto_is_bf16_on_a_cpu_and_fp16_on_cuda():
-    from bksdm.module import resolve_frozen_dtype
+    from bksdm.distill.module import resolve_frozen_dtype
 
     assert resolve_frozen_dtype("auto", "cpu") == "bfloat16"
     assert resolve_frozen_dtype("auto", "cuda") == "float16"

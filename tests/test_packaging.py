@@ -67,6 +67,45 @@ def test_installed_wheel_finds_its_config(tmp_path):
     assert '"params": 326825604' in done.stdout
 
 
+def test_package_list_names_every_package_of_the_tree():
+    """setuptools drops a package mapped through package-dir when packages are found, so pyproject.toml
+    lists them; a new package folder missing from that list would be missing from the wheel."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "bksdm").rglob("__init__.py")
+    } | {"bksdm.conf"}
+    assert (ROOT / "conf" / "__init__.py").is_file()
+    assert set(setuptools["packages"]) == on_disk
+    assert setuptools["package-dir"] == {"bksdm.conf": "conf"}
+
+
+def test_editable_install_composes_from_outside_the_checkout(tmp_path):
+    """The config comes from the installed package bksdm.conf (the top-level conf/ of the checkout),
+    whatever the working directory."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bksdm.train", "experiment=demo", "--cfg", "job", "--resolve"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "_target_: bksdm.distill.losses.DistillLoss" in done.stdout
+    import bksdm.conf
+
+    assert Path(bksdm.conf.__file__).parent == ROOT / "conf"
+
+
+def test_every_verb_has_a_console_script():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    verbs = {"train", "evaluate", "generate", "prepare", "arch", "bench", "miniworld"}
+    assert set(scripts) == {f"bksdm-{verb}" for verb in verbs}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(__import__(module, fromlist=[function]), function))
+
+
 def test_core_never_imports_torchvision_at_module_level(monkeypatch):
     """PyPI's torchvision only imports beside a matching torch: the core must not need it to import, and
     the eval extra's packages are imported only when the paper's extractors are built."""

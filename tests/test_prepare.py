@@ -13,12 +13,12 @@ from test_data import write_folder
 from test_train import FAST
 
 from bksdm import train as train_app
-from bksdm.cli import ConfigError
+from bksdm.cli.errors import ConfigError
 from bksdm.data.datamodule import LatentDataModule
 from bksdm.data.folder import list_captioned_images
 from bksdm.data.shards import decode_latent_sample, first_record, shard_samples
-from bksdm.losses import DistillLoss
-from bksdm.module import DistillModule
+from bksdm.distill.losses import DistillLoss
+from bksdm.distill.module import DistillModule
 from bksdm.prepare import prepare
 
 
@@ -154,8 +154,8 @@ def test_flipped_samples_are_encodings_of_the_mirror_image(tmp_path):
 
     plain = decode_latent_sample(dict(raw), random_flip=True, rng=Always(0.9))
     flipped = decode_latent_sample(dict(raw), random_flip=True, rng=Always(0.1))
-    from bksdm.components import load_components
     from bksdm.data.folder import CaptionedImageFolder
+    from bksdm.teachers.loading import load_components
 
     vae = load_components("builtin:tiny", ["vae"]).vae
     pixels = CaptionedImageFolder(tmp_path / "data", resolution=128, random_flip=False)[0]["pixel_values"][
@@ -200,8 +200,8 @@ def test_prepare_prints_the_training_command_with_a_pattern_shell_and_hydra_both
 
 
 def test_the_mini_world_is_written_unmirrored_and_read_back_as_its_own_encodings(tmp_path):
-    from bksdm.components import load_components
     from bksdm.miniworld.world import MiniWorld
+    from bksdm.teachers.loading import load_components
 
     overrides = [
         "data=miniworld",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bksdm.cli import split_top_level
+from bksdm.cli.overrides import split_top_level
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

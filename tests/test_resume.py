@@ -17,9 +17,9 @@ from conftest import CONF
 from test_train import FAST, config
 
 from bksdm import train as train_app
-from bksdm.checkpoint_io import AtomicCheckpointIO
-from bksdm.cli import ConfigError
+from bksdm.cli.errors import ConfigError
 from bksdm.data.sampler import ResumableSampler
+from bksdm.training.checkpoint_io import AtomicCheckpointIO
 
 # 10 samples in batches of 2: 5 batches an epoch, so 7 steps cross an epoch boundary
 RUN = [
@@ -157,7 +157,7 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks_without_overlap():
 
 
 def test_published_folders_reach_the_disk_before_the_rename_that_publishes_them(tmp_path, monkeypatch):
-    from bksdm.atomic import atomic_directory
+    from bksdm.training.atomic import atomic_directory
 
     events = []
     fsync, replace = os.fsync, os.replace

@@ -18,8 +18,8 @@ from bksdm.data.datamodule import ShardDataModule
 from bksdm.data.shards import ShardStream, decode_sample, expand_shards, shard_samples
 from bksdm.data.skips import SKIP_KINDS, UnreadableSource, is_skip
 from bksdm.data.transforms import ImageTransform
-from bksdm.losses import DistillLoss
-from bksdm.module import DistillModule
+from bksdm.distill.losses import DistillLoss
+from bksdm.distill.module import DistillModule
 
 
 def encoded(fmt="JPEG", size=(96, 80), seed=0) -> bytes:

@@ -6,7 +6,7 @@ from conftest import CONF
 from omegaconf import OmegaConf
 
 from bksdm.arch import build_student, student_config
-from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, paper_tap_pairs, parse_tap_pairs
+from bksdm.distill.taps import FeatureTaps, TapPair, check_tap_pairs, paper_tap_pairs, parse_tap_pairs
 
 STAGE_SHAPES = {  # bk-sdm-facts.md section 4, at a 64x64 latent
     "down_blocks.0": (320, 32, 32),

@@ -15,7 +15,7 @@ from hydra.errors import MissingConfigException
 from PIL import Image
 
 from bksdm import train as train_app
-from bksdm.cli import ConfigError
+from bksdm.cli.errors import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # what makes any experiment small enough for one CPU step here

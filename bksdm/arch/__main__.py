@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch.report import render_report, report_dict
 from bksdm.cli import ConfigError, app
-from bksdm.components import teacher_unet_config
+from bksdm.teachers.loading import teacher_unet_config
 
 FORMATS = ("table", "json")
 

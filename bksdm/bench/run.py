@@ -20,10 +20,10 @@ from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
 from bksdm.bench.timer import HostSyncEveryStep, StepTimer
 from bksdm.cli import config_checks
-from bksdm.components import check_available_offline
-from bksdm.config_types import check_value_types
-from bksdm.module import resolve_frozen_dtype
-from bksdm.speed import resolve_auto, set_tf32
+from bksdm.cli.value_types import check_value_types
+from bksdm.distill.module import resolve_frozen_dtype
+from bksdm.distill.speed import resolve_auto, set_tf32
+from bksdm.teachers.loading import check_available_offline
 from bksdm.train import (
     SETTINGS_WITHOUT_TARGET,
     build_module,
@@ -220,7 +220,7 @@ def _count_only(cfg: DictConfig, resolution: int) -> dict[str, int]:
         from diffusers import AutoencoderKL
         from transformers import CLIPTextConfig
 
-        from bksdm.components import resolve_source
+        from bksdm.teachers.loading import resolve_source
 
         source = resolve_source(cfg.teacher.source)
         vae = AutoencoderKL.load_config(source, subfolder="vae", revision=cfg.teacher.revision)

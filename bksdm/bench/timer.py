@@ -6,7 +6,7 @@ import time
 
 import lightning as L
 
-from bksdm.memory import peak_memory_gb, reset_peak_memory, synchronize
+from bksdm.training.memory import peak_memory_gb, reset_peak_memory, synchronize
 
 
 class StepTimer(L.Callback):

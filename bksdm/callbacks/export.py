@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from bksdm.eval.sampling import check_sampling
-from bksdm.export import save_student_pipeline
-from bksdm.fsdp import whole_module
+from bksdm.teachers.export import save_student_pipeline
+from bksdm.training.fsdp import whole_module
 
 
 class ExportStudent(L.Callback):

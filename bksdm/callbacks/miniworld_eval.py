@@ -16,7 +16,7 @@ import torch
 
 from bksdm.callbacks.sample_grid import frozen_pipeline, frozen_precision
 from bksdm.callbacks.schedule import EveryNSteps
-from bksdm.fsdp import whole_module
+from bksdm.training.fsdp import whole_module
 
 
 class MiniWorldEval(EveryNSteps):

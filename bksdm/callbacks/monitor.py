@@ -8,7 +8,7 @@ import time
 
 import lightning as L
 
-from bksdm.memory import peak_memory_gb
+from bksdm.training.memory import peak_memory_gb
 
 
 class TrainingMonitor(L.Callback):

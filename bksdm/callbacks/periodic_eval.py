@@ -19,7 +19,7 @@ from bksdm.eval.generation import generate_images
 from bksdm.eval.metrics import FeatureStats, frechet_distance
 from bksdm.eval.prompts import load_prompts
 from bksdm.eval.scoring import image_features, load_scored, real_statistics
-from bksdm.fsdp import whole_module
+from bksdm.training.fsdp import whole_module
 
 
 class PeriodicEval(EveryNSteps):

@@ -17,7 +17,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from bksdm.host_sync import ranks_agree
+from bksdm.training.host_sync import ranks_agree
 
 # submitit's requeue signal (its --signal=USR2@<delay>); Lightning's SLURM auto-requeue uses USR1 itself
 REQUEUE_SIGNALS = (signal.SIGUSR2,)

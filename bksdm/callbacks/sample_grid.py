@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from bksdm.components import load_components
-from bksdm.fsdp import whole_module
+from bksdm.teachers.loading import load_components
+from bksdm.training.fsdp import whole_module
 
 
 class SampleGrid(L.Callback):

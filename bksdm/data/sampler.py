@@ -62,7 +62,7 @@ def item_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
     """``(index, draw)`` from a sampler key: an index alone (plain samplers: no draw, the global RNGs
     decide) or ``(index, draw)`` from ResumableSampler. A dataset seeds the item's own random choices
     with the draw and returns it as the sample's ``draw``, which seeds its noise in training
-    (``bksdm.noise``)."""
+    (``bksdm.distill.randomness``)."""
     if isinstance(key, tuple):
         return key
     return key, None

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bksdm.atomic import write_file_atomically
-from bksdm.cli import ConfigError
+from bksdm.cli.errors import ConfigError
+from bksdm.training.atomic import write_file_atomically
 
 MANIFEST_FILE = "manifest.json"
 _IMAGE = re.compile(r"\d{6}\.png")
@@ -263,7 +263,7 @@ def check_scheduler(scheduler: str | None) -> None:
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
     """``auto`` made concrete: CUDA when there is one; float16 on GPU and float32 on CPU."""
-    from bksdm.module import DTYPES
+    from bksdm.distill.module import DTYPES
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if dtype == "auto":
@@ -343,8 +343,8 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", schedu
     what the stored config leaves out) or ``None`` to keep the pipeline's stored one."""
     import diffusers
 
-    from bksdm.components import resolve_source
-    from bksdm.module import DTYPES
+    from bksdm.distill.module import DTYPES
+    from bksdm.teachers.loading import resolve_source
 
     device, dtype = resolve_device_dtype(device, dtype)
     check_scheduler(scheduler)

@@ -51,7 +51,7 @@ def write_sampling(folder: str | Path, values: Mapping) -> Path:
 
 
 def _sampling_file(source: str, revision: str | None) -> Path | None:
-    from bksdm.components import resolve_source
+    from bksdm.teachers.loading import resolve_source
 
     resolved = resolve_source(source)
     if Path(resolved).is_dir():

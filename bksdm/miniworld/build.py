@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from bksdm.atomic import atomic_directory
 from bksdm.data.transforms import uint8_to_unit
 from bksdm.eval.sampling import write_sampling
 from bksdm.miniworld import models
@@ -33,7 +32,8 @@ from bksdm.miniworld.training import (
     round_trip,
 )
 from bksdm.miniworld.world import all_captions
-from bksdm.tiny import SD_SCHEDULER_CONFIG, write_vocab_files
+from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG, write_vocab_files
+from bksdm.training.atomic import atomic_directory
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 

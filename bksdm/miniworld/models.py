@@ -15,7 +15,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from bksdm.miniworld.world import ATTRIBUTES, RESOLUTION
-from bksdm.tiny import build_tokenizer, text_encoder_config
+from bksdm.teachers.builtin import build_tokenizer, text_encoder_config
 
 TEXT_TOKENS = 40  # the longest caption is 33 byte tokens with its start and end tokens
 

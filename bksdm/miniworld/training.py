@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from bksdm.data.transforms import uint8_to_unit
 from bksdm.miniworld.models import AttributeClassifier
 from bksdm.miniworld.world import ATTRIBUTES, MiniWorld, all_captions
-from bksdm.tiny import SD_SCHEDULER_CONFIG
+from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG
 
 
 class Pool:

@@ -22,10 +22,10 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bksdm.components import load_components
 from bksdm.data.datamodule import FolderDataModule, LatentDataModule, ShardDataModule
 from bksdm.data.encode import encoder_record, folder_items, write_image_shards, write_latent_shards
 from bksdm.data.throughput import loader_images_per_second
+from bksdm.teachers.loading import load_components
 
 
 def make_folder(root: Path, count: int) -> None:

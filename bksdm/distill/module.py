@@ -15,17 +15,23 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from bksdm.arch import build_student, resolve_variant
-from bksdm.components import load_components, resolve_source
 from bksdm.data.skips import SkipTally, describe_skips
-from bksdm.ema import StudentEMA
-from bksdm.fsdp import gradient_shard_group
-from bksdm.host_sync import ranks_agree, ranks_agree_each
-from bksdm.losses import DistillLoss
-from bksdm.noise import SampleRandomness
-from bksdm.nonfinite import NonfiniteTracker
-from bksdm.rng import restore_rng_states, rng_states
-from bksdm.speed import check_speed_settings, compile_in_place, resolve_auto, set_attention, to_channels_last
-from bksdm.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
+from bksdm.distill.ema import StudentEMA
+from bksdm.distill.guard import NonfiniteTracker
+from bksdm.distill.losses import DistillLoss
+from bksdm.distill.randomness import SampleRandomness
+from bksdm.distill.speed import (
+    check_speed_settings,
+    compile_in_place,
+    resolve_auto,
+    set_attention,
+    to_channels_last,
+)
+from bksdm.distill.taps import FeatureTaps, TapPair, check_tap_pairs, parse_tap_pairs
+from bksdm.teachers.loading import load_components, resolve_source
+from bksdm.training.fsdp import gradient_shard_group
+from bksdm.training.host_sync import ranks_agree, ranks_agree_each
+from bksdm.training.rng import restore_rng_states, rng_states
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FROZEN_DTYPES = ("auto", *DTYPES)

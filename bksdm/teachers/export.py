@@ -8,9 +8,9 @@ from pathlib import Path
 
 from diffusers import UNet2DConditionModel
 
-from bksdm.atomic import atomic_directory
-from bksdm.components import resolve_source
 from bksdm.eval.sampling import check_sampling, model_sampling, write_sampling
+from bksdm.teachers.loading import resolve_source
+from bksdm.training.atomic import atomic_directory
 
 
 def save_student_pipeline(

@@ -29,7 +29,7 @@ from diffusers.models.unets.unet_2d_blocks import (
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 
-from bksdm.atomic import replace_directory
+from bksdm.training.atomic import replace_directory
 
 # the units: each block's parameters are gathered just before it runs and freed after it
 WRAPPED_CLASSES = {

@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from bksdm.atomic import atomic_directory
+from bksdm.training.atomic import atomic_directory
 
 # Bump when anything below changes what is built: cached folders of older versions are then ignored.
 TINY_VERSION = 2  # 2: the scheduler config has SD-v1.4's clip_sample

@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from bksdm.miniworld.assets import teacher_path
-from bksdm.tiny import tiny_pipeline_path
+from bksdm.teachers.builtin import tiny_pipeline_path
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
 BUILTINS = {
