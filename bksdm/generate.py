@@ -7,7 +7,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bksdm.cli import app, config_checks
-from bksdm.eval.generation import generate_images, image_grid, load_pipeline, plan_generation
 
 
 def prompts_of(cfg: DictConfig) -> list[str]:
@@ -28,6 +27,9 @@ def prompts_of(cfg: DictConfig) -> list[str]:
 def generate(cfg: DictConfig) -> list[Path]:
     """Images of ``cfg``'s prompts in ``cfg.out``, kept from an earlier run only if its manifest shows the
     same model and settings; every setting and the folder are checked before the model is loaded."""
+    # here, not at the top: composing alone (--cfg job) needs no torch
+    from bksdm.eval.generation import generate_images, image_grid, load_pipeline, plan_generation
+
     out = Path(cfg.out)
     with config_checks():
         prompts = prompts_of(cfg)

@@ -5,41 +5,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from bksdm.cli import app, config_checks
-from bksdm.data.encode import encoder_record, folder_items, write_image_shards, write_latent_shards
-from bksdm.distill.module import DTYPES
-from bksdm.teachers.loading import load_components
 
 MODES = ("images", "latents")
-
-
-def source_items(data: DictConfig):
-    """The (key, image bytes, caption, extension) items of the data config: an image folder's images or
-    the mini world's items (``num_samples`` of them from ``offset``, world ``world_seed``)."""
-    if data._target_ == "bksdm.data.datamodule.MiniWorldDataModule":
-        from bksdm.miniworld.world import MiniWorld
-
-        return MiniWorld(data.num_samples, data.resolution, data.world_seed, data.offset).shard_items()
-    if data._target_ == "bksdm.data.datamodule.FolderDataModule":
-        return folder_items(data.root, data.get("min_size", 0))
-    raise ValueError(
-        f"data._target_={data._target_!r} cannot be written to shards: prepare reads image folders "
-        "(data=laion_folder) and the mini world (data=miniworld)"
-    )
 
 
 def prepare(cfg: DictConfig):
     """Write the shards the config asks for; returns the WriteReport. A bad setting or source raises
     ``ConfigError`` before anything is loaded or written."""
+    # here, not at the top: composing alone (--cfg job) needs no torch
+    import torch
+
+    from bksdm.data.encode import encoder_record, write_image_shards, write_latent_shards
+    from bksdm.teachers.frozen import DTYPES
+    from bksdm.teachers.loading import load_components
+
     with config_checks():
         if cfg.mode not in MODES:
             raise ValueError(f"mode={cfg.mode!r} is not accepted: use one of {list(MODES)}")
         if cfg.dtype not in DTYPES:
             raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
-        items = source_items(cfg.data)  # the folder is listed now: no caption, no shard
+        # the data source lists its items: a folder is listed now (no caption, no shard)
+        items = instantiate(cfg.data).shard_items()
     if cfg.mode == "images":
         return write_image_shards(items, cfg.out, cfg.shard_size)
     device = torch.device(
@@ -82,9 +72,7 @@ def training_command(cfg: DictConfig, shards: list) -> str:
         urls = f"{folder}/{{{first}..{last}}}.tar"
     data = "data=latents" if cfg.mode == "latents" else "data=webdataset"
     # mirrored=false latents hold no mirror encodings; the mini world's captions name left and right
-    unflipped = (cfg.mode == "latents" and not cfg.mirrored) or cfg.data._target_.endswith(
-        "MiniWorldDataModule"
-    )
+    unflipped = (cfg.mode == "latents" and not cfg.mirrored) or not get_class(cfg.data._target_).mirror_safe
     flip = " data.random_flip=false" if unflipped else ""
     return f"python -m bksdm.train teacher={cfg.teacher.name} {data} data.urls='{urls}'{flip}"
 

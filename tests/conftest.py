@@ -1,4 +1,4 @@
-"""Test setup: offline, one thread, a private cache for the built tiny teacher."""
+"""Test setup: offline, one thread, a private cache for the built toy teacher."""
 
 import os
 import tempfile
@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 torch.set_num_threads(1)
 
-CONF = Path(__file__).resolve().parents[1] / "bksdm" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def cpu_trainer(tmp_path, **overrides):
@@ -50,18 +50,18 @@ def sd21base_config() -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_path() -> Path:
-    from bksdm.teachers.builtin import tiny_pipeline_path
+def toy_path() -> Path:
+    from bksdm.teachers.builtin import random_pipeline_path
 
-    return tiny_pipeline_path()
+    return random_pipeline_path()
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher(tiny_path):
-    """The tiny teacher's parts, loaded from its folder by the real from_pretrained path."""
+def toy_teacher(toy_path):
+    """The toy teacher's parts, loaded from its folder by the real from_pretrained path."""
     from bksdm.teachers.loading import load_components
 
-    return load_components(str(tiny_path))
+    return load_components(str(toy_path))
 
 
 def pytest_collection_modifyitems(items):

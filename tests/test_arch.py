@@ -7,10 +7,10 @@ from diffusers import UNet2DConditionModel
 from omegaconf import OmegaConf
 
 from bksdm.arch import (
-    PAPER_VARIANTS,
+    PAPER_REMOVALS,
     RemovalSpec,
     build_student,
-    resolve_variant,
+    resolve_removal,
     student_config,
     student_weight_map,
     unet_cost,
@@ -128,8 +128,8 @@ def test_reference_weight_map_choices(sd14_config):
 @pytest.mark.parametrize(
     "variant", ["base", "small", "tiny", {"layers_per_block": 2, "drop_innermost_stages": 1}]
 )
-def test_build_student_copies_every_tensor_from_its_mapped_teacher_tensor(tiny_teacher, variant):
-    teacher = tiny_teacher.unet
+def test_build_student_copies_every_tensor_from_its_mapped_teacher_tensor(toy_teacher, variant):
+    teacher = toy_teacher.unet
     student = build_student(teacher, variant)
     assert student.config.mid_block_type == student_config(teacher.config, variant)["mid_block_type"]
     teacher_state = teacher.state_dict()
@@ -148,15 +148,15 @@ def test_build_student_copies_every_tensor_from_its_mapped_teacher_tensor(tiny_t
     assert student.training and all(p.requires_grad for p in student.parameters())
 
 
-def test_build_student_casts_to_the_training_dtype(tiny_teacher):
-    half_teacher = build_student(tiny_teacher.unet, {"layers_per_block": 2}, dtype=torch.bfloat16)
+def test_build_student_casts_to_the_training_dtype(toy_teacher):
+    half_teacher = build_student(toy_teacher.unet, {"layers_per_block": 2}, dtype=torch.bfloat16)
     student = build_student(half_teacher, "small", dtype=torch.float32)
     assert half_teacher.dtype == torch.bfloat16 and student.dtype == torch.float32
     assert torch.equal(student.conv_in.weight, half_teacher.conv_in.weight.float())
 
 
-def test_student_with_all_blocks_is_the_teacher(tiny_teacher):
-    teacher = tiny_teacher.unet
+def test_student_with_all_blocks_is_the_teacher(toy_teacher):
+    teacher = toy_teacher.unet
     clone = build_student(
         teacher, {"layers_per_block": 2, "keep_mid_block": True, "drop_innermost_stages": 0}
     )
@@ -169,8 +169,8 @@ def test_student_with_all_blocks_is_the_teacher(tiny_teacher):
 
 
 @pytest.mark.parametrize("variant", ["base", "small", "tiny"])
-def test_student_config_round_trips_through_diffusers(tmp_path, tiny_teacher, variant):
-    config = student_config(tiny_teacher.unet.config, variant)
+def test_student_config_round_trips_through_diffusers(tmp_path, toy_teacher, variant):
+    config = student_config(toy_teacher.unet.config, variant)
     unet = UNet2DConditionModel.from_config(config)
     unet.save_pretrained(tmp_path)
     loaded = UNet2DConditionModel.from_pretrained(tmp_path)
@@ -183,13 +183,13 @@ def test_student_config_round_trips_through_diffusers(tmp_path, tiny_teacher, va
 
 
 def test_shipped_arch_presets_are_the_paper_variants():
-    for name, spec in PAPER_VARIANTS.items():
+    for name, spec in PAPER_REMOVALS.items():
         removal = OmegaConf.to_container(OmegaConf.load(CONF / "arch" / f"{name}.yaml").removal)
-        assert resolve_variant(removal) == spec
+        assert resolve_removal(removal) == spec
 
 
 def test_unknown_variant_lists_what_is_accepted(sd14_config):
-    with pytest.raises(ValueError, match=r"unknown student variant 'medium'.*\['base', 'small', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"unknown removal 'medium'.*\['base', 'small', 'tiny'\]"):
         student_config(sd14_config, "medium")
     with pytest.raises(ValueError, match=r"unknown removal spec keys \['layers'\].*layers_per_block"):
         student_config(sd14_config, {"layers": 1})

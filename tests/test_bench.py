@@ -15,10 +15,11 @@ from bksdm.arch.report import unet_cost
 from bksdm.arch.student import empty_unet
 from bksdm.bench.flops import unet_flops
 from bksdm.bench.run import benchmark
-from bksdm.teachers.builtin import SD14_UNET_CONFIG, TINY_UNET_CONFIG
+from bksdm.distill.speed import SpeedSettings
+from bksdm.teachers.builtin import SD14_UNET_CONFIG, TOY_UNET_CONFIG
 from bksdm.training.memory import peak_memory_gb, reset_peak_memory
 
-TINY = ["teacher=tiny", "trainer=cpu", "distill.frozen_dtype=float32", "bench.resolution=64"]
+TINY = ["teacher=toy", "trainer=cpu", "distill.frozen_dtype=float32", "bench.resolution=64"]
 
 
 def bench_config(*overrides):
@@ -56,8 +57,8 @@ def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
 
 def test_the_default_trainer_benchmarks_on_a_cpu_with_honest_labels(capsys):
     # no trainer= override: bf16-mixed with frozen_dtype auto (bf16 here), as `python -m bksdm.bench
-    # teacher=tiny arch=small` runs it
-    result = benchmark(bench_config("teacher=tiny", "arch=small", "bench.resolution=64", "bench.warmup_steps=0",
+    # teacher=toy arch=small` runs it
+    result = benchmark(bench_config("teacher=toy", "arch=small", "bench.resolution=64", "bench.warmup_steps=0",
                                     "bench.steps=1", "trainer.accumulate_grad_batches=1"))  # fmt: skip
     (run,) = result["runs"]
     assert run["settings"]["precision"] == "bf16-mixed" and run["settings"]["frozen_dtype"] == "bfloat16"
@@ -67,7 +68,7 @@ def test_the_default_trainer_benchmarks_on_a_cpu_with_honest_labels(capsys):
 
 
 def test_the_gpu_benchmark_script_runs_each_configuration_once():
-    script = (CONF.parents[1] / "experiments" / "bench" / "gpu.sh").read_text().replace("\\\n", " ")
+    script = (CONF.parent / "experiments" / "bench" / "gpu.sh").read_text().replace("\\\n", " ")
     runs = [
         " ".join(line.split()[3:]) for line in script.splitlines() if line.startswith("python -m bksdm.bench")
     ]
@@ -83,17 +84,17 @@ def test_the_cpu_full_width_preset_composes():
 
 
 def test_flops_are_twice_the_macs_of_the_arch_report_and_backward_doubles_them():
-    cost = unet_cost(TINY_UNET_CONFIG, 8)
-    forward = unet_flops(TINY_UNET_CONFIG, 8, 1, backward=False)
+    cost = unet_cost(TOY_UNET_CONFIG, 8)
+    forward = unet_flops(TOY_UNET_CONFIG, 8, 1, backward=False)
     assert forward == 2 * (cost.macs + cost.attention_macs)
-    assert unet_flops(TINY_UNET_CONFIG, 8, 3, backward=False) == 3 * forward
-    assert 2.5 * forward < unet_flops(TINY_UNET_CONFIG, 8, 1, backward=True) < 3.05 * forward
+    assert unet_flops(TOY_UNET_CONFIG, 8, 3, backward=False) == 3 * forward
+    assert 2.5 * forward < unet_flops(TOY_UNET_CONFIG, 8, 1, backward=True) < 3.05 * forward
 
 
 def test_count_only_needs_no_weights(capsys):
     benchmark(bench_config(*TINY, "bench.count_only=true", "bench.batch_size=2"))
     counts = json.loads(capsys.readouterr().out.splitlines()[-1])["flops_per_step"]["fast"]
-    assert counts["teacher_forward"] == unet_flops(TINY_UNET_CONFIG, 8, 2, backward=False)
+    assert counts["teacher_forward"] == unet_flops(TOY_UNET_CONFIG, 8, 2, backward=False)
     assert counts["total"] == counts["teacher_forward"] + counts["student_forward_backward"]
 
 
@@ -111,10 +112,10 @@ def test_sd14_random_teacher_has_sd14_shapes():
     [
         (["bench.mode=fastest"], r"bench\.mode='fastest': accepted are \['fast', 'reference', 'both'\]"),
         (["bench.steps=0"], r"bench\.steps=0: accepted are integers >= 1"),
-        (["bench.resolution=100"], r"bench\.resolution=100 cannot go through teacher=tiny's U-Net"),
+        (["bench.resolution=100"], r"bench\.resolution=100 cannot go through teacher=toy's U-Net"),
         (
-            ["distill.channels_last=maybe"],
-            r"distill\.channels_last='maybe': accepted are \[True, False, 'auto'\]",
+            ["speed.channels_last=maybe"],
+            r"speed\.channels_last='maybe': accepted are \[True, False, 'auto'\]",
         ),
         (["optim.optimizer.lr=fast"], r"^optim\.optimizer\.lr='fast' is not a number$"),
     ],
@@ -140,10 +141,10 @@ def test_attention_kinds_give_the_same_step():
 
     losses = {}
     for kind, processor in (("sdpa", AttnProcessor2_0), ("eager", AttnProcessor)):
-        module = make_module(attention=kind)
+        module = make_module(speed=SpeedSettings(attention=kind))
         assert {type(p) for p in module.student.attn_processors.values()} == {processor}
         assert {type(p) for p in module.frozen.unet.attn_processors.values()} == {processor}
         torch.manual_seed(0)
         batch = {"pixel_values": torch.rand(2, 3, 128, 128) * 2 - 1, "caption": ["a red circle", "a cat"]}
-        losses[kind] = module.distill_loss(batch)[0]
+        losses[kind] = module.step(batch, module.device)[0]
     torch.testing.assert_close(losses["sdpa"], losses["eager"], rtol=1e-5, atol=1e-6)

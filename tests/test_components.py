@@ -1,4 +1,4 @@
-"""Loading SD parts from a local folder or a hub id, degenerate loads, and the offline tiny teacher."""
+"""Loading SD parts from a local folder or a hub id, degenerate loads, and the offline toy teacher."""
 
 import shutil
 import time
@@ -9,31 +9,31 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
 from bksdm.arch import build_student, check_teacher_topology
-from bksdm.teachers.builtin import TINY_UNET_CONFIG, build_tiny_pipeline, tiny_pipeline_path
+from bksdm.teachers.builtin import TOY_UNET_CONFIG, build_random_pipeline, random_pipeline_path
 from bksdm.teachers.loading import ComponentError, load_components, resolve_source, teacher_unet_config
 
 
 def test_tiny_teacher_is_deterministic_per_seed():
-    first, again, other = (build_tiny_pipeline(seed).unet.state_dict() for seed in (0, 0, 1))
+    first, again, other = (build_random_pipeline(seed).unet.state_dict() for seed in (0, 0, 1))
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["conv_in.weight"], other["conv_in.weight"])
 
 
 def test_tiny_teacher_is_saved_once_and_then_reused(tmp_path):
-    path = tiny_pipeline_path(seed=3, root=tmp_path)
+    path = random_pipeline_path(seed=3, root=tmp_path)
     assert (path / "model_index.json").is_file()
     for part in ("unet", "vae", "text_encoder"):
         assert list((path / part).glob("*.safetensors")), part
     assert {"vocab.json", "merges.txt"} <= {f.name for f in (path / "tokenizer").iterdir()}
     stamp = (path / "unet" / "config.json").stat().st_mtime_ns
     time.sleep(0.01)
-    assert tiny_pipeline_path(seed=3, root=tmp_path) == path
+    assert random_pipeline_path(seed=3, root=tmp_path) == path
     assert (path / "unet" / "config.json").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no staging folder left behind
 
 
-def test_tiny_teacher_has_sd_v1_topology_and_sd_settings(tiny_teacher):
-    unet, scheduler = tiny_teacher.unet, tiny_teacher.noise_scheduler
+def test_tiny_teacher_has_sd_v1_topology_and_sd_settings(toy_teacher):
+    unet, scheduler = toy_teacher.unet, toy_teacher.noise_scheduler
     check_teacher_topology(unet.config)
     assert unet.config.layers_per_block == 2 and unet.mid_block is not None
     assert isinstance(scheduler, DDPMScheduler)
@@ -41,48 +41,48 @@ def test_tiny_teacher_has_sd_v1_topology_and_sd_settings(tiny_teacher):
     assert scheduler.config.beta_schedule == "scaled_linear"
     assert (scheduler.config.beta_start, scheduler.config.beta_end) == (0.00085, 0.012)
     assert scheduler.config.prediction_type == "epsilon"
-    assert tiny_teacher.vae.config.scaling_factor == 0.18215
+    assert toy_teacher.vae.config.scaling_factor == 0.18215
     image = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        assert tiny_teacher.vae.encode(image).latent_dist.sample().shape == (1, 4, 8, 8)  # 8x downsampling
+        assert toy_teacher.vae.encode(image).latent_dist.sample().shape == (1, 4, 8, 8)  # 8x downsampling
 
 
-def test_byte_level_tokenizer_reads_any_text(tiny_teacher):
-    tokenizer = tiny_teacher.tokenizer
+def test_byte_level_tokenizer_reads_any_text(toy_teacher):
+    tokenizer = toy_teacher.tokenizer
     ids = tokenizer("Ünïcode & emoji 🐦, a bird", padding="max_length", max_length=77).input_ids
     assert len(ids) == 77 and tokenizer.unk_token_id not in ids[1 : ids.index(tokenizer.eos_token_id)]
     assert tokenizer.decode(tokenizer("a red cube").input_ids, skip_special_tokens=True) == "a red cube"
 
 
-def test_a_kd_step_on_the_tiny_teacher_runs_on_cpu(tiny_teacher):
+def test_a_kd_step_on_the_tiny_teacher_runs_on_cpu(toy_teacher):
     """Teacher forward, student forward and backward; the figure itself is measured by benchmarks."""
-    student = build_student(tiny_teacher.unet, "small")
-    ids = tiny_teacher.tokenizer(
+    student = build_student(toy_teacher.unet, "small")
+    ids = toy_teacher.tokenizer(
         ["a red square"] * 2, padding="max_length", max_length=77, return_tensors="pt"
     ).input_ids
     with torch.no_grad():
-        context = tiny_teacher.text_encoder(ids)[0]
+        context = toy_teacher.text_encoder(ids)[0]
         latents = torch.randn(2, 4, 16, 16)
-        target = tiny_teacher.unet(latents, torch.tensor([10, 500]), context).sample
+        target = toy_teacher.unet(latents, torch.tensor([10, 500]), context).sample
     loss = torch.nn.functional.mse_loss(student(latents, torch.tensor([10, 500]), context).sample, target)
     loss.backward()
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
 
 
-def test_builtin_and_local_folder_take_the_same_path(tiny_path):
-    assert resolve_source("builtin:tiny") == str(tiny_path)
-    assert teacher_unet_config("builtin:tiny")["block_out_channels"] == TINY_UNET_CONFIG["block_out_channels"]
-    half = load_components("builtin:tiny", parts=["unet", "text_encoder"], dtype=torch.bfloat16)
+def test_builtin_and_local_folder_take_the_same_path(toy_path):
+    assert resolve_source("builtin:toy") == str(toy_path)
+    assert teacher_unet_config("builtin:toy")["block_out_channels"] == TOY_UNET_CONFIG["block_out_channels"]
+    half = load_components("builtin:toy", parts=["unet", "text_encoder"], dtype=torch.bfloat16)
     assert half.unet.dtype == torch.bfloat16 and half.text_encoder.dtype == torch.bfloat16
     assert half.vae is None and half.tokenizer is None
 
 
 def test_bad_sources_and_parts_are_named(tmp_path):
     with pytest.raises(ComponentError, match=r"unknown component\(s\) \['safety_checker'\]"):
-        load_components("builtin:tiny", parts=["safety_checker"])
+        load_components("builtin:toy", parts=["safety_checker"])
     with pytest.raises(
         ComponentError,
-        match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:tiny', 'builtin:sd14-random', 'builtin:miniworld'\]",
+        match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:toy', 'builtin:sd14-random', 'builtin:miniworld'\]",
     ):
         load_components("builtin:huge")
     with pytest.raises(ComponentError, match=r"(?s)could not load the unet of '.*nowhere'.*Accepted sources"):
@@ -98,8 +98,8 @@ def test_hub_id_offline_and_not_cached_is_a_clear_error(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def tiny_copy(tmp_path, tiny_path):
-    return shutil.copytree(tiny_path, tmp_path / "teacher")
+def tiny_copy(tmp_path, toy_path):
+    return shutil.copytree(toy_path, tmp_path / "teacher")
 
 
 def test_degenerate_tokenizer_is_detected(tiny_copy):

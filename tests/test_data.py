@@ -171,7 +171,7 @@ def test_folder_errors_name_the_path(tmp_path):
 
 def tiny_module() -> DistillModule:
     return DistillModule(
-        teacher_source="builtin:tiny",
+        teacher_source="builtin:toy",
         removal="small",
         taps=[],
         loss=DistillLoss(1.0, 1.0, 0.0),

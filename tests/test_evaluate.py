@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from bksdm.cli.errors import ConfigError
-from bksdm.eval.extractors import TinyCLIP, TinyInception
+from bksdm.eval.extractors import StandInCLIP, StandInInception
 from bksdm.eval.generation import ImagesFolderError
 from bksdm.eval.metrics import FeatureStats, clip_score, frechet_distance, inception_score
 from bksdm.eval.prompts import load_prompts, spread
@@ -94,36 +94,36 @@ def write_real(folder, count=12):
 def test_scoring_resizes_to_256_and_real_statistics_are_cached(tmp_path):
     write_real(tmp_path / "real")
     assert load_scored([tmp_path / "real" / "0.jpg"]).shape == (1, 3, 256, 256)
-    extractor = TinyInception()
+    extractor = StandInInception()
     stats = real_statistics(tmp_path / "real", extractor, cache_dir=tmp_path / "cache")
-    cached = list((tmp_path / "cache").glob("real-tiny-inception-256-*.npz"))
+    cached = list((tmp_path / "cache").glob("real-standin-inception-256-*.npz"))
     assert len(cached) == 1 and stats.count == 12
     again = real_statistics(tmp_path / "real", extractor, cache_dir=tmp_path / "cache")
     torch.testing.assert_close(again.cov, stats.cov)
-    assert TinyCLIP().embed_texts(["a", "a longer caption"]).shape == (2, 32)
+    assert StandInCLIP().embed_texts(["a", "a longer caption"]).shape == (2, 32)
 
 
 def config(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("evaluate", overrides=["eval=tiny", *overrides])
+        return compose("evaluate", overrides=["eval=standin", *overrides])
 
 
 def test_evaluate_writes_finite_metrics_and_resumes_without_regenerating(tmp_path, monkeypatch):
     write_real(tmp_path / "real")
     cfg = config(
-        "model=builtin:tiny", f"prompts={coco_json(tmp_path / 'captions.json')}", f"real={tmp_path / 'real'}",
+        "model=builtin:toy", f"prompts={coco_json(tmp_path / 'captions.json')}", f"real={tmp_path / 'real'}",
         "num_images=10", "num_inference_steps=2", "batch_size=4", f"out={tmp_path / 'eval'}", f"cache_dir={tmp_path / 'cache'}",
     )  # fmt: skip
     result = evaluate(cfg)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert all(math.isfinite(metrics[k]) for k in ("fid", "is", "clip")) and metrics["fid"] > 0
     assert metrics["num_images"] == 10 and metrics["extractors"] == {
-        "features": "tiny-inception",
-        "clip": "tiny-clip",
+        "features": "standin-inception",
+        "clip": "standin-clip",
     }
     assert metrics["settings"]["seed"] == 1234
     assert metrics["sampling"] == {"guidance_scale": 7.5, "num_inference_steps": 2}
-    assert "| builtin:tiny |" in (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| builtin:toy |" in (tmp_path / "eval" / "metrics.md").read_text()
 
     images = sorted((tmp_path / "eval" / "images").glob("*.png"))
     stamps = [p.stat().st_mtime_ns for p in images]
@@ -150,23 +150,23 @@ def test_evaluating_another_model_into_its_images_folder_stops_before_loading(tm
         f"prompts={coco_json(tmp_path / 'captions.json')}", f"real={tmp_path / 'real'}", "num_images=10",
         "num_inference_steps=2", "batch_size=10", f"out={tmp_path / 'eval'}", f"cache_dir={tmp_path / 'cache'}",
     ]  # fmt: skip
-    evaluate(config("model=builtin:tiny", *settings))
+    evaluate(config("model=builtin:toy", *settings))
     manifest = json.loads((tmp_path / "eval" / "images" / "manifest.json").read_text())
-    assert manifest["model"] == "builtin:tiny" and len(manifest["prompts"]) == 10
-    assert manifest["guidance_scale"] == 7.5  # SD's: the tiny teacher's folder has no sampling.json
+    assert manifest["model"] == "builtin:toy" and len(manifest["prompts"]) == 10
+    assert manifest["guidance_scale"] == 7.5  # SD's: the toy teacher's folder has no sampling.json
 
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
     with monkeypatch.context() as patched:
-        patched.setattr("bksdm.evaluate.load_pipeline", loaded)
-        patched.setattr("bksdm.evaluate.instantiate", loaded)  # the feature extractors
+        patched.setattr("bksdm.eval.generation.load_pipeline", loaded)
+        patched.setattr("bksdm.eval.protocols.instantiate", loaded)  # the feature extractors
         with pytest.raises(
             ImagesFolderError,
-            match=r"model 'builtin:tiny' -> 'builtin:miniworld'; guidance_scale 7\.5 -> 3\.0",
+            match=r"model 'builtin:toy' -> 'builtin:miniworld'; guidance_scale 7\.5 -> 3\.0",
         ):
             evaluate(config("model=builtin:miniworld", *settings))
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["model"] == "builtin:tiny"
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["model"] == "builtin:toy"
 
     result = evaluate(config("model=builtin:miniworld", "overwrite=true", *settings))
     assert result["model"] == "builtin:miniworld" and result["sampling"]["guidance_scale"] == 3.0
@@ -176,7 +176,7 @@ def test_evaluating_another_model_into_its_images_folder_stops_before_loading(tm
 
 def test_evaluate_errors_come_before_generation(tmp_path):
     cfg = config(
-        "model=builtin:tiny",
+        "model=builtin:toy",
         f"prompts={coco_json(tmp_path / 'c.json')}",
         f"real={tmp_path / 'none'}",
         f"out={tmp_path / 'eval'}",
@@ -198,12 +198,12 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
 
     write_real(tmp_path / "real")
     callback = PeriodicEval(
-        prompts=str(coco_json(tmp_path / "captions.json")), real=str(tmp_path / "real"), features=TinyInception(),
-        clip=TinyCLIP(), dirpath=tmp_path / "eval", num_images=4, every_n_steps=2, num_inference_steps=2,
+        prompts=str(coco_json(tmp_path / "captions.json")), real=str(tmp_path / "real"), features=StandInInception(),
+        clip=StandInCLIP(), dirpath=tmp_path / "eval", num_images=4, every_n_steps=2, num_inference_steps=2,
         batch_size=4, cache_dir=tmp_path / "cache",
     )  # fmt: skip
     module = DistillModule(
-        teacher_source="builtin:tiny", removal="small", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
+        teacher_source="builtin:toy", removal="small", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
     )  # fmt: skip
     trainer = cpu_trainer(

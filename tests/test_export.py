@@ -29,13 +29,13 @@ def generate(pipeline) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_teacher, tiny_path):
-    student = build_student(tiny_teacher.unet, "tiny")
+def exported(tmp_path_factory, toy_teacher, toy_path):
+    student = build_student(toy_teacher.unet, "tiny")
     with torch.no_grad():  # make it differ from the teacher, as a trained student would
         for parameter in student.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
     before = StableDiffusionPipeline.from_pretrained(
-        str(tiny_path),
+        str(toy_path),
         unet=student,
         safety_checker=None,
         feature_extractor=None,
@@ -43,7 +43,7 @@ def exported(tmp_path_factory, tiny_teacher, tiny_path):
     )
     images = generate(before)
     folder = tmp_path_factory.mktemp("run") / "student"
-    save_student_pipeline(student, "builtin:tiny", folder)
+    save_student_pipeline(student, "builtin:toy", folder)
     return folder, student, images
 
 
@@ -91,7 +91,7 @@ def test_exported_unet_is_the_student_in_safetensors(exported):
     assert {"vocab.json", "merges.txt"} <= {f.name for f in (folder / "tokenizer").iterdir()}
 
 
-def test_a_failed_export_leaves_the_previous_one_intact(exported, tiny_teacher, monkeypatch):
+def test_a_failed_export_leaves_the_previous_one_intact(exported, toy_teacher, monkeypatch):
     folder, _, _ = exported
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
 
@@ -100,24 +100,22 @@ def test_a_failed_export_leaves_the_previous_one_intact(exported, tiny_teacher, 
 
     monkeypatch.setattr(StableDiffusionPipeline, "save_pretrained", crash)
     with pytest.raises(RuntimeError, match="disk full"):
-        save_student_pipeline(build_student(tiny_teacher.unet, "small"), "builtin:tiny", folder)
+        save_student_pipeline(build_student(toy_teacher.unet, "small"), "builtin:toy", folder)
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
     assert [p.name for p in folder.parent.iterdir()] == ["student"]  # no staging folder left behind
 
 
-def test_exporting_again_replaces_the_folder(exported, tiny_teacher):
+def test_exporting_again_replaces_the_folder(exported, toy_teacher):
     folder, _, _ = exported
-    save_student_pipeline(build_student(tiny_teacher.unet, "base"), "builtin:tiny", folder)
+    save_student_pipeline(build_student(toy_teacher.unet, "base"), "builtin:toy", folder)
     assert UNet2DConditionModel.from_pretrained(folder, subfolder="unet").mid_block is not None
     assert [p.name for p in folder.parent.iterdir()] == ["student"]
 
 
-def test_the_exported_folder_is_as_readable_as_a_plain_mkdir_makes_it(tiny_teacher, tmp_path):
+def test_the_exported_folder_is_as_readable_as_a_plain_mkdir_makes_it(toy_teacher, tmp_path):
     previous = os.umask(0o022)
     try:
-        folder = save_student_pipeline(
-            build_student(tiny_teacher.unet, "tiny"), "builtin:tiny", tmp_path / "s"
-        )
+        folder = save_student_pipeline(build_student(toy_teacher.unet, "tiny"), "builtin:toy", tmp_path / "s")
     finally:
         os.umask(previous)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
@@ -131,7 +129,7 @@ def test_the_exported_folder_is_as_readable_as_a_plain_mkdir_makes_it(tiny_teach
 def test_a_student_carries_its_teacher_sampling_defaults(exported, tmp_path):
     folder, _, _ = exported
     sd = {"guidance_scale": 7.5, "num_inference_steps": 25}
-    assert json.loads((folder / "sampling.json").read_text()) == sd  # the tiny teacher has none: SD's
+    assert json.loads((folder / "sampling.json").read_text()) == sd  # the toy teacher has none: SD's
     teacher = load_pipeline("builtin:miniworld", "float32", "cpu", None)
     mini = save_student_pipeline(build_student(teacher.unet, "tiny"), "builtin:miniworld", tmp_path / "mini")
     assert json.loads((mini / "sampling.json").read_text()) == {

@@ -24,7 +24,7 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle", "a white circle 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    return load_pipeline("builtin:tiny")
+    return load_pipeline("builtin:toy")
 
 
 def pixels(paths):
@@ -86,7 +86,7 @@ def cli(*overrides):
 
 def test_cli_prompts_file_and_grid(tmp_path):
     (tmp_path / "prompts.txt").write_text("a red circle\n\na blue square\n")
-    paths = generate(cli("model=builtin:tiny", "prompt=a green triangle", f"prompts_file={tmp_path / 'prompts.txt'}",
+    paths = generate(cli("model=builtin:toy", "prompt=a green triangle", f"prompts_file={tmp_path / 'prompts.txt'}",
                          "num_inference_steps=2", f"out={tmp_path / 'out'}"))  # fmt: skip
     assert len(paths) == 3
     assert Image.open(tmp_path / "out" / "grid.png").size == (256, 256)  # 2 x 2 grid of 128 px images
@@ -95,9 +95,9 @@ def test_cli_prompts_file_and_grid(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
-        (["model=builtin:tiny"], ValueError, "no prompt"),
+        (["model=builtin:toy"], ValueError, "no prompt"),
         (
-            ["model=builtin:tiny", "prompts_file=/nowhere.txt"],
+            ["model=builtin:toy", "prompts_file=/nowhere.txt"],
             ConfigError,
             r"prompts_file='/nowhere\.txt' does not exist",
         ),
@@ -107,14 +107,14 @@ def test_cli_prompts_file_and_grid(tmp_path):
             ConfigError,
             r"^model='outputs/runs/x/student' is not",
         ),
-        (["model=builtin:tiny", "prompt=x", "dtype=fp8"], ValueError, r"dtype='fp8'"),
+        (["model=builtin:toy", "prompt=x", "dtype=fp8"], ValueError, r"dtype='fp8'"),
         (
-            ["model=builtin:tiny", "prompt=x", "num_inference_steps=0"],
+            ["model=builtin:toy", "prompt=x", "num_inference_steps=0"],
             ValueError,
             r"^num_inference_steps=0: accepted is a positive integer$",
         ),
         (
-            ["model=builtin:tiny", "prompt=x", "scheduler=lms"],
+            ["model=builtin:toy", "prompt=x", "scheduler=lms"],
             ValueError,
             r"scheduler='lms': accepted are \['pndm'",
         ),
@@ -147,7 +147,7 @@ def test_two_ranks_make_disjoint_shares_that_equal_one_full_run(pipeline, tmp_pa
 
 def test_the_paper_sampler_by_default_others_on_request(pipeline):
     assert type(pipeline.scheduler).__name__ == "PNDMScheduler" and pipeline.scheduler.config.skip_prk_steps
-    ddim = load_pipeline("builtin:tiny", scheduler="ddim").scheduler
+    ddim = load_pipeline("builtin:toy", scheduler="ddim").scheduler
     assert type(ddim).__name__ == "DDIMScheduler"
     assert ddim.config.beta_end == pipeline.scheduler.config.beta_end  # the pipeline's own noise schedule
 
@@ -161,9 +161,9 @@ def manifest(tmp_path):
 
 
 def test_a_run_with_other_settings_stops_before_loading_naming_what_differs(tmp_path, monkeypatch):
-    first = run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+    first = run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle")
     assert manifest(tmp_path) == {
-        "model": "builtin:tiny", "seed": 1234, "num_inference_steps": 2, "guidance_scale": 7.5,
+        "model": "builtin:toy", "seed": 1234, "num_inference_steps": 2, "guidance_scale": 7.5,
         "scheduler": "pndm", "resolution": None, "dtype": "float32", "prompts": ["a red circle"],
     }  # fmt: skip
     stamp = first[0].stat().st_mtime_ns
@@ -171,15 +171,15 @@ def test_a_run_with_other_settings_stops_before_loading_naming_what_differs(tmp_
     def loaded(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("bksdm.generate.load_pipeline", loaded)
-    tiny = ["model=builtin:tiny", "prompt=a red circle"]
+    monkeypatch.setattr("bksdm.eval.generation.load_pipeline", loaded)
+    tiny = ["model=builtin:toy", "prompt=a red circle"]
     for overrides, difference in [
-        (["model=builtin:tiny", "prompt=a blue square"],
+        (["model=builtin:toy", "prompt=a blue square"],
          r"prompts \(image 000000 was made for 'a red circle', this run's prompt 0 is 'a blue square'\)"),
         ([*tiny, "guidance_scale=3"], r"guidance_scale 7\.5 -> 3\.0"),
         ([*tiny, "seed=1", "scheduler=ddim"], r"seed 1234 -> 1; scheduler 'pndm' -> 'ddim'"),
         ([*tiny, "resolution=64"], r"resolution None -> 64"),
-        (["model=builtin:miniworld", "prompt=a red circle"], r"model 'builtin:tiny' -> 'builtin:miniworld'"),
+        (["model=builtin:miniworld", "prompt=a red circle"], r"model 'builtin:toy' -> 'builtin:miniworld'"),
     ]:  # fmt: skip
         with pytest.raises(ImagesFolderError, match=difference) as error:
             run_generate(tmp_path, *overrides)
@@ -187,28 +187,30 @@ def test_a_run_with_other_settings_stops_before_loading_naming_what_differs(tmp_
     assert first[0].stat().st_mtime_ns == stamp and manifest(tmp_path)["prompts"] == ["a red circle"]
 
     monkeypatch.undo()
-    again = run_generate(tmp_path, "model=builtin:tiny", "prompt=a blue square", "overwrite=true")
+    again = run_generate(tmp_path, "model=builtin:toy", "prompt=a blue square", "overwrite=true")
     assert manifest(tmp_path)["prompts"] == ["a blue square"]
-    fresh = run_generate(tmp_path / "fresh", "model=builtin:tiny", "prompt=a blue square")
+    fresh = run_generate(tmp_path / "fresh", "model=builtin:toy", "prompt=a blue square")
     np.testing.assert_array_equal(pixels(again), pixels(fresh))  # the old image was not kept
 
 
 def test_images_without_a_manifest_are_refused(tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     Image.new("RGB", (128, 128)).save(tmp_path / "out" / "000000.png")  # as an older bksdm left them
-    monkeypatch.setattr("bksdm.generate.load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(
+        "bksdm.eval.generation.load_pipeline", lambda *a, **k: pytest.fail("the model was loaded")
+    )
     with pytest.raises(
         ImagesFolderError, match=r"holds 1 image\(s\) but no readable manifest\.json .*overwrite=true"
     ):
-        run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+        run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle")
     (tmp_path / "out" / "manifest.json").write_text("{not json")
     with pytest.raises(ImagesFolderError, match=r"no readable manifest\.json"):
-        run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+        run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle")
 
 
 def test_a_longer_list_of_the_same_prompts_keeps_the_shared_images(tmp_path, monkeypatch):
     (tmp_path / "two.txt").write_text("a blue square\na green triangle\n")
-    first = run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+    first = run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle")
     stamp = first[0].stat().st_mtime_ns
     from diffusers import StableDiffusionPipeline
 
@@ -222,12 +224,12 @@ def test_a_longer_list_of_the_same_prompts_keeps_the_shared_images(tmp_path, mon
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", record)
     longer = run_generate(
-        tmp_path, "model=builtin:tiny", "prompt=a red circle", f"prompts_file={tmp_path / 'two.txt'}"
+        tmp_path, "model=builtin:toy", "prompt=a red circle", f"prompts_file={tmp_path / 'two.txt'}"
     )
     assert calls == [["a blue square"], ["a green triangle"]] and first[0].stat().st_mtime_ns == stamp
     assert manifests[0] == ["a red circle", "a blue square", "a green triangle"]
     assert (tmp_path / "out" / "grid.png").is_file()
-    shorter = run_generate(tmp_path, "model=builtin:tiny", "prompt=a red circle")
+    shorter = run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle")
     assert shorter == longer[:1] and len(calls) == 2  # nothing generated
     # the folder still holds the other two images: the manifest keeps saying what made them
     assert manifest(tmp_path)["prompts"] == ["a red circle", "a blue square", "a green triangle"]
@@ -237,7 +239,7 @@ def test_a_longer_list_of_the_same_prompts_keeps_the_shared_images(tmp_path, mon
         ImagesFolderError, match=r"prompts \(3 -> 2 prompts; image 000001 was made for 'a blue"
     ):
         run_generate(
-            tmp_path, "model=builtin:tiny", "prompt=a red circle", f"prompts_file={tmp_path / 'other.txt'}"
+            tmp_path, "model=builtin:toy", "prompt=a red circle", f"prompts_file={tmp_path / 'other.txt'}"
         )
 
 
@@ -256,13 +258,13 @@ def test_the_model_folder_sampling_defaults_are_used_and_printed(tmp_path, monke
         ),
     )
     generate(cli("model=builtin:miniworld", "prompt=a small blue square", f"out={tmp_path / 'mini'}"))
-    generate(cli("model=builtin:tiny", "prompt=a small blue square", f"out={tmp_path / 'tiny'}"))
+    generate(cli("model=builtin:toy", "prompt=a small blue square", f"out={tmp_path / 'tiny'}"))
     generate(cli("model=builtin:miniworld", "prompt=x", "guidance_scale=5", f"out={tmp_path / 'set'}"))
     assert used == [(3.0, 25), (7.5, 25), (5.0, 25)]  # the mini world's sampling.json; SD's; as set
     printed = capsys.readouterr().out
     assert "guidance_scale=3.0 (builtin:miniworld's sampling.json)" in printed
     assert (
-        "guidance_scale=7.5 (Stable Diffusion's default: no sampling.json found for builtin:tiny)" in printed
+        "guidance_scale=7.5 (Stable Diffusion's default: no sampling.json found for builtin:toy)" in printed
     )
     assert (
         "guidance_scale=5.0 (as set), num_inference_steps=25 (builtin:miniworld's sampling.json)" in printed
@@ -270,7 +272,7 @@ def test_the_model_folder_sampling_defaults_are_used_and_printed(tmp_path, monke
     assert json.loads((tmp_path / "mini" / "manifest.json").read_text())["guidance_scale"] == 3.0
 
 
-@pytest.mark.parametrize("source", ["builtin:tiny", "builtin:miniworld"])
+@pytest.mark.parametrize("source", ["builtin:toy", "builtin:miniworld"])
 def test_every_sampler_gets_sd_settings_the_stored_config_leaves_out(source):
     import inspect
 

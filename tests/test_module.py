@@ -1,4 +1,4 @@
-"""DistillModule on the tiny teacher: frozen teacher, what is trained, what is checkpointed, one step's data path."""
+"""DistillModule on the toy teacher: frozen teacher, what is trained, what is checkpointed, one step's data path."""
 
 import functools
 import linecache
@@ -15,15 +15,15 @@ from bksdm.data.datamodule import SyntheticDataModule
 from bksdm.distill.losses import DistillLoss
 from bksdm.distill.module import DistillModule
 from bksdm.distill.taps import paper_tap_pairs
-from bksdm.teachers.builtin import TINY_UNET_CONFIG
+from bksdm.teachers.builtin import TOY_UNET_CONFIG
 
 
 def make_module(variant="small", loss=None, **kwargs) -> DistillModule:
     torch.manual_seed(0)
     return DistillModule(
-        teacher_source="builtin:tiny",
+        teacher_source="builtin:toy",
         removal=variant,
-        taps=paper_tap_pairs(TINY_UNET_CONFIG, variant),
+        taps=paper_tap_pairs(TOY_UNET_CONFIG, variant),
         loss=loss or DistillLoss(),
         **{"optimizer": functools.partial(torch.optim.AdamW, lr=1e-3), **kwargs},
     )
@@ -40,10 +40,10 @@ def output_gap(module) -> float:
     """MSE between student and teacher predictions on fixed held-out noisy latents and captions."""
     g = torch.Generator().manual_seed(99)
     batch = {"pixel_values": torch.rand(4, 3, 128, 128, generator=g) * 2 - 1, "caption": ["a red circle"] * 4}
-    latents, context = module.encode_batch(batch)
+    latents, context = module.step.encode(batch, module.device)
     noisy = latents + torch.randn(latents.shape, generator=g)
     timesteps = torch.tensor([50, 300, 600, 900])
-    teacher, _ = module.teacher_forward(noisy, timesteps, context)
+    teacher, _ = module.step.teacher_forward(noisy, timesteps, context)
     return torch.nn.functional.mse_loss(module.student(noisy, timesteps, context).sample, teacher).item()
 
 
@@ -122,32 +122,34 @@ def test_every_tap_fires_once_per_step(tmp_path, checkpointing):
 
     class Spy(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
-            per_step.append((dict(pl_module.teacher_taps.calls), dict(pl_module.student_taps.calls)))
+            per_step.append(
+                (dict(pl_module.step.teacher_taps.calls), dict(pl_module.step.student_taps.calls))
+            )
 
     fit(module, 3, tmp_path, callbacks=[Spy()])
     assert len(per_step) == 3
     for teacher_calls, student_calls in per_step:
         assert teacher_calls == {p.teacher: 1 for p in module.tap_pairs}
         assert student_calls == {p.student: 1 for p in module.tap_pairs}
-    assert module.teacher_taps is None  # hooks are taken off when the trainer tears the module down
+    assert module.step.teacher_taps is None  # hooks are taken off when the trainer tears the module down
 
 
 def test_targets_follow_the_teachers_prediction_type():
     module = make_module(loss=DistillLoss(1, 0, 0))
     latents = torch.randn(3, 4, 16, 16)
     torch.manual_seed(5)
-    noisy, timesteps, target = module.noisy_inputs(latents)
+    noisy, timesteps, target = module.step.add_noise(latents)
     torch.manual_seed(5)
     noise = torch.randn_like(latents)
     torch.testing.assert_close(target, noise)
-    torch.testing.assert_close(noisy, module.noise_scheduler.add_noise(latents, noise, timesteps))
+    torch.testing.assert_close(noisy, module.frozen.noise_scheduler.add_noise(latents, noise, timesteps))
     assert timesteps.min() >= 0 and timesteps.max() < 1000
-    module.noise_scheduler = DDPMScheduler.from_config(
-        module.noise_scheduler.config, prediction_type="v_prediction"
+    module.frozen.noise_scheduler = DDPMScheduler.from_config(
+        module.frozen.noise_scheduler.config, prediction_type="v_prediction"
     )
     torch.manual_seed(5)
-    _, timesteps, target = module.noisy_inputs(latents)
-    torch.testing.assert_close(target, module.noise_scheduler.get_velocity(latents, noise, timesteps))
+    _, timesteps, target = module.step.add_noise(latents)
+    torch.testing.assert_close(target, module.frozen.noise_scheduler.get_velocity(latents, noise, timesteps))
 
 
 def test_caption_dropout_encodes_the_empty_prompt():
@@ -155,8 +157,8 @@ def test_caption_dropout_encodes_the_empty_prompt():
     empty = {"pixel_values": batch["pixel_values"], "caption": ["", ""]}
     dropped = make_module(caption_dropout=1.0)
     kept = make_module(caption_dropout=0.0)
-    torch.testing.assert_close(dropped.encode_batch(batch)[1], kept.encode_batch(empty)[1])
-    assert not torch.allclose(kept.encode_batch(batch)[1], kept.encode_batch(empty)[1])
+    torch.testing.assert_close(dropped.step.encode(batch, "cpu")[1], kept.step.encode(empty, "cpu")[1])
+    assert not torch.allclose(kept.step.encode(batch, "cpu")[1], kept.step.encode(empty, "cpu")[1])
 
 
 def test_frozen_parts_run_in_the_configured_precision():
@@ -168,7 +170,9 @@ def test_frozen_parts_run_in_the_configured_precision():
         == torch.bfloat16
     )
     assert module.student.dtype == torch.float32
-    latents, context = module.encode_batch({"pixel_values": torch.zeros(1, 3, 128, 128), "caption": ["x"]})
+    latents, context = module.step.encode(
+        {"pixel_values": torch.zeros(1, 3, 128, 128), "caption": ["x"]}, "cpu"
+    )
     assert latents.dtype == context.dtype == torch.float32 and latents.shape == (1, 4, 16, 16)
 
 
@@ -185,20 +189,20 @@ def test_under_bf16_autocast_the_frozen_parts_compute_in_their_own_dtype(frozen_
                 )
     batch = {"pixel_values": torch.zeros(1, 3, 128, 128), "caption": ["x"]}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        latents, context = module.encode_batch(batch)
-        prediction, _ = module.teacher_forward(latents, torch.tensor([10]), context)
+        latents, context = module.step.encode(batch, module.device)
+        prediction, _ = module.step.teacher_forward(latents, torch.tensor([10]), context)
     dtype = getattr(torch, frozen_dtype)
     assert seen == {(dtype, dtype)}
     assert prediction.dtype == dtype and latents.dtype == context.dtype == torch.float32
 
 
 def test_frozen_dtype_auto_is_bf16_on_a_cpu_and_fp16_on_cuda():
-    from bksdm.distill.module import resolve_frozen_dtype
+    from bksdm.teachers.frozen import resolve_frozen_dtype
 
     assert resolve_frozen_dtype("auto", "cpu") == "bfloat16"
     assert resolve_frozen_dtype("auto", "cuda") == "float16"
     assert resolve_frozen_dtype("float32", "cuda") == "float32"
-    assert make_module(frozen_dtype="auto").frozen_dtype == (
+    assert make_module(frozen_dtype="auto").frozen.dtype == (
         torch.float16 if torch.cuda.is_available() else torch.bfloat16
     )
 
@@ -213,7 +217,7 @@ def test_frozen_dtype_auto_is_bf16_on_a_cpu_and_fp16_on_cuda():
         ({"caption_dropout": 1.5}, r"caption_dropout=1\.5 must be a probability"),
         ({"ema_decay": 1.0}, r"ema_decay=1\.0 must be in \(0, 1\)"),
         ({"nonfinite_patience": 0}, r"nonfinite_patience=0 must be >= 1"),
-        ({"variant": "huge"}, "unknown student variant 'huge'"),
+        ({"variant": "huge"}, "unknown removal 'huge'"),
     ],
 )
 def test_bad_module_settings_are_named(kwargs, message):
@@ -222,13 +226,16 @@ def test_bad_module_settings_are_named(kwargs, message):
 
 
 class NanAt:
-    """Wraps distill_loss so that the given calls (0-based) return a NaN loss."""
+    """Wraps a DistillStep so that the given calls (0-based) return a NaN loss."""
 
-    def __init__(self, module, calls):
-        self.original, self.calls, self.count = module.distill_loss, set(calls), 0
+    def __init__(self, step, calls):
+        self.original, self.calls, self.count = step, set(calls), 0
 
-    def __call__(self, batch):
-        loss, terms = self.original(batch)
+    def __getattr__(self, name):
+        return getattr(self.original, name)
+
+    def __call__(self, batch, device):
+        loss, terms = self.original(batch, device)
         self.count += 1
         if self.count - 1 in self.calls:
             return loss * float("nan"), {**terms, "loss_kd_out": terms["loss_kd_out"] * float("nan")}
@@ -239,16 +246,16 @@ class NanAt:
 def test_a_nonfinite_loss_skips_its_step_and_a_streak_stops_the_run(tmp_path, fused):
     optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, fused=fused)
     module = make_module(loss=DistillLoss(1.0, 1.0, 0.0), ema_decay=0.9, optimizer=optimizer)
-    module.distill_loss = NanAt(module, calls=[1, 2])
+    module.step = NanAt(module.step, calls=[1, 2])
     trainer = fit(module, 5, tmp_path)
-    assert trainer.global_step == 5 and module.nonfinite.state() == {"skipped": 2, "streak": 0}
+    assert trainer.global_step == 5 and module.guard.nonfinite.state() == {"skipped": 2, "streak": 0}
     assert int(module.ema.n_averaged) == 3  # the skipped steps moved neither the student nor its EMA
     assert int(trainer.optimizers[0].state[next(module.student.parameters())]["step"]) == 3
     assert all(torch.isfinite(p).all() for p in module.student.parameters())
     assert all(torch.isfinite(p).all() for p in module.ema.module.parameters())
 
     module = make_module(loss=DistillLoss(1.0, 1.0, 0.0), nonfinite_patience=3, optimizer=optimizer)
-    module.distill_loss = NanAt(module, calls=range(2, 100))
+    module.step = NanAt(module.step, calls=range(2, 100))
     with pytest.raises(FloatingPointError) as error:
         fit(module, 10, tmp_path, log_every_n_steps=3)
     message = str(error.value)
@@ -258,13 +265,13 @@ def test_a_nonfinite_loss_skips_its_step_and_a_streak_stops_the_run(tmp_path, fu
     assert "last finite loss terms at step 1: loss_task=" in message and "loss_kd_out=" in message
 
 
-STEP_FILES = {"module.py", "nonfinite.py", "ema.py", "losses.py", "taps.py", "noise.py"}
+STEP_FILES = {"module.py", "step.py", "guard.py", "ema.py", "losses.py", "taps.py", "randomness.py"}
 
 
 def test_with_a_fused_optimizer_the_step_reads_no_device_value_on_the_host(tmp_path, monkeypatch):
     """Host reads of tensor values (item, bool, int, float, tolist) from the step's code: a GPU would wait
     for the device at each. Their number must not grow with the steps (the checks on logging steps and
-    at the end are the only ones; the bad-sample tally and the samples' draws are host tensors)."""
+    at the end are the only ones; the bad-sample tally and the samples' seeds are host values)."""
     reads = []
 
     def recording(name):
@@ -274,7 +281,7 @@ def test_with_a_fused_optimizer_the_step_reads_no_device_value_on_the_host(tmp_p
             caller = sys._getframe(1)
             code = caller.f_code.co_filename
             line = linecache.getline(code, caller.f_lineno)
-            host = "self.skips" in line or 'batch["draw"]' in line
+            host = "skips" in line  # the tally counts on the host
             if Path(code).name in STEP_FILES and "bksdm" in code and not host:
                 reads.append(f"{Path(code).name}:{caller.f_lineno}")
             return original(tensor, *args, **kwargs)
@@ -309,7 +316,7 @@ def test_clipping_by_the_steps_norm_equals_clip_grad_norm(tmp_path):
         if name == "reference":
             module.configure_gradient_clipping = reference_clipping
         fit(module, 3, tmp_path, gradient_clip_val=clip)
-        assert float(module.grad_norm) > 0.05  # the clip bites
+        assert float(module.guard.grad_norm) > 0.05  # the clip bites
         weights[name] = torch.cat([p.detach().flatten() for p in module.student.parameters()])
     for name in ("folded", "unfused"):
         torch.testing.assert_close(weights[name], weights["reference"], rtol=1e-4, atol=1e-6)

@@ -180,7 +180,7 @@ def test_evaluate_with_the_paper_extractors(torch_home, small_clip, tmp_path, mo
     write_real(tmp_path / "real")
     overrides = [
         "eval.features.device=cpu", "eval.clip.device=cpu", "eval.clip.model_name=bksdm-test-clip",
-        f"eval.clip.pretrained={small_clip}", "eval.is_splits=2", "model=builtin:tiny",
+        f"eval.clip.pretrained={small_clip}", "eval.is_splits=2", "model=builtin:toy",
         f"prompts={coco_json(tmp_path / 'captions.json')}", f"real={tmp_path / 'real'}", "num_images=4",
         "num_inference_steps=2", "batch_size=4", f"out={tmp_path / 'eval'}", f"cache_dir={tmp_path / 'cache'}",
     ]  # fmt: skip

@@ -24,7 +24,7 @@ from bksdm.prepare import prepare
 
 def prepare_config(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("prepare", overrides=["teacher=tiny", *overrides])
+        return compose("prepare", overrides=["teacher=toy", *overrides])
 
 
 def test_image_shards_keep_the_bytes_and_count_the_bad_samples(tmp_path):
@@ -57,7 +57,7 @@ def test_training_from_latent_shards_needs_no_vae(tmp_path, embeddings):
     ))  # fmt: skip
     assert report.written == 6
     record = first_record(report.shards)
-    assert record["teacher"] == "builtin:tiny" and record["resolution"] == 128 and record["crop"] == "center"
+    assert record["teacher"] == "builtin:toy" and record["resolution"] == 128 and record["crop"] == "center"
     assert record["text_embeddings"] is embeddings and record["scaling_factor"] == 0.18215
     sample = next(
         iter(shard_samples(report.shards, decode=decode_latent_sample, resampled=False, shuffle_buffer=0))
@@ -86,11 +86,11 @@ def test_latent_shards_of_another_teacher_are_refused(tmp_path):
     )
     with pytest.raises(
         ValueError,
-        match=r"made with \{'teacher': 'builtin:tiny', .*'resolution': 128\}, but this run trains with \{'teacher': 'CompVis/stable-diffusion-v1-4', .*'resolution': 512\}",
+        match=r"made with \{'teacher': 'builtin:toy', .*'resolution': 128\}, but this run trains with \{'teacher': 'CompVis/stable-diffusion-v1-4', .*'resolution': 512\}",
     ):
         LatentDataModule(report.shards, teacher="CompVis/stable-diffusion-v1-4", resolution=512)
     with pytest.raises(ValueError, match=r"'resolution': 256\}"):
-        LatentDataModule(report.shards, teacher="builtin:tiny", resolution=256)
+        LatentDataModule(report.shards, teacher="builtin:toy", resolution=256)
 
 
 def test_pre_encoded_latents_give_the_same_loss_as_encoding_on_the_fly(tmp_path):
@@ -119,14 +119,14 @@ def test_pre_encoded_latents_give_the_same_loss_as_encoding_on_the_fly(tmp_path)
         "caption": captions,
     }
     module = DistillModule(
-        teacher_source="builtin:tiny", removal="small", taps=[["up_blocks.3", "up_blocks.3"]],
+        teacher_source="builtin:toy", removal="small", taps=[["up_blocks.3", "up_blocks.3"]],
         loss=DistillLoss(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
     )  # fmt: skip
     losses = []
     for batch in (image_batch, latent_batch):
         torch.manual_seed(123)  # the same latent sample, noise and timesteps on both paths
         with torch.no_grad():
-            loss, terms = module.distill_loss(batch)
+            loss, terms = module.step(batch, module.device)
         losses.append((loss, terms))
     torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)
     for name, value in losses[0][1].items():
@@ -157,7 +157,7 @@ def test_flipped_samples_are_encodings_of_the_mirror_image(tmp_path):
     from bksdm.data.folder import CaptionedImageFolder
     from bksdm.teachers.loading import load_components
 
-    vae = load_components("builtin:tiny", ["vae"]).vae
+    vae = load_components("builtin:toy", ["vae"]).vae
     pixels = CaptionedImageFolder(tmp_path / "data", resolution=128, random_flip=False)[0]["pixel_values"][
         None
     ]
@@ -227,15 +227,15 @@ def test_the_mini_world_is_written_unmirrored_and_read_back_as_its_own_encodings
     assert first_record(latents.shards)["mirrored"] is False
     raw = list(shard_samples(latents.shards, decode=lambda s: s, resampled=False, shuffle_buffer=0))
     assert "mean_flip.npy" not in raw[0]
-    vae = load_components("builtin:tiny", ["vae"]).vae
+    vae = load_components("builtin:toy", ["vae"]).vae
     with torch.no_grad():
         expected = vae.encode(torch.stack([world[i]["pixel_values"] for i in range(3)])).latent_dist.mean
     for i, sample in enumerate(raw):
         decoded = decode_latent_sample(dict(sample), random_flip=False)
         torch.testing.assert_close(decoded["latent_mean"], expected[i], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"data.random_flip=true, but .* no mirror-image encodings"):
-        LatentDataModule(latents.shards, teacher="builtin:tiny", resolution=64, random_flip=True)
-    LatentDataModule(latents.shards, teacher="builtin:tiny", resolution=64, random_flip=False)
+        LatentDataModule(latents.shards, teacher="builtin:toy", resolution=64, random_flip=True)
+    LatentDataModule(latents.shards, teacher="builtin:toy", resolution=64, random_flip=False)
 
 
 def test_a_source_prepare_cannot_read_and_missing_shards_are_named(tmp_path):
@@ -245,7 +245,7 @@ def test_a_source_prepare_cannot_read_and_missing_shards_are_named(tmp_path):
     with pytest.raises(
         FileNotFoundError, match=r"data\.urls=.*: 2 of 2 shards do not exist: .*nowhere/00000\.tar"
     ):
-        LatentDataModule(str(tmp_path / "nowhere" / "{00000..00001}.tar"), teacher="builtin:tiny")
+        LatentDataModule(str(tmp_path / "nowhere" / "{00000..00001}.tar"), teacher="builtin:toy")
 
 
 @pytest.mark.parametrize("mode", ["images", "latents"])

@@ -81,17 +81,17 @@ def run_main(monkeypatch, capsys, *overrides):
     return capsys.readouterr().out
 
 
-def test_cli_json_on_the_tiny_teacher(monkeypatch, capsys, tmp_path, tiny_path):
+def test_cli_json_on_the_toy_teacher(monkeypatch, capsys, tmp_path, toy_path):
     monkeypatch.chdir(tmp_path)
-    report = json.loads(run_main(monkeypatch, capsys, "teacher=tiny", "arch=base_no_inner", "format=json"))
-    assert report["teacher"] == "tiny" and report["latent_size"] == 16
+    report = json.loads(run_main(monkeypatch, capsys, "teacher=toy", "arch=base_no_inner", "format=json"))
+    assert report["teacher"] == "toy" and report["latent_size"] == 16
     assert report["spec"] == {"layers_per_block": 1, "keep_mid_block": True, "drop_innermost_stages": 1}
     assert [row["model"] for row in report["summary"]] == [
         "teacher",
         "base",
         "small",
         "tiny",
-        report["variant"],
+        report["removal"],
     ]
     assert list(tmp_path.iterdir()) == []  # a report writes nothing
 

@@ -90,7 +90,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_continues_exactly(uninterrup
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(uninterrupted, tmp_path):
     overrides = [*RUN, f"trainer.max_steps={STEPS}", f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread, as in-process
-    process = subprocess.Popen([sys.executable, "-m", "bksdm.train", *overrides], env=env, cwd=CONF.parents[1],
+    process = subprocess.Popen([sys.executable, "-m", "bksdm.train", *overrides], env=env, cwd=CONF.parent,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 300  # killed as soon as the first checkpoint (step 2 of 7) is there
     while (

@@ -178,7 +178,7 @@ def test_missing_shards_are_all_named_before_anything_is_loaded(tmp_path):
 
 def module_without_features():
     return DistillModule(
-        teacher_source="builtin:tiny", removal="tiny", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
+        teacher_source="builtin:toy", removal="tiny", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
     )  # fmt: skip
 

@@ -46,7 +46,7 @@ def submit(cluster, sweep_dir, *overrides, timeout=600):
 @pytest.mark.slow
 def test_a_two_task_cpu_job_through_the_slurm_launcher_trains_and_exports(slurm, tmp_path):
     done = submit(
-        slurm, tmp_path / "sweep", "hydra.launcher.tasks_per_node=2", "experiment=demo", "teacher=tiny",
+        slurm, tmp_path / "sweep", "hydra.launcher.tasks_per_node=2", "experiment=demo", "teacher=toy",
         "data=synthetic", "trainer=ddp",
         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32", "trainer.max_steps=3",
         "data.batch_size=2", "callbacks.sample_grid=null",
@@ -68,7 +68,7 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_to_the_requested_step(
     command = [
         sys.executable, "-m", "bksdm.train", "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=2",
         "hydra.launcher.timeout_min=11", "hydra.launcher.partition=normal", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "experiment=demo", "teacher=tiny", "data=synthetic", f"trainer.max_steps={steps}",
+        "experiment=demo", "teacher=toy", "data=synthetic", f"trainer.max_steps={steps}",
         "callbacks.checkpoint.every_n_train_steps=10",
         "callbacks.sample_grid=null",
     ]  # fmt: skip

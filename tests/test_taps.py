@@ -87,9 +87,9 @@ def _feature_grads(student, taps, path):
     return {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
 
 
-def test_taps_record_once_even_when_checkpointing_recomputes_the_forward(tiny_teacher):
+def test_taps_record_once_even_when_checkpointing_recomputes_the_forward(toy_teacher):
     path = "down_blocks.1.resnets.0"  # diffusers checkpoints each resnet and transformer block
-    student = build_student(tiny_teacher.unet, "tiny")
+    student = build_student(toy_teacher.unet, "tiny")
     taps = FeatureTaps(student, [path, "up_blocks.0"], "student")
     plain_grads = _feature_grads(student, taps, path)
 
@@ -106,8 +106,8 @@ def test_taps_record_once_even_when_checkpointing_recomputes_the_forward(tiny_te
         torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-4, atol=1e-6)
 
 
-def test_taps_see_through_compile_and_ddp_wrappers(tiny_teacher, tmp_path):
-    student = build_student(tiny_teacher.unet, "small")
+def test_taps_see_through_compile_and_ddp_wrappers(toy_teacher, tmp_path):
+    student = build_student(toy_teacher.unet, "small")
     compiled = torch.compile(student, backend="eager")
     taps = FeatureTaps(compiled, ["down_blocks.1", "up_blocks.3"], "student")
     assert taps.model is student
@@ -130,8 +130,8 @@ def test_taps_see_through_compile_and_ddp_wrappers(tiny_teacher, tmp_path):
         dist.destroy_process_group()
 
 
-def test_a_tap_that_does_not_fire_is_an_error_and_removed_taps_stay_silent(tiny_teacher):
-    student = build_student(tiny_teacher.unet, "small")
+def test_a_tap_that_does_not_fire_is_an_error_and_removed_taps_stay_silent(toy_teacher):
+    student = build_student(toy_teacher.unet, "small")
     taps = FeatureTaps(student, ["down_blocks.0"], "student")
     with (
         pytest.raises(

@@ -15,24 +15,12 @@ from hydra.errors import MissingConfigException
 from PIL import Image
 
 from bksdm import train as train_app
+from bksdm.cli import train_setup
 from bksdm.cli.errors import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-# what makes any experiment small enough for one CPU step here
-FAST = [
-    "teacher=tiny",
-    "data=synthetic",
-    "data.batch_size=2",
-    "global_batch_size=null",  # the paper_* experiments' 256 would make it the per-device batch
-    "data.num_workers=0",
-    "trainer=cpu",
-    "trainer.max_steps=1",
-    "trainer.accumulate_grad_batches=1",
-    "distill.frozen_dtype=float32",
-    "distill.gradient_checkpointing=false",
-    "callbacks.sample_grid.num_inference_steps=2",
-    "callbacks.sample_grid.prompts=[a red circle]",
-]
+# what makes any experiment small enough for one CPU step here: conf/debug/step.yaml
+FAST = ["debug=step"]
 
 
 def config(*overrides, output_dir):
@@ -46,7 +34,7 @@ def test_experiments_exist():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_trains_a_step(experiment, tmp_path):
-    # the ablation's periodic evaluation, cut to a smoke test (it scores the tiny teacher's images here)
+    # the ablation's periodic evaluation, cut to a smoke test (it scores the toy teacher's images here)
     smaller = [f"callbacks.miniworld_eval.{k}={v}" for k, v in
                (("num_images", 4), ("num_real", 8), ("num_latents", 4), ("num_inference_steps", 2))]  # fmt: skip
     extra = smaller if experiment == "miniworld_ablation" else []
@@ -78,7 +66,7 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the teacher was loaded before the config was checked")
 
-    monkeypatch.setattr(train_app, "DistillModule", no_heavy_work)
+    monkeypatch.setattr("bksdm.distill.module.load_components", no_heavy_work)
     with pytest.raises(ValueError, match=r"data\.root is not set: .*data\.root=/path/to/folder"):
         train_app.train(config(output_dir=tmp_path))
     # the datamodule's FileNotFoundError, unwrapped from hydra.utils.instantiate's exception
@@ -91,11 +79,11 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
     [
         (
             ["data.resolution=100"],
-            r"data\.resolution=100 cannot go through teacher=tiny's U-Net: .*accepted are multiples of 64 pixels",
+            r"data\.resolution=100 cannot go through teacher=toy's U-Net: .*accepted are multiples of 64 pixels",
         ),
         (
             ["arch.removal.layers_per_block=3"],
-            r"arch=small does not fit teacher=tiny: layers_per_block=3 does not fit a teacher with 2 layers",
+            r"arch=small does not fit teacher=toy: layers_per_block=3 does not fit a teacher with 2 layers",
         ),
         (["resume=yes"], r"resume='yes': accepted are auto"),
         (
@@ -106,7 +94,7 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
             ["trainer.precision=16-mixed", "trainer.gradient_clip_val=1.0", "trainer.accelerator=gpu"],
             r"trainer\.precision=16-mixed with trainer\.gradient_clip_val=1\.0 cannot use a fused optimizer .*Accepted: trainer\.precision=bf16-mixed",
         ),
-        (["distill.attention=flash"], r"distill\.attention='flash': accepted are \['sdpa', 'eager'\]"),
+        (["speed.attention=flash"], r"speed\.attention='flash': accepted are \['sdpa', 'eager'\]"),
         # numbers that Hydra read as strings, named by their key (not a TypeError deep in torch)
         (["optim.optimizer.lr=5e-5x"], r"^optim\.optimizer\.lr='5e-5x' is not a number$"),
         (
@@ -134,7 +122,7 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
 def test_config_errors_stop_the_run_before_anything_is_loaded_or_written(
     tmp_path, monkeypatch, overrides, message
 ):
-    monkeypatch.setattr(train_app, "DistillModule", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    monkeypatch.setattr("bksdm.distill.module.load_components", lambda *a, **k: pytest.fail("the teacher was loaded"))
     with pytest.raises(ConfigError, match=message):
         train_app.train(config("experiment=demo", *FAST, *overrides, output_dir=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
@@ -154,7 +142,7 @@ def test_a_config_error_is_one_line_without_a_traceback_and_leaves_no_run_folder
 
 def test_a_hub_teacher_missing_from_the_offline_cache_is_said_before_loading(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))  # nothing cached
-    monkeypatch.setattr(train_app, "DistillModule", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    monkeypatch.setattr("bksdm.distill.module.load_components", lambda *a, **k: pytest.fail("the teacher was loaded"))
     with pytest.raises(ConfigError, match=r"^teacher\.source='CompVis/stable-diffusion-v1-4' is not in the local "
                        r"Hugging Face cache, and HF_HUB_OFFLINE=1 forbids .*teacher=miniworld"):  # fmt: skip
         train_app.train(config("data=synthetic", output_dir=tmp_path / "run"))
@@ -163,7 +151,7 @@ def test_a_hub_teacher_missing_from_the_offline_cache_is_said_before_loading(tmp
 
 def test_the_default_trainer_trains_on_a_cpu(tmp_path):
     # no trainer= override: bf16-mixed, frozen_dtype auto (bf16 on a CPU), fused AdamW, accumulation
-    cfg = config("teacher=tiny", "data=synthetic", "trainer.max_steps=1", "trainer.accumulate_grad_batches=2",
+    cfg = config("teacher=toy", "data=synthetic", "trainer.max_steps=1", "trainer.accumulate_grad_batches=2",
                  "callbacks.sample_grid.num_inference_steps=2", "callbacks.sample_grid.prompts=[a red circle]",
                  output_dir=tmp_path)  # fmt: skip
     assert (cfg.trainer.precision, cfg.distill.frozen_dtype, cfg.optim.optimizer.fused) == (
@@ -172,7 +160,7 @@ def test_the_default_trainer_trains_on_a_cpu(tmp_path):
         True,
     )
     module = train_app.train(cfg)
-    assert module.trainer.global_step == 1 and module.frozen_dtype == torch.bfloat16
+    assert module.trainer.global_step == 1 and module.frozen.dtype == torch.bfloat16
     assert module.trainer.precision == "bf16-mixed" and (tmp_path / "student" / "unet").is_dir()
 
 
@@ -185,7 +173,7 @@ def test_an_unknown_choice_lists_the_accepted_ones(tmp_path):
 
 def test_a_custom_arch_with_auto_taps_trains(tmp_path):
     cfg = config("experiment=demo", "arch=base_no_inner", *FAST, output_dir=tmp_path)
-    pairs = train_app.tap_pairs(cfg)
+    pairs = train_setup.tap_pairs(cfg)
     assert pairs[2] == ["down_blocks.2.attentions.1.proj_out", "down_blocks.2.attentions.0.proj_out"]
     assert len(pairs) == 6
     module = train_app.train(cfg)
@@ -254,10 +242,9 @@ def test_training_from_each_data_source_through_the_app(tmp_path, source):
     else:
         write_shards(tmp_path / "data", shards=2)
         location = f"data.urls='{tmp_path / 'data'}/{{00000..00002}}.tar'"  # quoted: braces are Hydra syntax
-    overrides = [o for o in FAST if o != "data=synthetic"]
     cfg = config(
         "experiment=demo",
-        *overrides,
+        *FAST,
         f"data={source}",
         location,
         "trainer.max_steps=2",
@@ -279,14 +266,14 @@ def test_periodic_eval_is_one_config_switch_away(tmp_path):
 
     cfg = config(
         "callbacks=with_eval",
-        "eval=tiny",
+        "eval=standin",
         "callbacks.periodic_eval.prompts=p.json",
         "callbacks.periodic_eval.real=r/",
         output_dir=tmp_path,
     )
     callback = instantiate(cfg.callbacks.periodic_eval)
     assert isinstance(callback, PeriodicEval) and callback.every_n_steps == 5000
-    assert callback.features.name == "tiny-inception" and callback.dirpath == tmp_path / "eval"
+    assert callback.features.name == "standin-inception" and callback.dirpath == tmp_path / "eval"
 
 
 def test_runs_log_grad_norm_throughput_and_peak_memory(tmp_path):
@@ -358,4 +345,4 @@ def test_a_global_batch_sets_the_per_device_batch(tmp_path):
     )
     module = train_app.train(cfg)
     assert module.trainer.datamodule.batch_size == 4
-    assert train_app.per_device_batch(256, 64, world_size=4, accumulation=4) == 16
+    assert train_setup.per_device_batch(256, 64, world_size=4, accumulation=4) == 16

@@ -1,7 +1,7 @@
 """BK-SDM students as data: removal specs, student configs, the teacher -> student weight map, costs."""
 
 from bksdm.arch.report import UnitCost, render_report, report_dict, unet_cost, unit_names
-from bksdm.arch.spec import PAPER_VARIANTS, RemovalSpec, resolve_variant, variant_name
+from bksdm.arch.spec import PAPER_REMOVALS, RemovalSpec, removal_name, resolve_removal
 from bksdm.arch.student import (
     build_student,
     check_teacher_topology,
@@ -12,19 +12,19 @@ from bksdm.arch.student import (
 )
 
 __all__ = [
-    "PAPER_VARIANTS",
+    "PAPER_REMOVALS",
     "RemovalSpec",
     "UnitCost",
     "build_student",
     "check_teacher_topology",
+    "removal_name",
     "render_report",
     "report_dict",
-    "resolve_variant",
+    "resolve_removal",
     "student_config",
     "student_weight_map",
     "unet_cost",
     "unit_map",
     "unit_names",
-    "variant_name",
     "weight_map",
 ]

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bksdm.arch.spec import PAPER_VARIANTS, RemovalSpec, resolve_variant, variant_name
+from bksdm.arch.spec import PAPER_REMOVALS, RemovalSpec, removal_name, resolve_removal
 from bksdm.arch.student import empty_unet, plain_config, student_config, unit_map
 
 TEXT_TOKENS = 77
+VAE_SCALE = 8  # pixels per latent cell of Stable Diffusion's VAE
 _LINEAR_AND_CONV_OPS = {"convolution", "mm", "addmm"}
 
 
@@ -145,9 +146,9 @@ def _student_name(teacher_unit: str, inverse: Mapping[str, str]) -> str | None:
     return None
 
 
-def unit_fates(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) -> dict[str, str | None]:
+def unit_fates(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> dict[str, str | None]:
     """Every teacher unit, in module order, -> the student unit that keeps it, or None if removed."""
-    inverse = {teacher: student for student, teacher in unit_map(teacher_config, variant).items()}
+    inverse = {teacher: student for student, teacher in unit_map(teacher_config, removal).items()}
     fates = {}
     for name in unit_names(empty_unet(plain_config(teacher_config))):
         in_blocks = name.split(".")[0] in ("down_blocks", "mid_block", "up_blocks")
@@ -156,23 +157,21 @@ def unit_fates(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) ->
 
 
 def report_rows(
-    teacher_config: Mapping, variant: str | Mapping | RemovalSpec, latent_size: int
+    teacher_config: Mapping, removal: str | Mapping | RemovalSpec, latent_size: int
 ) -> list[ReportRow]:
     """Every teacher unit (in forward order) with its cost and the student unit that keeps it (or None)."""
-    fates = unit_fates(teacher_config, variant)
+    fates = unit_fates(teacher_config, removal)
     return [
         ReportRow(unit.name, fates[unit.name], unit.params, unit.macs, unit.attention_macs)
         for unit in unet_cost(teacher_config, latent_size).units
     ]
 
 
-def variant_summary(
-    teacher_config: Mapping, latent_size: int, extra: RemovalSpec | None = None
-) -> list[dict]:
-    """Totals for the teacher, the three paper variants and ``extra`` (if it is not one of them)."""
-    specs = dict(PAPER_VARIANTS)
-    if extra is not None and variant_name(extra) not in specs:
-        specs[variant_name(extra)] = extra
+def paper_summary(teacher_config: Mapping, latent_size: int, extra: RemovalSpec | None = None) -> list[dict]:
+    """Totals for the teacher, the three paper students and ``extra`` (if it is not one of them)."""
+    specs = dict(PAPER_REMOVALS)
+    if extra is not None and removal_name(extra) not in specs:
+        specs[removal_name(extra)] = extra
     teacher = unet_cost(teacher_config, latent_size)
     rows = [
         {
@@ -195,14 +194,14 @@ def _g(macs: int) -> str:
 
 
 def render_report(
-    teacher_config: Mapping, variant: str | Mapping | RemovalSpec, latent_size: int, title: str = "teacher"
+    teacher_config: Mapping, removal: str | Mapping | RemovalSpec, latent_size: int, title: str = "teacher"
 ) -> str:
     """A text table: block by block, what the teacher has, what the student keeps, what was removed."""
-    spec = resolve_variant(variant)
+    spec = resolve_removal(removal)
     rows = report_rows(teacher_config, spec, latent_size)
     header = f"{'teacher unit':<28} {'params':>13} {'GMACs':>8} {'attn GMACs':>10}  student"
     lines = [
-        f"BK-SDM {variant_name(spec)} student of {title}: U-Net units at a {latent_size}x{latent_size} latent "
+        f"BK-SDM {removal_name(spec)} student of {title}: U-Net units at a {latent_size}x{latent_size} latent "
         f"(batch 1, {TEXT_TOKENS} text tokens)",
         "GMACs: convolutions and linear layers (the paper's convention); attn GMACs: Q K^T and A V products.",
         "",
@@ -230,7 +229,7 @@ def render_report(
         "",
         f"{'model':<28} {'U-Net params':>13} {'GMACs':>8} {'attn GMACs':>10}  share of teacher (params / MACs)",
     ]
-    summary = variant_summary(teacher_config, latent_size, spec)
+    summary = paper_summary(teacher_config, latent_size, spec)
     for row in summary:
         share = f"{row['params'] / summary[0]['params']:.1%} / {row['macs'] / summary[0]['macs']:.1%}"
         lines.append(
@@ -239,13 +238,13 @@ def render_report(
     return "\n".join(lines)
 
 
-def report_dict(teacher_config: Mapping, variant: str | Mapping | RemovalSpec, latent_size: int) -> dict:
+def report_dict(teacher_config: Mapping, removal: str | Mapping | RemovalSpec, latent_size: int) -> dict:
     """The same report as plain data (for ``format=json``)."""
-    spec = resolve_variant(variant)
+    spec = resolve_removal(removal)
     return {
-        "variant": variant_name(spec),
+        "removal": removal_name(spec),
         "spec": asdict(spec),
         "latent_size": latent_size,
         "units": [asdict(r) for r in report_rows(teacher_config, spec, latent_size)],
-        "summary": variant_summary(teacher_config, latent_size, spec),
+        "summary": paper_summary(teacher_config, latent_size, spec),
     }

@@ -24,7 +24,7 @@ class RemovalSpec:
     drop_innermost_stages: int = 0
 
 
-PAPER_VARIANTS: dict[str, RemovalSpec] = {
+PAPER_REMOVALS: dict[str, RemovalSpec] = {
     "base": RemovalSpec(layers_per_block=1, keep_mid_block=True, drop_innermost_stages=0),
     "small": RemovalSpec(layers_per_block=1, keep_mid_block=False, drop_innermost_stages=0),
     "tiny": RemovalSpec(layers_per_block=1, keep_mid_block=False, drop_innermost_stages=1),
@@ -33,26 +33,26 @@ PAPER_VARIANTS: dict[str, RemovalSpec] = {
 _SPEC_FIELDS = tuple(f.name for f in fields(RemovalSpec))
 
 
-def resolve_variant(variant: str | Mapping | RemovalSpec) -> RemovalSpec:
-    """Turn a paper variant name, a mapping of RemovalSpec fields or a RemovalSpec into a RemovalSpec."""
-    if isinstance(variant, RemovalSpec):
-        spec = variant
-    elif isinstance(variant, str):
-        if variant not in PAPER_VARIANTS:
+def resolve_removal(removal: str | Mapping | RemovalSpec) -> RemovalSpec:
+    """Turn a paper student name (base, small, tiny), a mapping of RemovalSpec fields or a RemovalSpec into a RemovalSpec."""
+    if isinstance(removal, RemovalSpec):
+        spec = removal
+    elif isinstance(removal, str):
+        if removal not in PAPER_REMOVALS:
             raise ValueError(
-                f"unknown student variant {variant!r}: accepted are {sorted(PAPER_VARIANTS)} "
+                f"unknown removal {removal!r}: accepted are {sorted(PAPER_REMOVALS)} "
                 f"or a removal spec mapping with keys {list(_SPEC_FIELDS)}"
             )
-        spec = PAPER_VARIANTS[variant]
-    elif isinstance(variant, Mapping):
-        unknown = sorted(set(variant) - set(_SPEC_FIELDS))
+        spec = PAPER_REMOVALS[removal]
+    elif isinstance(removal, Mapping):
+        unknown = sorted(set(removal) - set(_SPEC_FIELDS))
         if unknown:
             raise ValueError(f"unknown removal spec keys {unknown}: accepted keys are {list(_SPEC_FIELDS)}")
-        spec = RemovalSpec(**dict(variant))
+        spec = RemovalSpec(**dict(removal))
     else:
         raise TypeError(
-            f"student variant must be one of {sorted(PAPER_VARIANTS)}, a mapping or a RemovalSpec, "
-            f"got {type(variant).__name__}: {variant!r}"
+            f"removal must be one of {sorted(PAPER_REMOVALS)}, a mapping or a RemovalSpec, "
+            f"got {type(removal).__name__}: {removal!r}"
         )
     _check_types(spec)
     return spec
@@ -67,9 +67,9 @@ def _check_types(spec: RemovalSpec) -> None:
         raise ValueError(f"removal spec keep_mid_block must be true or false, got {spec.keep_mid_block!r}")
 
 
-def variant_name(spec: RemovalSpec) -> str:
+def removal_name(spec: RemovalSpec) -> str:
     """The paper's name for a spec (``base``, ``small``, ``tiny``) or ``custom(...)``."""
-    for name, paper_spec in PAPER_VARIANTS.items():
+    for name, paper_spec in PAPER_REMOVALS.items():
         if paper_spec == spec:
             return name
     return "custom(" + ", ".join(f"{k}={v}" for k, v in asdict(spec).items()) + ")"

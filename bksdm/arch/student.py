@@ -13,7 +13,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
-from bksdm.arch.spec import RemovalSpec, resolve_variant
+from bksdm.arch.spec import RemovalSpec, resolve_removal
 
 _DOWN_TO_UP = {"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}
 _MID_BLOCKS = ("UNetMidBlock2DCrossAttn",)
@@ -71,18 +71,18 @@ def teacher_layers_per_block(config: Mapping) -> int | None:
     return layers if isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1 else None
 
 
-def student_config(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) -> dict:
+def student_config(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> dict:
     """The diffusers UNet2DConditionModel config of a BK-SDM student.
 
     Args:
         teacher_config: the teacher U-Net's config (``unet.config`` or its config.json as a dict).
-        variant: ``"base"``, ``"small"``, ``"tiny"`` or a removal spec (mapping or RemovalSpec).
+        removal: ``"base"``, ``"small"``, ``"tiny"`` or a removal spec (mapping or RemovalSpec).
 
     Returns:
         A plain dict that ``UNet2DConditionModel.from_config`` accepts. No channel is pruned; only
         ``layers_per_block``, ``mid_block_type`` and the per-stage lists change.
     """
-    spec = resolve_variant(variant)
+    spec = resolve_removal(removal)
     teacher = plain_config(teacher_config)
     check_teacher_topology(teacher)
     teacher_layers = teacher_layers_per_block(teacher)
@@ -110,13 +110,13 @@ def student_config(teacher_config: Mapping, variant: str | Mapping | RemovalSpec
     return student
 
 
-def unit_map(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) -> dict[str, str]:
+def unit_map(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> dict[str, str]:
     """Student unit -> teacher unit it is initialised from, for every block unit of the student.
 
     Top-level modules outside the blocks (``conv_in``, ``time_embedding``, ``conv_out``, ...) are not
     listed: they keep their names.
     """
-    spec = resolve_variant(variant)
+    spec = resolve_removal(removal)
     config = student_config(teacher_config, spec)
     teacher_layers = teacher_layers_per_block(plain_config(teacher_config))
     kept = len(config["block_out_channels"])
@@ -192,16 +192,16 @@ def _shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
     return {key: tensor.shape for key, tensor in module.state_dict().items()}
 
 
-def student_weight_map(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) -> dict[str, str]:
+def student_weight_map(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> dict[str, str]:
     """Student key -> teacher key, computed from configs alone (no weights are allocated)."""
     teacher = empty_unet(plain_config(teacher_config))
-    student = empty_unet(student_config(teacher_config, variant))
-    return weight_map(_shapes(student), _shapes(teacher), unit_map(teacher_config, variant))
+    student = empty_unet(student_config(teacher_config, removal))
+    return weight_map(_shapes(student), _shapes(teacher), unit_map(teacher_config, removal))
 
 
 def build_student(
     teacher_unet: UNet2DConditionModel,
-    variant: str | Mapping | RemovalSpec,
+    removal: str | Mapping | RemovalSpec,
     dtype: torch.dtype | None = None,
 ) -> UNet2DConditionModel:
     """A BK-SDM student initialised from its teacher by the reference weight map.
@@ -210,10 +210,10 @@ def build_student(
     ``dtype`` (default: the teacher's; e.g. a bf16 teacher with an fp32 student to train); nothing is
     left at random initialisation. The student is returned in train mode.
     """
-    config = student_config(teacher_unet.config, variant)
+    config = student_config(teacher_unet.config, removal)
     student = empty_unet(config)
     teacher_state = teacher_unet.state_dict()
-    mapping = weight_map(_shapes(student), _shapes(teacher_unet), unit_map(teacher_unet.config, variant))
+    mapping = weight_map(_shapes(student), _shapes(teacher_unet), unit_map(teacher_unet.config, removal))
     state = {
         key: teacher_state[source].detach().to(dtype=dtype, copy=True) for key, source in mapping.items()
     }

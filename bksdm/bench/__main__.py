@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from bksdm.bench.run import benchmark
 from bksdm.cli import app
 
 
 @app("bench")
 def main(cfg: DictConfig) -> None:
+    from bksdm.bench.run import benchmark  # here: composing alone (--cfg job) needs no torch
+
     benchmark(cfg)
 
 

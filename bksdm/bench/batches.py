@@ -6,8 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bksdm.arch.report import TEXT_TOKENS
-from bksdm.train import VAE_SCALE
+from bksdm.arch.report import TEXT_TOKENS, VAE_SCALE
 
 CAPTION = "a photograph of a small red bird sitting on a branch of a tree in a green forest, high detail"
 
@@ -41,7 +40,7 @@ class FixedBatches(L.LightningDataModule):
         if resolution % VAE_SCALE:
             raise ValueError(f"bench.resolution={resolution}: accepted are multiples of {VAE_SCALE} pixels")
         self.steps = steps
-        self.provides = {"latents", "text_embeds"} if pre_encoded else set()
+        self.pre_encoded = {"latents", "text_embeds"} if pre_encoded else set()
         generator = torch.Generator().manual_seed(0)
         batch: dict = {"caption": [CAPTION] * batch_size}
         if pre_encoded:

@@ -16,9 +16,8 @@ from diffusers import AutoencoderKL
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bksdm.arch.report import TEXT_TOKENS
+from bksdm.arch.report import TEXT_TOKENS, VAE_SCALE
 from bksdm.arch.student import empty_unet, plain_config
-from bksdm.train import VAE_SCALE
 
 
 def _context_width(config: Mapping) -> int:

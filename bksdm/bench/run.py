@@ -20,17 +20,11 @@ from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
 from bksdm.bench.timer import HostSyncEveryStep, StepTimer
 from bksdm.cli import config_checks
+from bksdm.cli.train_setup import build_module, check_model_config, check_precision, teacher_config
 from bksdm.cli.value_types import check_value_types
-from bksdm.distill.module import resolve_frozen_dtype
-from bksdm.distill.speed import resolve_auto, set_tf32
+from bksdm.distill.speed import set_tf32
+from bksdm.teachers.frozen import resolve_frozen_dtype
 from bksdm.teachers.loading import check_available_offline
-from bksdm.train import (
-    SETTINGS_WITHOUT_TARGET,
-    build_module,
-    check_model_config,
-    check_precision,
-    teacher_config,
-)
 
 MODES = ("fast", "reference", "both")
 COLUMNS = (
@@ -59,7 +53,7 @@ def check_bench_config(cfg: DictConfig) -> int:
         if not isinstance(bench[key], int) or bench[key] < least:
             raise ValueError(f"bench.{key}={bench[key]!r}: accepted are integers >= {least}")
     resolution = bench.resolution or cfg.teacher.resolution
-    check_value_types(cfg, extra=SETTINGS_WITHOUT_TARGET)
+    check_value_types(cfg)
     check_precision(cfg)
     check_model_config(cfg, resolution, resolution_key="bench.resolution")
     if not bench.count_only:  # counting needs the configs only, which the presets embed
@@ -79,12 +73,8 @@ def settings(cfg: DictConfig, device: torch.device) -> dict:
         "precision": str(cfg.trainer.precision),
         "frozen_dtype": resolve_frozen_dtype(cfg.distill.frozen_dtype, device),
         "pre_encoded": cfg.bench.pre_encoded,
-        "attention": cfg.distill.attention,
-        "channels_last": resolve_auto(cfg.distill.channels_last, device),
-        "compile": resolve_auto(cfg.distill.compile, device),
-        "teacher_inference_mode": cfg.distill.teacher_inference_mode,
+        **instantiate(cfg.speed).resolved(device),
         "fused_adamw": bool(cfg.optim.optimizer.get("fused")),
-        "tf32": bool(cfg.tf32) and device.type == "cuda",
         "gradient_checkpointing": cfg.distill.gradient_checkpointing,
         "host_sync_every_step": cfg.bench.host_sync_every_step,
         "ema": cfg.distill.ema_decay is not None,
@@ -104,7 +94,7 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
     """Builds the module and a trainer for ``mode`` and times ``bench.steps`` optimizer steps."""
     cfg = mode_config(cfg, mode)
     bench = cfg.bench
-    set_tf32(cfg.tf32)
+    set_tf32(cfg.speed.tf32)
     L.seed_everything(cfg.seed, verbose=False)
     total_steps = bench.warmup_steps + bench.steps
     data = FixedBatches(
@@ -127,7 +117,7 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
             plugins=None,
             default_root_dir=scratch,
         )
-        module = build_module(cfg, provides=data.provides, device=trainer.strategy.root_device)
+        module = build_module(cfg, pre_encoded=data.pre_encoded, device=trainer.strategy.root_device)
         trainer.fit(module, datamodule=data)
     device = module.device
     vae, text_encoder = module.frozen.vae, module.frozen.text_encoder

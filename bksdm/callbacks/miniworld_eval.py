@@ -14,8 +14,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from bksdm.callbacks.sample_grid import frozen_pipeline, frozen_precision
 from bksdm.callbacks.schedule import EveryNSteps
+from bksdm.teachers.pipeline import frozen_pipeline
 from bksdm.training.fsdp import whole_module
 
 
@@ -67,15 +67,16 @@ class MiniWorldEval(EveryNSteps):
         student = whole_module(pl_module.exported_student(), rank0_only=True)
         if not trainer.is_global_zero:
             return None
-        with frozen_precision(pl_module):
+        with pl_module.frozen.sampling_precision(pl_module.device):
             if self.reference is None:  # the teacher's side, once (the classifier stays on the CPU)
-                teacher = frozen_pipeline(pl_module, pl_module.frozen.unet)
+                teacher = frozen_pipeline(pl_module.frozen, pl_module.frozen.unet, pl_module.device)
                 classifier = load_classifier(self.world or ASSETS)
                 self.reference = MiniWorldReference.build(
                     teacher, classifier, self.num_real, self.num_latents
                 )
             scores = evaluate_student(
-                frozen_pipeline(pl_module, student), self.reference, self.num_images, self.num_inference_steps,
+                frozen_pipeline(pl_module.frozen, student, pl_module.device), self.reference, self.num_images,
+                self.num_inference_steps,
                 self.guidance_scale, self.batch_size,
             )  # fmt: skip
         result = {"step": step, **scores}

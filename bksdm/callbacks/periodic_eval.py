@@ -13,12 +13,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from bksdm.callbacks.sample_grid import frozen_pipeline
 from bksdm.callbacks.schedule import EveryNSteps
 from bksdm.eval.generation import generate_images
 from bksdm.eval.metrics import FeatureStats, frechet_distance
 from bksdm.eval.prompts import load_prompts
 from bksdm.eval.scoring import image_features, load_scored, real_statistics
+from bksdm.teachers.pipeline import frozen_pipeline
 from bksdm.training.fsdp import whole_module
 
 
@@ -68,7 +68,8 @@ class PeriodicEval(EveryNSteps):
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict:
         self._last_step = step = trainer.global_step
-        pipeline = frozen_pipeline(pl_module, whole_module(pl_module.exported_student(), rank0_only=False))
+        student = whole_module(pl_module.exported_student(), rank0_only=False)
+        pipeline = frozen_pipeline(pl_module.frozen, student, pl_module.device)
         mine = range(trainer.global_rank, len(self.captions), trainer.world_size)
         paths = generate_images(
             pipeline, self.captions, self.dirpath / f"step_{step:07d}", seed=self.seed,

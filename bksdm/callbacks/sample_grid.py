@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from bksdm.teachers.loading import load_components
+from bksdm.teachers.pipeline import frozen_pipeline
 from bksdm.training.fsdp import whole_module
 
 
@@ -54,7 +53,8 @@ class SampleGrid(L.Callback):
         student = whole_module(pl_module.exported_student(), rank0_only=True)  # every rank, under FSDP
         if not trainer.is_global_zero:
             return None
-        pipeline = frozen_pipeline(pl_module, pl_module.frozen.unet)  # built (and parts loaded) once
+        # built (and missing parts loaded) once
+        pipeline = frozen_pipeline(pl_module.frozen, pl_module.frozen.unet, pl_module.device)
         columns = []
         for unet in (pl_module.frozen.unet, student):
             pipeline.register_modules(unet=unet)
@@ -74,7 +74,7 @@ class SampleGrid(L.Callback):
         images = []
         for i, prompt in enumerate(self.prompts):
             generator = torch.Generator(device=device).manual_seed(self.seed + i)
-            with frozen_precision(pl_module):
+            with pl_module.frozen.sampling_precision(pl_module.device):
                 out = pipeline(
                     prompt,
                     num_inference_steps=self.num_inference_steps,
@@ -84,42 +84,6 @@ class SampleGrid(L.Callback):
                 )
             images.append(out.images[0])
         return np.stack(images)
-
-
-def frozen_precision(pl_module):
-    """Autocast to the frozen parts' precision (a float32 student between a low-precision VAE and text
-    encoder), or nothing when they are float32."""
-    if pl_module.frozen_dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(pl_module.device.type, dtype=pl_module.frozen_dtype)
-
-
-def frozen_pipeline(pl_module, unet):
-    """A StableDiffusionPipeline around ``unet`` with the module's frozen VAE, text encoder and tokenizer
-    (loaded from the teacher for the occasion when training keeps them out of memory) and a PNDM
-    scheduler with the teacher's betas (the paper's sampler)."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-
-    frozen = pl_module._frozen_on_device()
-    vae, text_encoder = frozen.vae, frozen.text_encoder
-    missing = [name for name, part in (("vae", vae), ("text_encoder", text_encoder)) if part is None]
-    if missing:
-        hparams = pl_module.hparams
-        loaded = load_components(hparams.teacher_source, missing, pl_module.frozen_dtype, hparams.revision)
-        vae = vae or loaded.vae.to(pl_module.device)
-        text_encoder = text_encoder or loaded.text_encoder.to(pl_module.device)
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=frozen.tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(pl_module.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def log_grid(logger, grid: Image.Image, step: int) -> None:

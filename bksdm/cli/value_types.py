@@ -94,7 +94,8 @@ def type_errors(values: Mapping, types_by_name: Mapping[str, Accepted], prefix: 
 
 
 def _targets(node, path: str = "") -> Iterator[tuple[str, DictConfig]]:
-    """(dotted path, node) of every config node with a ``_target_``, below ``node`` (Hydra's own left out)."""
+    """(dotted path, node) of every config node with a ``_target_``, below ``node`` (Hydra's own left out).
+    Interpolated nodes (``distill.loss: ${loss}``) are not entered: they are checked where they are set."""
     if isinstance(node, DictConfig):
         if "_target_" in node:
             yield path, node
@@ -104,6 +105,8 @@ def _targets(node, path: str = "") -> Iterator[tuple[str, DictConfig]]:
     else:
         return
     for key in keys:
+        if OmegaConf.is_interpolation(node, key):
+            continue
         yield from _targets(_value(node, key), f"{path}{key}.")  # UNKNOWN: neither node nor list
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from bksdm.data.folder import CaptionedImageFolder
 from bksdm.data.sampler import ResumableLoader, ResumableSampler
 from bksdm.data.shards import ShardStream, decode_latent_sample, decode_sample, expand_shards, first_record
-from bksdm.data.skips import collate_skipping
+from bksdm.data.skips import SkipTally, collate_skipping
 from bksdm.data.synthetic import SyntheticCaptions
 from bksdm.data.transforms import ImageTransform
 
@@ -35,9 +36,37 @@ class CaptionDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.max_consecutive_bad = max_consecutive_bad
         self.dataset: Dataset | None = None
+        self._skips: SkipTally | None = None
+
+    @property
+    def skips(self) -> SkipTally:
+        """Bad samples seen in training, counted from the collated batches (see ``bksdm.data.skips``)."""
+        if self._skips is None:  # made on first use: ``source`` is set by the subclass's constructor
+            self._skips = SkipTally(self.source, self.max_consecutive_bad)
+        return self._skips
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Counts the batch's skipped samples and hands the per-sample seeds over as a list: both stay on
+        the host, so the step never syncs the device to read them."""
+        if isinstance(batch, dict) and "skipped" in batch:
+            self.skips.add(batch.pop("skipped"), good=len(batch.get("caption", ())))
+        if isinstance(batch, dict) and "sample_seed" in batch:
+            batch["sample_seed"] = batch["sample_seed"].tolist()
+        return batch
+
+    # whether a mirrored image still matches its caption (random_flip, mirrored latents)
+    mirror_safe = True
 
     def build_dataset(self) -> Dataset:
         raise NotImplementedError
+
+    def shard_items(self) -> Iterator[tuple[str, bytes, str, str] | dict]:
+        """(key, encoded image bytes, caption, extension) per item, or a skip marker: what
+        ``python -m bksdm.prepare`` writes to shards. Sources that are shards already have none."""
+        raise ValueError(
+            f"data._target_='{type(self).__module__}.{type(self).__qualname__}' cannot be written to shards: "
+            "prepare reads image folders (data=laion_folder) and the mini world (data=miniworld)"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
@@ -101,31 +130,6 @@ class SyntheticDataModule(CaptionDataModule):
         return SyntheticCaptions(self.num_samples, self.resolution, self.seed)
 
 
-class MiniWorldDataModule(CaptionDataModule):
-    """``data=miniworld``: the mini world's captioned shapes (``bksdm.miniworld.world``), drawn from their
-    index. ``world_seed`` picks the world's items (``offset``: from which one; another offset gives a
-    disjoint, held-out set), ``seed`` the order and per-sample noise of training."""
-
-    def __init__(
-        self,
-        num_samples: int = 100_000,
-        resolution: int = 64,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        world_seed: int = 0,
-        offset: int = 0,
-    ):
-        super().__init__(batch_size, num_workers, seed)
-        self.num_samples, self.resolution = num_samples, resolution
-        self.world_seed, self.offset = world_seed, offset
-
-    def build_dataset(self) -> Dataset:
-        from bksdm.miniworld.world import MiniWorld
-
-        return MiniWorld(self.num_samples, self.resolution, self.world_seed, self.offset)
-
-
 class FolderDataModule(CaptionDataModule):
     """``data=laion_folder``: images plus ``metadata.csv`` (file_name,text) or per-image ``.txt`` captions.
     Images whose shorter side is below ``min_size`` pixels are skipped."""
@@ -152,6 +156,11 @@ class FolderDataModule(CaptionDataModule):
         return CaptionedImageFolder(
             self.root, self.resolution, self.center_crop, self.random_flip, self.min_size
         )
+
+    def shard_items(self) -> Iterator[tuple[str, bytes, str, str] | dict]:
+        from bksdm.data.encode import folder_items
+
+        return folder_items(self.dataset.items, self.min_size)
 
 
 class ShardDataModule(CaptionDataModule):
@@ -210,7 +219,7 @@ class ShardDataModule(CaptionDataModule):
 class LatentDataModule(ShardDataModule):
     """``data=latents``: shards pre-encoded by ``python -m bksdm.prepare mode=latents``.
 
-    Training needs no VAE (and no text encoder when the shards hold text embeddings): ``provides`` tells
+    Training needs no VAE (and no text encoder when the shards hold text embeddings): ``pre_encoded`` tells
     the module what it may leave unloaded. The shards' record must match the teacher being trained
     (source, revision, resolution), else the run stops before loading it.
     """
@@ -248,7 +257,7 @@ class LatentDataModule(ShardDataModule):
                 "with mirrored=false): set data.random_flip=false or re-encode them with mirrored=true"
             )
         self.random_flip = random_flip
-        self.provides = {"latents"} | ({"text_embeds"} if self.record.get("text_embeddings") else set())
+        self.pre_encoded = {"latents"} | ({"text_embeds"} if self.record.get("text_embeddings") else set())
 
     def decoder(self):
         return functools.partial(decode_latent_sample, random_flip=self.random_flip)

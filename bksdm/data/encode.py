@@ -13,7 +13,7 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from bksdm.data.folder import list_captioned_images, read_sample
+from bksdm.data.folder import read_sample
 from bksdm.data.skips import SKIP_KINDS, describe_skips, is_skip
 from bksdm.data.transforms import ImageTransform, open_image
 
@@ -54,10 +54,11 @@ def _writer(out: Path, shard_size: int) -> wds.ShardWriter:
     return wds.ShardWriter(str(out / "%05d.tar"), maxcount=shard_size, verbose=0)
 
 
-def folder_items(root: str | Path, min_size: int = 0) -> Iterator[tuple[str, bytes, str, str] | dict]:
-    """(key, encoded image bytes, caption, extension) per usable image of a folder, else a skip marker.
-    The folder is listed at once (a bad path fails before anything is written), images read lazily."""
-    listing = list_captioned_images(root)
+def folder_items(
+    listing: Sequence[tuple[Path, str]], min_size: int = 0
+) -> Iterator[tuple[str, bytes, str, str] | dict]:
+    """(key, encoded image bytes, caption, extension) per usable image of a folder's listing (from
+    ``list_captioned_images``), else a skip marker; images are read lazily."""
 
     def items() -> Iterator[tuple[str, bytes, str, str] | dict]:
         for index, (path, caption) in enumerate(listing):

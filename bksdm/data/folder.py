@@ -81,14 +81,18 @@ class CaptionedImageFolder(Dataset):
         return len(self.items)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, draw = item_key(key)
+        index, sample_seed = item_key(key)
         sample = read_sample(*self.items[index], self.min_size)
         if isinstance(sample, dict):
             return sample
         _, image, caption = sample
-        if draw is None:
+        if sample_seed is None:
             return {"pixel_values": self.transform(image), "caption": caption}
-        return {"pixel_values": self.transform(image, random.Random(draw)), "caption": caption, "draw": draw}
+        return {
+            "pixel_values": self.transform(image, random.Random(sample_seed)),
+            "caption": caption,
+            "sample_seed": sample_seed,
+        }
 
 
 def read_sample(path: Path, caption: str | None, min_size: int = 0) -> tuple[bytes, Image.Image, str] | dict:

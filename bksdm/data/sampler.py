@@ -1,7 +1,7 @@
 """ResumableSampler: a shuffled epoch order that a resumed run continues exactly, on any number of ranks.
 
 Each epoch's order is a permutation drawn from (seed, epoch) alone, split over ranks like torch's
-DistributedSampler (padded by repetition to an equal share). Every item comes with its own draw, an
+DistributedSampler (padded by repetition to an equal share). Every item comes with its own sample seed, an
 integer from the same permutation generator, that seeds the item's random choices (the flip): nothing
 depends on the global RNG or on worker processes, so a run resumed in the middle of an epoch, after
 ``resume_from(epoch, consumed)``, reads the same samples with the same flips as one that never stopped.
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
-    """Yields ``(index, draw)`` pairs: this rank's share of the epoch's order, minus what was consumed.
+    """Yields ``(index, sample_seed)`` pairs: this rank's share of the epoch's order, minus what was consumed.
 
     ``len()`` is the full share even right after a resume, so that Lightning's progress counters (restored
     from the checkpoint) and the shortened iteration end the epoch together.
@@ -49,19 +49,19 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         order = (
             torch.randperm(self.length, generator=generator) if self.shuffle else torch.arange(self.length)
         )
-        draws = torch.randint(0, 2**62, (self.length,), generator=generator)
+        sample_seeds = torch.randint(0, 2**62, (self.length,), generator=generator)
         share = len(self) * self.world_size
         order = order.repeat(math.ceil(share / self.length))[:share]  # pad by repetition, as DDP does
         mine = order[self.rank :: self.world_size].tolist()
         skip = self._consumed if self.epoch == self._resume_epoch else 0
         for index in mine[skip:]:
-            yield index, int(draws[index])
+            yield index, int(sample_seeds[index])
 
 
 def item_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
-    """``(index, draw)`` from a sampler key: an index alone (plain samplers: no draw, the global RNGs
-    decide) or ``(index, draw)`` from ResumableSampler. A dataset seeds the item's own random choices
-    with the draw and returns it as the sample's ``draw``, which seeds its noise in training
+    """``(index, sample_seed)`` from a sampler key: an index alone (plain samplers: no seed, the global RNGs
+    decide) or ``(index, sample_seed)`` from ResumableSampler. A dataset seeds the item's own random choices
+    with the seed and returns it as the sample's ``sample_seed``, which seeds its noise in training
     (``bksdm.distill.randomness``)."""
     if isinstance(key, tuple):
         return key

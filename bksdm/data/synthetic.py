@@ -62,8 +62,12 @@ class SyntheticCaptions(Dataset):
         return image, f"a {colour} {shape} {where}, on a {background} background"
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, draw = item_key(key)
+        index, sample_seed = item_key(key)
         image, caption = self.draw(index)
-        if draw is None:
+        if sample_seed is None:
             return {"pixel_values": self.transform(image), "caption": caption}
-        return {"pixel_values": self.transform(image, random.Random(draw)), "caption": caption, "draw": draw}
+        return {
+            "pixel_values": self.transform(image, random.Random(sample_seed)),
+            "caption": caption,
+            "sample_seed": sample_seed,
+        }

@@ -1,9 +1,14 @@
-"""NonfiniteTracker: counts optimizer steps skipped for NaN/inf, on the device, and stops a run that
-keeps producing them."""
+"""The step guard: each optimizer step's gradient norm, norm clipping by it, and the skip of a step
+whose gradients are not finite, with the count that stops a run that keeps producing them.
+
+Fused optimizers (fused AdamW) read two attributes inside their step, the protocol AMP's GradScaler
+uses: ``found_inf`` (a 1-element tensor: non-zero skips the update on the device) and ``grad_scale``
+(divides the gradients inside the kernel). They are set and removed here, and nowhere else.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -64,3 +69,76 @@ class NonfiniteTracker:
         if self.skipped is None:
             return {"skipped": 0, "streak": 0}
         return {"skipped": int(self.skipped), "streak": int(self.streak)}
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer reads ``found_inf`` and ``grad_scale`` in its step (fused AdamW, Adam, SGD)."""
+    return getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+class StepGuard:
+    """One cycle per optimizer step, after backward: ``inspect`` (norm, non-finite skip), ``clip``,
+    the optimizer's step, then ``end_step``. ``applied`` says whether the step changed the weights
+    (a 0-dim bool tensor on the device; None when there were no gradients at all).
+
+    ``shard_group``: under FSDP, the ranks whose gradient shards make up the whole gradient (their
+    squared norms are summed); None otherwise.
+    """
+
+    def __init__(self, nonfinite_patience: int = 5):
+        if nonfinite_patience < 1:
+            raise ValueError(f"nonfinite_patience={nonfinite_patience!r} must be >= 1")
+        self.nonfinite = NonfiniteTracker(nonfinite_patience)
+        self.shard_group = None
+        self.grad_norm: torch.Tensor | None = None  # this step's gradient norm, before clipping (device)
+        self.applied: torch.Tensor | None = None
+
+    def inspect(
+        self,
+        optimizer: torch.optim.Optimizer,
+        parameters: Iterable[torch.nn.Parameter],
+        step: int,
+        terms: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor | None:
+        """The gradients' norm (0-dim, device), or None without gradients. A non-finite norm (a NaN/inf
+        loss on any rank or micro-batch makes it so: DDP averages gradients, so every rank decides alike
+        without a collective) skips the step: on the device for fused optimizers, else by dropping the
+        gradients, which costs a host sync. ``terms``: the step's loss terms, kept while finite."""
+        parameters = list(parameters)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        self.grad_norm = self.applied = None
+        if not grads:  # nothing to step (an all-bad batch)
+            return None
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if self.shard_group is not None:  # each rank holds a shard: the norm of the whole
+            squared = norm.square()
+            torch.distributed.all_reduce(squared, group=self.shard_group)
+            norm = squared.sqrt()
+        finite = torch.isfinite(norm)
+        self.grad_norm, self.applied = norm, finite
+        if skips_on_device(optimizer):
+            optimizer.found_inf = (~finite).float()
+        elif not bool(finite):
+            for p in parameters:
+                p.grad = None
+        self.nonfinite.record(finite, step, terms)
+        return norm
+
+    def clip(
+        self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter], max_norm: float
+    ) -> None:
+        """Norm clipping to ``max_norm`` by the norm ``inspect`` computed (over all shards under FSDP).
+        With a fused optimizer it is folded into the step: ``grad_scale`` divides the gradients inside the
+        kernel, so clipping reads and writes no gradient. Equal to ``clip_grad_norm_`` up to rounding."""
+        if self.grad_norm is None:
+            return
+        if skips_on_device(optimizer):
+            optimizer.grad_scale = torch.clamp((self.grad_norm + 1e-6) / max_norm, min=1.0)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, self.grad_norm)
+
+    def end_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Removes what ``inspect`` and ``clip`` set on the optimizer: it holds for one step only."""
+        for name in ("found_inf", "grad_scale"):
+            if hasattr(optimizer, name):
+                delattr(optimizer, name)

@@ -1,9 +1,9 @@
 """Per-sample randomness of a training step: each sample's latent sample, noise, timestep and caption
-dropout come from its own generator, seeded by the draw its sampler gave it.
+dropout come from its own generator, seeded by the sample seed its sampler gave it.
 
 A sample then meets the same noise however the global batch is split over devices and micro-batches and
 whenever a run is resumed, so two DDP ranks with batch 2 make the same update as one process with batch
-4. Batches without draws (streams) fall back to the global RNG.
+4. Batches without sample seeds (streams) fall back to the global RNG.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import torch
 
 
 class SampleRandomness:
-    """Draws for a batch of ``len(draws)`` samples, one generator each (on ``device``), or the global
-    generator when ``draws`` is None."""
+    """Random draws for ``len(sample_seeds)`` samples, one generator each (on ``device``), or the global
+    generator when ``sample_seeds`` is None."""
 
-    def __init__(self, draws: Sequence[int] | None, device: torch.device):
+    def __init__(self, sample_seeds: Sequence[int] | None, device: torch.device):
         self.device = torch.device(device)
         self.generators = (
-            None if draws is None else [torch.Generator(self.device).manual_seed(int(d)) for d in draws]
+            None
+            if sample_seeds is None
+            else [torch.Generator(self.device).manual_seed(int(s)) for s in sample_seeds]
         )
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""How the models of a training step run: attention kernel, memory format, compilation, TF32.
+"""How the models of a training step run: attention kernel, memory format, compilation, TF32, the
+frozen parts' inference mode and the EMA's update.
 
-Each setting is a switch of the training config (``distill.*``, ``tf32``) whose effect
-``python -m bksdm.bench`` measures; the fast choice is the default.
+The settings are one object, ``SpeedSettings``, chosen by the ``speed`` config group: ``speed=fast``
+(the default) or ``speed=reference`` (how the reference implementation runs its step);
+``python -m bksdm.bench bench.mode=both`` measures the one against the other.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -17,13 +21,46 @@ def check_choice(name: str, value, accepted) -> None:
         raise ValueError(f"{name}={value!r}: accepted are {list(accepted)}")
 
 
-def check_speed_settings(settings) -> None:
-    """The switches of ``distill.*`` that this module owns, checked before anything is loaded."""
-    if "attention" in settings:
-        check_choice("distill.attention", settings["attention"], ATTENTION)
-    for name in ("channels_last", "compile"):
-        if name in settings:
-            check_choice(f"distill.{name}", settings[name], (True, False, "auto"))
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The speed switches of a training step (``conf/speed/``).
+
+    Args:
+        attention: ``sdpa`` (PyTorch's fused attention) or ``eager`` (the reference's explicit softmax).
+        channels_last: NHWC weights and activations for the U-Nets and VAE; ``auto``: on a GPU only.
+        compile: ``torch.compile`` the teacher and student U-Nets in place; ``auto``: on a GPU only.
+        frozen_inference_mode: run the frozen parts under ``torch.inference_mode`` (False: called
+            plainly, as the reference implementation does; their weights need no gradient, so autograd
+            records nothing either way, but inference mode skips its bookkeeping).
+        ema_foreach: update the EMA with one multi-tensor lerp (False: tensor by tensor, as diffusers'
+            EMAModel in the reference implementation).
+        tf32: TF32 tensor cores for fp32 matmuls and convolutions (Ampere and newer GPUs; no effect on CPU).
+    """
+
+    attention: str = "sdpa"
+    channels_last: bool | str = "auto"
+    compile: bool | str = "auto"
+    frozen_inference_mode: bool = True
+    ema_foreach: bool = True
+    tf32: bool = True
+
+    def __post_init__(self):
+        check_choice("speed.attention", self.attention, ATTENTION)
+        for name in ("channels_last", "compile"):
+            check_choice(f"speed.{name}", getattr(self, name), (True, False, "auto"))
+        for name in ("frozen_inference_mode", "ema_foreach", "tf32"):
+            check_choice(f"speed.{name}", getattr(self, name), (True, False))
+
+    def resolved(self, device: torch.device) -> dict:
+        """The settings with ``auto`` decided for ``device``, as the step runs them."""
+        return {
+            "attention": self.attention,
+            "channels_last": resolve_auto(self.channels_last, device),
+            "compile": resolve_auto(self.compile, device),
+            "frozen_inference_mode": self.frozen_inference_mode,
+            "ema_foreach": self.ema_foreach,
+            "tf32": self.tf32 and torch.device(device).type == "cuda",
+        }
 
 
 def set_attention(model: torch.nn.Module, kind: str) -> None:

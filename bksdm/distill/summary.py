@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bksdm.arch.report import unit_fates
-from bksdm.arch.spec import variant_name
+from bksdm.arch.spec import removal_name
 
 
 def startup_summary(module, teacher_name: str, batch_size: int, accumulation: int, world_size: int) -> str:
@@ -17,11 +17,11 @@ def startup_summary(module, teacher_name: str, batch_size: int, accumulation: in
     lines = [
         f"teacher  {teacher_name} ({module.hparams.teacher_source}): U-Net {teacher_params:,} params, "
         f"{module.hparams.frozen_dtype}, frozen",
-        f"student  {variant_name(spec)}: U-Net {student_params:,} params ({student_params / teacher_params:.1%} "
+        f"student  {removal_name(spec)}: U-Net {student_params:,} params ({student_params / teacher_params:.1%} "
         f"of the teacher), initialised from the teacher",
         f"removed  {len(removed)} units: {', '.join(removed)}",
         f"loss     w_task={loss.w_task:g} w_out={loss.w_out:g} w_feat={loss.w_feat:g} "
-        f"(feature terms: {loss.feature_reduction}); target: {module.noise_scheduler.config.prediction_type}",
+        f"(feature terms: {loss.feature_reduction}); target: {module.frozen.noise_scheduler.config.prediction_type}",
     ]
     if module.tap_pairs:
         lines.append(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bksdm.arch.spec import RemovalSpec, resolve_variant
+from bksdm.arch.spec import RemovalSpec, resolve_removal
 from bksdm.arch.student import empty_unet, plain_config, student_config, teacher_layers_per_block
 
 
@@ -54,7 +54,7 @@ def parse_tap_pairs(pairs: Sequence) -> list[TapPair]:
     return parsed
 
 
-def paper_tap_pairs(teacher_config: Mapping, variant: str | Mapping | RemovalSpec) -> list[TapPair]:
+def paper_tap_pairs(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> list[TapPair]:
     """The paper's taps: every kept stage's down and up block output, on both sides.
 
     Where stages were dropped, the innermost kept down block has lost its downsampler, so its output
@@ -62,7 +62,7 @@ def paper_tap_pairs(teacher_config: Mapping, variant: str | Mapping | RemovalSpe
     instead (tiny: teacher ``down_blocks.2.attentions.1.proj_out`` with student
     ``down_blocks.2.attentions.0.proj_out``). The mid block is not tapped.
     """
-    spec = resolve_variant(variant)
+    spec = resolve_removal(removal)
     config = student_config(teacher_config, spec)
     teacher_layers = teacher_layers_per_block(plain_config(teacher_config))
     kept = len(config["block_out_channels"])

@@ -5,8 +5,8 @@
 - text-image embeddings: ``embed_images(uint8 images) -> (N, E)``, ``embed_texts(list[str]) -> (N, E)``
   for the CLIP score (the paper: open_clip ViT-g-14 ``laion2b_s34b_b88k``).
 
-``TinyInception`` and ``TinyCLIP`` are small random networks built from a seed: the whole evaluation path
-runs offline with them (``eval=tiny``); their numbers are not comparable with the paper's.
+``StandInInception`` and ``StandInCLIP`` are small random networks built from a seed: the whole evaluation path
+runs offline with them (``eval=standin``); their numbers are not comparable with the paper's.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ def _conv_tower(width: int) -> nn.Sequential:
     )
 
 
-class TinyInception(nn.Module):
+class StandInInception(nn.Module):
     """A random conv net standing in for Inception-v3: 64-d pool features and 10 class logits."""
 
-    name = "tiny-inception"
+    name = "standin-inception"
 
     def __init__(self, seed: int = 0, width: int = 64, classes: int = 10):
         super().__init__()
@@ -58,10 +58,10 @@ class TinyInception(nn.Module):
         return features, self.head(features)
 
 
-class TinyCLIP(nn.Module):
+class StandInCLIP(nn.Module):
     """A random image tower and a byte-bag text tower with 32-d outputs, standing in for open_clip."""
 
-    name = "tiny-clip"
+    name = "standin-clip"
 
     def __init__(self, seed: int = 0, width: int = 32):
         super().__init__()

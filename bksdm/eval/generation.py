@@ -249,7 +249,7 @@ SCHEDULERS = {
 }
 # Stable Diffusion's sampler settings, for those a stored scheduler config leaves out when another class
 # is built from it. PNDM does not take clip_sample, so a PNDM config may lack it (SD-v1.4's has it, the
-# mini world's and the tiny teacher's did not), and DDIM's default (True) then clips each predicted
+# mini world's and the toy teacher's did not), and DDIM's default (True) then clips each predicted
 # latent to [-1, 1], where SD's latents do not stay: its images come out as noise.
 SD_SAMPLER_SETTINGS = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 
@@ -263,7 +263,7 @@ def check_scheduler(scheduler: str | None) -> None:
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
     """``auto`` made concrete: CUDA when there is one; float16 on GPU and float32 on CPU."""
-    from bksdm.distill.module import DTYPES
+    from bksdm.teachers.frozen import DTYPES
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if dtype == "auto":
@@ -302,7 +302,7 @@ def check_model(source: str) -> None:
     if Path(source).is_absolute() or source.startswith(".") or source.count("/") > 1:
         raise FileNotFoundError(
             f"model={source!r} is not a folder: give a pipeline folder (e.g. a run's student/), a hub id "
-            "(org/name) or builtin:tiny / builtin:miniworld"
+            "(org/name) or builtin:toy / builtin:miniworld"
         )
 
 
@@ -337,13 +337,13 @@ def plan_generation(settings, prompts: Sequence[str], out: str | Path) -> Genera
 
 
 def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", scheduler: str | None = "pndm"):
-    """A StableDiffusionPipeline from a folder, hub id or ``builtin:tiny``, without the safety checker
+    """A StableDiffusionPipeline from a folder, hub id or ``builtin:toy``, without the safety checker
     (the paper's protocol), in fp16 on GPU and fp32 on CPU unless told otherwise. ``scheduler`` picks the
     sampler (one of ``SCHEDULERS``, built from the pipeline's own noise schedule, with SD's settings for
     what the stored config leaves out) or ``None`` to keep the pipeline's stored one."""
     import diffusers
 
-    from bksdm.distill.module import DTYPES
+    from bksdm.teachers.frozen import DTYPES
     from bksdm.teachers.loading import resolve_source
 
     device, dtype = resolve_device_dtype(device, dtype)
@@ -358,7 +358,7 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", schedu
     except (OSError, ValueError) as error:
         raise FileNotFoundError(
             f"model={source!r} could not be loaded as a Stable Diffusion pipeline: {error}\n"
-            "Accepted: a diffusers pipeline folder (e.g. a run's student/), a hub id, or builtin:tiny."
+            "Accepted: a diffusers pipeline folder (e.g. a run's student/), a hub id, or builtin:toy."
         ) from error
     if scheduler is not None:
         pipeline.scheduler = switch_scheduler(pipeline.scheduler, scheduler)

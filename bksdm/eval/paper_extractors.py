@@ -34,7 +34,7 @@ def _require(module: str, purpose: str):
     except ImportError as error:  # torchvision missing or not matching torch surfaces here too
         raise ImportError(
             f"{purpose} needs the {module.split('.')[0]!r} package of the eval extra ({error}); install it "
-            f"with: {EXTRA_HINT}, or pick eval=tiny for the offline stand-ins"
+            f"with: {EXTRA_HINT}, or pick eval=standin for the offline stand-ins"
         ) from error
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from bksdm.cli import app
-from bksdm.miniworld.build import build
 
 
 @app("miniworld")
 def main(cfg: DictConfig) -> None:
+    from bksdm.miniworld.build import build  # here: composing alone (--cfg job) needs no torch
+
     print(f"mini world of seed {cfg.seed} -> {build(cfg)}")
 
 

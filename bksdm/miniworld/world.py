@@ -120,7 +120,7 @@ def render(item: Scene, resolution: int = RESOLUTION) -> Image.Image:
 class MiniWorld(Dataset):
     """``num_samples`` items of the world of ``seed``, starting at item ``offset`` (held-out splits use
     another offset). Each item: ``pixel_values`` (3, R, R) in [-1, 1], ``caption``, ``labels`` (4,) long;
-    with a ResumableSampler key also ``draw`` (the sample's noise seed in training)."""
+    with a ResumableSampler key also ``sample_seed`` (the sample's noise seed in training)."""
 
     def __init__(
         self, num_samples: int = 100_000, resolution: int = RESOLUTION, seed: int = 0, offset: int = 0
@@ -135,7 +135,7 @@ class MiniWorld(Dataset):
         return self.num_samples
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, draw = item_key(key)
+        index, sample_seed = item_key(key)
         if not 0 <= index < self.num_samples:
             raise IndexError(f"item {index} of a {self.num_samples}-item mini world")
         item = scene(self.offset + index, self.seed)
@@ -144,8 +144,8 @@ class MiniWorld(Dataset):
             "caption": item.caption,
             "labels": torch.tensor(item.labels),
         }
-        if draw is not None:
-            sample["draw"] = draw
+        if sample_seed is not None:
+            sample["sample_seed"] = sample_seed
         return sample
 
     def shard_items(self) -> Iterator[tuple[str, bytes, str, str]]:

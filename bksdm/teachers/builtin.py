@@ -1,4 +1,4 @@
-"""The offline tiny teacher: a complete SD-v1-shaped pipeline with narrow widths, built from a seed.
+"""The offline toy teacher: a complete SD-v1-shaped pipeline with narrow widths, built from a seed.
 
 Real Stable Diffusion weights cannot be downloaded everywhere (CI, air-gapped clusters), so tests and
 the demo use this pipeline. It has SD-v1's topology (four U-Net stages, two (ResNet, attention) pairs
@@ -22,11 +22,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from bksdm.training.atomic import atomic_directory
 
 # Bump when anything below changes what is built: cached folders of older versions are then ignored.
-TINY_VERSION = 2  # 2: the scheduler config has SD-v1.4's clip_sample
+BUILTIN_VERSION = 2  # 2: the scheduler config has SD-v1.4's clip_sample
 TEXT_TOKENS = 77
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
-TINY_UNET_CONFIG = {
+TOY_UNET_CONFIG = {
     "sample_size": 16,
     "in_channels": 4,
     "out_channels": 4,
@@ -37,14 +37,14 @@ TINY_UNET_CONFIG = {
         "DownBlock2D",
     ],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    # the last two widths are equal, as in SD (1280, 1280), so the tiny variant's weight map fits
+    # the last two widths are equal, as in SD (1280, 1280), so BK-SDM-Tiny's weight map fits
     "block_out_channels": [32, 64, 64, 64],
     "layers_per_block": 2,
     "norm_num_groups": 8,
     "cross_attention_dim": 32,
     "attention_head_dim": 4,
 }
-TINY_VAE_CONFIG = {
+TOY_VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
     "down_block_types": ["DownEncoderBlock2D"] * 4,
@@ -56,7 +56,7 @@ TINY_VAE_CONFIG = {
     "sample_size": 128,
     "scaling_factor": 0.18215,
 }
-TINY_TEXT_WIDTHS = {
+TOY_TEXT_WIDTHS = {
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 2,
@@ -67,7 +67,7 @@ TINY_TEXT_WIDTHS = {
 # needs to time the real model's step offline. diffusers' U-Net defaults are SD-v1's, less the context width.
 SD14_UNET_CONFIG = {"sample_size": 64, "cross_attention_dim": 768}
 SD14_VAE_CONFIG = {
-    **TINY_VAE_CONFIG,
+    **TOY_VAE_CONFIG,
     "block_out_channels": [128, 256, 512, 512],
     "layers_per_block": 2,
     "norm_num_groups": 32,
@@ -82,7 +82,7 @@ SD14_TEXT_WIDTHS = {
     "hidden_act": "quick_gelu",
 }
 SHAPES = {
-    "tiny": (TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_WIDTHS, torch.float32),
+    "toy": (TOY_UNET_CONFIG, TOY_VAE_CONFIG, TOY_TEXT_WIDTHS, torch.float32),
     "sd14-random": (SD14_UNET_CONFIG, SD14_VAE_CONFIG, SD14_TEXT_WIDTHS, torch.float16),  # 2 GB on disk
 }
 
@@ -154,8 +154,8 @@ def text_encoder_config(
     )
 
 
-def build_tiny_pipeline(seed: int = 0, shape: str = "tiny"):
-    """Build the tiny pipeline (a StableDiffusionPipeline) in memory; a seed gives the same weights anywhere.
+def build_random_pipeline(seed: int = 0, shape: str = "toy"):
+    """Build the toy pipeline (a StableDiffusionPipeline) in memory; a seed gives the same weights anywhere.
     ``shape="sd14-random"``: the same at SD-v1.4's full widths (for benchmarks; its outputs mean nothing)."""
     # imported here: the pipeline module pulls in transformers' image processors, which the arch report
     # and training never need
@@ -189,19 +189,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bksdm"
 
 
-def tiny_pipeline_path(seed: int = 0, root: str | os.PathLike | None = None, shape: str = "tiny") -> Path:
-    """The folder of the tiny pipeline (or another ``shape``) for ``seed``, built and saved (diffusers
+def random_pipeline_path(seed: int = 0, root: str | os.PathLike | None = None, shape: str = "toy") -> Path:
+    """The folder of the toy pipeline (or another ``shape``) for ``seed``, built and saved (diffusers
     layout) on first use.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted build
     never leaves a half-written pipeline that later runs would load.
     """
     root = Path(root) if root is not None else cache_dir()
-    name = "tiny-sd" if shape == "tiny" else shape
-    target = root / f"{name}-v{TINY_VERSION}-seed{seed}"
+    name = "toy-sd" if shape == "toy" else shape
+    target = root / f"{name}-v{BUILTIN_VERSION}-seed{seed}"
     if not (target / "model_index.json").is_file():
         with atomic_directory(target, overwrite=False) as staging:
-            pipeline = build_tiny_pipeline(seed, shape)
+            pipeline = build_random_pipeline(seed, shape)
             for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
                 torch.nn.Module.to(model, SHAPES[shape][3])  # stored precision; loading casts as asked
             pipeline.save_pretrained(staging, safe_serialization=True)

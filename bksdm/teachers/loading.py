@@ -3,7 +3,7 @@
 ``source`` is a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``; offline, it must be in the
 local HF cache), a local folder in diffusers layout (``model_index.json`` plus ``unet/``, ``vae/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``), ``builtin:miniworld`` for the shipped mini-world teacher,
-or ``builtin:tiny`` for the offline tiny pipeline (``builtin:sd14-random``: SD-v1.4's shapes at full width
+or ``builtin:toy`` for the offline toy pipeline (``builtin:sd14-random``: SD-v1.4's shapes at full width
 with random weights, for benchmarks).
 Whatever loads is checked: transformers and diffusers can hand back a degenerate tokenizer or a model
 with randomly initialised tensors instead of failing, and training on those is worse than an error.
@@ -22,12 +22,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from bksdm.miniworld.assets import teacher_path
-from bksdm.teachers.builtin import tiny_pipeline_path
+from bksdm.teachers.builtin import random_pipeline_path
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
 BUILTINS = {
-    "tiny": tiny_pipeline_path,
-    "sd14-random": functools.partial(tiny_pipeline_path, shape="sd14-random"),
+    "toy": random_pipeline_path,
+    "sd14-random": functools.partial(random_pipeline_path, shape="sd14-random"),
     "miniworld": teacher_path,  # shipped with the package, trained by python -m bksdm.miniworld
 }
 _TOKENIZER_PROBE = "a photo of an astronaut riding a horse on mars"
@@ -54,7 +54,7 @@ def check_available_offline(source: str, revision: str | None = None, key: str =
             f"{key}={source!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
             f"downloading it: download it where there is a network (`huggingface-cli download {source}`, "
             "into $HF_HOME), give a local folder, or train an offline teacher (teacher=miniworld, "
-            "teacher=tiny)"
+            "teacher=toy)"
         )
 
 
@@ -62,7 +62,7 @@ def resolve_source(source: str) -> str:
     """A hub id or local folder for ``source``; ``builtin:<name>`` is built (once) and cached."""
     if not isinstance(source, str) or not source:
         raise ComponentError(
-            f"teacher source must be a hub id, a local folder or builtin:tiny, got {source!r}"
+            f"teacher source must be a hub id, a local folder or builtin:toy, got {source!r}"
         )
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
@@ -129,7 +129,7 @@ def load_components(
     """Load the asked-for parts of a Stable Diffusion source (see the module docstring).
 
     Args:
-        source: hub id, local diffusers folder, or ``builtin:tiny``.
+        source: hub id, local diffusers folder, or ``builtin:toy``.
         parts: any of ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``noise_scheduler``.
         dtype: dtype of the loaded models (the tokenizer and scheduler have none).
         revision: hub revision (branch, tag or commit); None for the default branch.

@@ -1,7 +1,7 @@
 """Fully sharded training (``trainer=fsdp``): Lightning's FSDPStrategy fitted to a distillation run.
 
 Only the registered modules are sharded: the student and its EMA copy (with their gradients and optimizer
-state). The frozen teacher, VAE and text encoder live outside module registration (``FrozenParts``), so
+state). The frozen teacher, VAE and text encoder live outside module registration (``FrozenTeacher``), so
 each rank keeps its own full copy in the frozen precision, unwrapped and never synchronised.
 
 The student U-Net and each of its down, mid and up blocks are FSDP units; the EMA copy is wrapped by the

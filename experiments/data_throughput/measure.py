@@ -3,7 +3,7 @@
     python experiments/data_throughput/measure.py [--images 512] [--resolution 512]
 
 Builds a folder of random 640x512 JPEGs with captions, the same as webdataset shards, and pre-encoded
-latent shards (tiny teacher VAE, 8x downsampling, so 64x64 latents as SD's at 512 px), then times each
+latent shards (toy teacher VAE, 8x downsampling, so 64x64 latents as SD's at 512 px), then times each
 loader at 0, 1 and 2 workers. Prints a markdown table.
 """
 
@@ -54,10 +54,10 @@ def main() -> None:
     make_folder(work / "folder", args.images)
     report = write_image_shards(folder_items(work / "folder"), work / "shards", shard_size=128)
     print(f"prepare mode=images: {report.describe()}")
-    vae = load_components("builtin:tiny", ["vae"]).vae
-    record = encoder_record("builtin:tiny", None, args.resolution, vae.config.scaling_factor, False)
+    vae = load_components("builtin:toy", ["vae"]).vae
+    record = encoder_record("builtin:toy", None, args.resolution, vae.config.scaling_factor, False)
     report = write_latent_shards(folder_items(work / "folder"), work / "latents", vae, record, shard_size=128)
-    print(f"prepare mode=latents (tiny VAE, CPU): {report.describe()}")
+    print(f"prepare mode=latents (toy VAE, CPU): {report.describe()}")
     shards = sorted(str(p) for p in (work / "shards").glob("*.tar"))
     latents = sorted(str(p) for p in (work / "latents").glob("*.tar"))
     sources = {
@@ -69,7 +69,7 @@ def main() -> None:
         ),
         "latents (pre-encoded 4x64x64 fp16)": lambda w: LatentDataModule(
             latents,
-            "builtin:tiny",
+            "builtin:toy",
             None,
             args.resolution,
             args.batch_size,

@@ -7,7 +7,7 @@ weights, ``teacher=sd14_random``, built in code and cached under $BKSDM_CACHE):
   ``auto``, fused AdamW, batch 8 x 4 accumulation) for a few steps, exporting its student;
 - the ``16-mixed`` path (the paper's precision: loss scaling, unfused AdamW);
 - gradient checkpointing (the ``paper_*`` experiments' memory setting);
-- generation from the exported student, and ``evaluate eval=tiny`` on a few images, on the GPU;
+- generation from the exported student, and ``evaluate eval=standin`` on a few images, on the GPU;
 - ``python -m bksdm.bench`` at 512 px, batch 64, the small student.
 
 It appends one JSON line per check to ``--out`` (default experiments/gpu/results.jsonl): name, command,
@@ -48,7 +48,7 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
                 *TRAIN_512,
                 "trainer.precision=16-mixed",
                 "optim.optimizer.fused=false",
-                "distill.compile=false",
+                "speed.compile=false",
                 f"hydra.run.dir={scratch / 'fp16'}",
             ],
         ),
@@ -58,7 +58,7 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
                 *train,
                 *TRAIN_512,
                 "distill.gradient_checkpointing=true",
-                "distill.compile=false",
+                "speed.compile=false",
                 f"hydra.run.dir={scratch / 'ckpt'}",
             ],
         ),
@@ -80,7 +80,7 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
                 sys.executable,
                 "-m",
                 "bksdm.evaluate",
-                "eval=tiny",
+                "eval=standin",
                 f"model={student}",
                 f"prompts={scratch / 'captions.json'}",
                 f"real={scratch / 'real'}",
@@ -108,7 +108,7 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
 
 
 def write_eval_inputs(scratch: Path) -> None:
-    """Ten captions in COCO's format and twelve real images, for ``evaluate eval=tiny``."""
+    """Ten captions in COCO's format and twelve real images, for ``evaluate eval=standin``."""
     import numpy as np
     from PIL import Image
 

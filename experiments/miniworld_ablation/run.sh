@@ -11,7 +11,7 @@
 #   WORKERS=2 THREADS=1 DROPOUTS=0 SEEDS="0 1 2" ARCHS="small tiny base" \
 #   LOSSES="task kd_out kd_full kd_full_normalized" OVERRIDES="" experiments/miniworld_ablation/run.sh
 # On one GPU (the 36 runs took 8.5 minutes on an H200 this way):
-#   WORKERS=14 OVERRIDES="trainer.accelerator=gpu tf32=false distill.compile=false"
+#   WORKERS=14 OVERRIDES="trainer.accelerator=gpu speed.tf32=false speed.compile=false"
 set -u
 cd "$(dirname "$0")/../.."
 claims=${CLAIMS:-outputs/ablation/.claims}

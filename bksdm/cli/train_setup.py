@@ -1,0 +1,180 @@
+"""From a composed training config to checked, built objects, shared by ``train`` and ``bench``: the
+checks that must stop a run before anything heavy loads, then the module, the logger and the batch split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bksdm.arch import student_config
+from bksdm.arch.report import VAE_SCALE, check_latent_size
+from bksdm.cli.value_types import check_value_types
+from bksdm.distill.taps import check_tap_pairs, paper_tap_pairs, parse_tap_pairs
+from bksdm.teachers.frozen import resolve_frozen_dtype
+from bksdm.teachers.loading import teacher_unet_config
+from bksdm.training.resume import wandb_run_id
+
+DATA_LOCATIONS = {
+    "root": "an image folder with metadata.csv (file_name,text) or .txt captions: data.root=/path/to/folder",
+    "urls": "webdataset shards: data.urls='/path/to/{00000..00099}.tar' (or pipe: / http URLs)",
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Config errors that must stop the run before anything heavy is loaded."""
+    check_value_types(cfg)
+    check_data_location(cfg)
+    check_precision(cfg)
+    check_model_config(cfg, cfg.data.get("resolution"))
+    instantiate(cfg.loss)  # its weights are checked when it is built (all three at 0 is an error)
+
+
+# what each accelerator trains in, among the precisions the README names
+CPU_PRECISIONS = ("bf16-mixed", "32", "32-true")
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """fp16 mixed precision is a GPU feature: on a CPU Lightning would quietly swap it for bf16."""
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    precision = str(cfg.trainer.get("precision"))
+    if on_cpu and precision in ("16-mixed", "16"):
+        raise ValueError(
+            f"trainer.precision={precision} needs a GPU (fp16 autocast with loss scaling), and this run "
+            f"trains on the CPU: accepted there are {', '.join(CPU_PRECISIONS)} (bf16-mixed is the default)"
+        )
+
+
+def check_data_location(cfg: DictConfig) -> None:
+    for key, what in DATA_LOCATIONS.items():
+        # `in` on a DictConfig is False for a ??? value, so look at the keys
+        if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):  # noqa: SIM118
+            raise ValueError(
+                f"data.{key} is not set: this data source reads {what}. Run `python -m bksdm.train "
+                f"data.{key}=...`, or pick another source, e.g. `experiment=demo` or `data=synthetic`."
+            )
+
+
+def check_model_config(
+    cfg: DictConfig, resolution: int | None, resolution_key: str = "data.resolution"
+) -> None:
+    """The student fits the teacher, images of ``resolution`` pixels fit the U-Net, and the step's
+    switches are valid."""
+    teacher = teacher_config(cfg)
+    try:
+        student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
+    except ValueError as error:
+        raise ValueError(f"arch={cfg.arch.name} does not fit teacher={cfg.teacher.name}: {error}") from error
+    if resolution is not None:
+        try:
+            if resolution % VAE_SCALE:
+                raise ValueError(f"the VAE downsamples by {VAE_SCALE}")
+            check_latent_size(teacher, resolution // VAE_SCALE)
+        except ValueError as error:
+            raise ValueError(
+                f"{resolution_key}={resolution} cannot go through teacher={cfg.teacher.name}'s U-Net: {error}; "
+                f"accepted are multiples of {VAE_SCALE * 2 ** (len(teacher['block_out_channels']) - 1)} pixels "
+                f"(the teacher was trained at {cfg.teacher.resolution})"
+            ) from error
+    check_fused_clipping(cfg)
+    instantiate(cfg.speed)  # its switches are checked when it is built
+    if cfg.get("loss") and cfg.loss.get("w_feat"):
+        check_taps(cfg, teacher)
+
+
+def check_taps(cfg: DictConfig, teacher: dict) -> None:
+    """The feature-KD tap pairs exist on both U-Nets and agree in shape (on meta models: no weights)."""
+    removal = OmegaConf.to_container(cfg.arch.removal)
+    try:
+        check_tap_pairs(
+            teacher, student_config(teacher, removal), parse_tap_pairs(tap_pairs(cfg)), teacher["sample_size"]
+        )
+    except (KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) else str(error)
+        hint = (
+            "arch.taps=auto derives the pairs from the removal spec (the paper's rule)"
+            if cfg.arch.taps != "auto"
+            else "set arch.taps to [teacher module, student module] pairs"
+        )
+        raise ValueError(
+            f"arch={cfg.arch.name}'s feature taps do not fit its student: {message}; {hint}"
+        ) from error
+
+
+def check_fused_clipping(cfg: DictConfig) -> None:
+    """fp16 AMP unscales the gradients inside a fused optimizer's step, after Lightning would clip them."""
+    fused = cfg.get("optim") and cfg.optim.optimizer.get("fused")
+    if (
+        fused
+        and str(cfg.trainer.get("precision")) in ("16-mixed", "16")
+        and cfg.trainer.get("gradient_clip_val")
+    ):
+        raise ValueError(
+            f"trainer.precision={cfg.trainer.precision} with trainer.gradient_clip_val="
+            f"{cfg.trainer.gradient_clip_val} cannot use a fused optimizer (optim.optimizer.fused=true): the "
+            "fp16 loss scale is undone inside its step, after clipping. Accepted: trainer.precision=bf16-mixed "
+            "(the default), optim.optimizer.fused=false, or trainer.gradient_clip_val=null."
+        )
+
+
+def teacher_config(cfg: DictConfig) -> dict:
+    """The teacher U-Net's config: embedded in the teacher preset, else read from its source (the
+    config file only, no weights)."""
+    embedded = cfg.teacher.unet_config
+    return teacher_unet_config(
+        cfg.teacher.source,
+        OmegaConf.to_container(embedded) if embedded is not None else None,
+        cfg.teacher.revision,
+    )
+
+
+def tap_pairs(cfg: DictConfig) -> list:
+    """The arch config's tap pairs; ``auto`` applies the paper's rule to the removal spec."""
+    if cfg.arch.taps == "auto":
+        pairs = paper_tap_pairs(teacher_config(cfg), OmegaConf.to_container(cfg.arch.removal))
+        return [[p.teacher, p.student] for p in pairs]  # plain lists: they are saved as hyperparameters
+    return OmegaConf.to_container(cfg.arch.taps)
+
+
+def make_logger(cfg: DictConfig, output_dir: Path):
+    if not cfg.get("logger"):
+        return False
+    from lightning.pytorch.utilities import rank_zero_only
+
+    wandb = cfg.logger._target_ == "lightning.pytorch.loggers.WandbLogger"
+    if wandb and rank_zero_only.rank == 0:  # other ranks log nothing
+        # the run folder's own id unless one is given (logger.id or WANDB_RUN_ID): resuming continues it
+        run_id = cfg.logger.get("id") or wandb_run_id(output_dir)
+        return instantiate(cfg.logger, id=run_id, resume="allow")
+    return instantiate(cfg.logger)
+
+
+def per_device_batch(global_batch: int | None, per_device: int, world_size: int, accumulation: int) -> int:
+    """``data.batch_size`` as is, or, with ``global_batch_size`` (images per optimizer step over all
+    devices) set, that split over the devices and accumulation steps."""
+    if global_batch is None:
+        return per_device
+    share = world_size * accumulation
+    if global_batch < 1 or global_batch % share:
+        raise ValueError(
+            f"global_batch_size={global_batch} does not split over {world_size} device(s) x {accumulation} "
+            f"accumulation step(s): accepted are positive multiples of {share} (or null: data.batch_size "
+            "per device)"
+        )
+    return global_batch // share
+
+
+def build_module(cfg: DictConfig, pre_encoded=(), device=None):
+    """The DistillModule of ``cfg.distill``. ``pre_encoded``: what the data brings pre-encoded (``latents``,
+    ``text_embeds``): the VAE (and the text encoder) then stay out of memory. ``device``: where it will
+    train, which decides ``distill.frozen_dtype=auto`` (default: CUDA when available)."""
+    frozen_dtype = cfg.distill.frozen_dtype
+    return instantiate(
+        cfg.distill,
+        frozen_dtype=resolve_frozen_dtype(frozen_dtype, device) if device is not None else frozen_dtype,
+        load_vae="latents" not in pre_encoded,
+        load_text_encoder="text_embeds" not in pre_encoded,
+    )

@@ -1,0 +1,177 @@
+"""One BK-SDM training step in plain torch, read top to bottom in the order it runs.
+
+    batch -> encode (VAE, text encoder; or taken pre-encoded) -> noise and timesteps from the teacher's
+    schedule -> teacher forward (frozen, taps recording) -> student forward (taps recording) -> loss
+
+Shapes: B images per micro-batch, latents (B, 4, h, w) with h = w = resolution / 8, text context
+(B, 77, D). Backward, the gradient guard, the optimizer and the EMA follow in ``DistillModule``; nothing
+here knows of Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+
+from bksdm.distill.losses import DistillLoss
+from bksdm.distill.randomness import SampleRandomness
+from bksdm.distill.taps import FeatureTaps, TapPair
+from bksdm.teachers.frozen import FrozenTeacher
+
+
+class DistillStep:
+    """The objective of one micro-batch: ``step(batch, device) -> (loss, terms)``.
+
+    Args:
+        frozen: the teacher's frozen parts.
+        student: the trainable block-removed U-Net (fp32 weights).
+        loss: the weighted objective (task, output KD, feature KD).
+        tap_pairs: the feature-KD pairs; empty when the loss uses no features.
+        caption_dropout: probability of replacing a caption by the empty prompt (0 in the paper).
+    """
+
+    def __init__(
+        self,
+        frozen: FrozenTeacher,
+        student: UNet2DConditionModel,
+        loss: DistillLoss,
+        tap_pairs: Sequence[TapPair] = (),
+        caption_dropout: float = 0.0,
+    ):
+        self.frozen, self.student, self.loss = frozen, student, loss
+        self.tap_pairs = list(tap_pairs)
+        self.caption_dropout = caption_dropout
+        self.teacher_taps: FeatureTaps | None = None
+        self.student_taps: FeatureTaps | None = None
+
+    def __call__(
+        self, batch: Mapping[str, Any], device: torch.device
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss (0-dim, fp32, with autograd through the student) and its detached terms by name
+        (``loss_task``, ``loss_kd_out``, ``loss_kd_feat``, ``kd_feat/<tap>``)."""
+        randomness = SampleRandomness(batch.get("sample_seed"), device)  # each sample's own generator
+        latents, context = self.encode(batch, device, randomness)
+        noisy, timesteps, target = self.add_noise(latents, randomness)
+        teacher_pred, teacher_features = None, {}
+        if self.loss.needs_teacher:
+            teacher_pred, teacher_features = self.teacher_forward(noisy, timesteps, context)
+        student_pred, student_features = self.student_forward(noisy, timesteps, context)
+        return self.objective(student_pred, target, teacher_pred, student_features, teacher_features)
+
+    # 1. encode ----------------------------------------------------------------------------------------
+    def encode(
+        self, batch: Mapping[str, Any], device: torch.device, randomness: SampleRandomness | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (B, 4, h, w), scaled by the VAE's factor, and text context (B, 77, D), encoded once
+        with the frozen parts or taken pre-encoded from the batch (``latent_mean`` and ``latent_std``,
+        ``text_embeds``); returned as ordinary fp32 tensors usable by autograd."""
+        frozen = self.frozen.to(device)
+        randomness = randomness or SampleRandomness(None, device)
+        captions = list(batch["caption"])
+        if self.caption_dropout > 0:
+            drop = randomness.rand(len(captions)) < self.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        if "latent_mean" in batch:  # pre-encoded: sample the stored distribution, as the VAE path does
+            mean = batch["latent_mean"].to(device, torch.float32)
+            std = batch["latent_std"].to(device, torch.float32)
+            latents = (mean + std * randomness.randn(mean.shape)) * frozen.latent_scale
+        else:
+            with frozen.compute():
+                pixels = batch["pixel_values"].to(device, frozen.dtype)  # (B, 3, H, W) in [-1, 1]
+                posterior = frozen.vae.encode(pixels).latent_dist  # sampled as DiagonalGaussian.sample does
+                noise = randomness.randn(posterior.mean.shape, posterior.mean.dtype)
+                latents = (posterior.mean + posterior.std * noise) * frozen.latent_scale
+            # an ordinary copy (inference tensors cannot be saved for backward), in the standard layout
+            latents = latents.float().clone(memory_format=torch.contiguous_format)
+        if "text_embeds" in batch:
+            return latents, batch["text_embeds"].to(device, torch.float32)
+        ids = frozen.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=frozen.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)  # (B, 77)
+        with frozen.compute():
+            context = frozen.text_encoder(ids)[0]
+        return latents, context.float().clone()
+
+    # 2. noise and timesteps ---------------------------------------------------------------------------
+    def add_noise(
+        self, latents: torch.Tensor, randomness: SampleRandomness | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noisy latents (B, 4, h, w), timesteps (B,) uniform in [0, T) and the task target (B, 4, h, w):
+        the noise, or the velocity for v-prediction teachers, from the teacher's own DDPM schedule."""
+        scheduler = self.frozen.noise_scheduler
+        randomness = randomness or SampleRandomness(None, latents.device)
+        # randn of a shape, not randn_like: the noise must not depend on the latents' memory layout
+        noise = randomness.randn(latents.shape, latents.dtype)
+        timesteps = randomness.randint(scheduler.config.num_train_timesteps, latents.shape[0])
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "epsilon":
+            target = noise
+        elif scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise ValueError(f"teacher prediction_type {scheduler.config.prediction_type!r} is not supported")
+        return noisy, timesteps, target
+
+    # 3. teacher forward -------------------------------------------------------------------------------
+    def teacher_forward(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The teacher's prediction (B, 4, h, w) and tapped features by module path, computed without
+        autograd in its low precision."""
+        frozen = self.frozen.to(noisy.device)
+        teacher_taps, _ = self.hook_taps()
+        with frozen.compute(), teacher_taps.recording() as features:
+            prediction = frozen.unet(noisy.to(frozen.dtype), timesteps, context.to(frozen.dtype)).sample
+        # inference tensors cannot be saved for backward: hand out ordinary copies
+        return prediction.clone(), {path: feature.clone() for path, feature in features.items()}
+
+    # 4. student forward -------------------------------------------------------------------------------
+    def student_forward(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The student's prediction (B, 4, h, w) and tapped features, with autograd."""
+        _, student_taps = self.hook_taps()
+        with student_taps.recording() as features:
+            prediction = self.student(noisy, timesteps, context).sample
+        return prediction, features
+
+    # 5. loss ------------------------------------------------------------------------------------------
+    def objective(
+        self,
+        student_pred: torch.Tensor,
+        target: torch.Tensor,
+        teacher_pred: torch.Tensor | None,
+        student_features: Mapping[str, torch.Tensor],
+        teacher_features: Mapping[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted loss (fp32) and its terms; switched-off terms are still computed (without
+        autograd) where their inputs exist, since they are worth watching."""
+        pairs = [(p.name, student_features[p.student], teacher_features[p.teacher]) for p in self.tap_pairs]
+        loss, terms = self.loss(student_pred, target, teacher_pred, pairs)
+        with torch.no_grad():
+            if "loss_task" not in terms:
+                terms["loss_task"] = F.mse_loss(student_pred.float(), target.float())
+            if "loss_kd_out" not in terms and teacher_pred is not None:
+                terms["loss_kd_out"] = F.mse_loss(student_pred.float(), teacher_pred.float())
+        return loss, terms
+
+    # taps: hooked while a trainer uses the module, taken off when it is torn down ---------------------
+    def hook_taps(self) -> tuple[FeatureTaps, FeatureTaps]:
+        if self.teacher_taps is None:
+            self.teacher_taps = FeatureTaps(self.frozen.unet, [p.teacher for p in self.tap_pairs], "teacher")
+            self.student_taps = FeatureTaps(self.student, [p.student for p in self.tap_pairs], "student")
+        return self.teacher_taps, self.student_taps
+
+    def remove_taps(self) -> None:
+        for taps in (self.teacher_taps, self.student_taps):
+            if taps is not None:
+                taps.remove()
+        self.teacher_taps = self.student_taps = None

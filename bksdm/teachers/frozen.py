@@ -1,0 +1,105 @@
+"""The teacher's frozen parts as one object: stored and computed in a low precision, without autograd,
+moved to the training device once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from bksdm.teachers.loading import SDComponents, resolve_source
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FROZEN_DTYPES = ("auto", *DTYPES)
+
+
+def resolve_frozen_dtype(name: str, device: torch.device | str) -> str:
+    """``auto``: float16 on CUDA (the paper's choice, tensor cores), bfloat16 elsewhere (CPUs compute
+    bf16 natively, AMX or AVX-512, while fp16 convolutions and group norms on a CPU are slow or missing)."""
+    if name not in FROZEN_DTYPES:
+        raise ValueError(f"distill.frozen_dtype={name!r}: accepted are {list(FROZEN_DTYPES)}")
+    if name != "auto":
+        return name
+    return "float16" if torch.device(device).type == "cuda" else "bfloat16"
+
+
+@dataclass
+class FrozenTeacher:
+    """The teacher's U-Net, VAE, text encoder, tokenizer and noise schedule, frozen.
+
+    Held outside nn.Module registration on purpose: they are not parameters of the LightningModule, so
+    they stay out of the optimizer, out of checkpoints (they are reloaded from ``source``) and out of
+    DDP/FSDP wrapping and gradient synchronisation.
+    """
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL | None  # None when the data brings pre-encoded latents
+    text_encoder: CLIPTextModel | None  # None when the data brings text embeddings
+    tokenizer: CLIPTokenizer
+    noise_scheduler: DDPMScheduler
+    dtype: torch.dtype
+    latent_scale: float  # the VAE's scaling_factor: latents are multiplied by it
+    source: str
+    revision: str | None = None
+    inference_mode: bool = True  # False: called plainly, as the reference implementation does
+    device: torch.device | None = None  # where the models are now; None: not placed yet
+
+    @classmethod
+    def freeze(
+        cls,
+        parts: SDComponents,
+        dtype: torch.dtype,
+        source: str,
+        revision: str | None = None,
+        inference_mode: bool = True,
+    ) -> FrozenTeacher:
+        """Frozen parts from loaded ones: no gradients, eval mode, cast to ``dtype`` (in place: copy a
+        student from the U-Net first)."""
+        latent_scale = (
+            parts.vae.config.scaling_factor
+            if parts.vae is not None
+            else AutoencoderKL.load_config(resolve_source(source), subfolder="vae", revision=revision)[
+                "scaling_factor"
+            ]
+        )
+        for model in filter(None, (parts.unet, parts.vae, parts.text_encoder)):
+            # nn.Module.to, not diffusers' override: that one warns about fp32-only modules SD has none of
+            torch.nn.Module.to(model.requires_grad_(False).eval(), dtype=dtype)
+        return cls(
+            parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.noise_scheduler, dtype,
+            latent_scale, source, revision, inference_mode,
+        )  # fmt: skip
+
+    def models(self) -> list[torch.nn.Module]:
+        return [m for m in (self.unet, self.vae, self.text_encoder) if m is not None]
+
+    def to(self, device: torch.device) -> FrozenTeacher:
+        """Moves the models to ``device`` (once: a no-op when they are there)."""
+        device = torch.device(device)
+        if self.device != device:
+            for model in self.models():
+                model.to(device)
+            self.device = device
+        return self
+
+    @contextlib.contextmanager
+    def compute(self) -> Iterator[None]:
+        """Where the frozen parts run: in ``dtype``, without autograd. Autocast is switched off, since
+        under ``bf16-mixed`` it would run fp16 weights in bf16 (and on a CPU mix the two in one group
+        norm, which fails)."""
+        with contextlib.ExitStack() as stack:
+            if self.inference_mode:
+                stack.enter_context(torch.inference_mode())
+            stack.enter_context(torch.autocast(self.device.type if self.device else "cpu", enabled=False))
+            yield
+
+    def sampling_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """For sampling with a float32 student between a low-precision VAE and text encoder: autocast to
+        ``dtype``, or nothing when the frozen parts are float32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=self.dtype)
