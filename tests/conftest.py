@@ -1,4 +1,7 @@
-"""Test setup: offline, one thread, a private cache for the built toy teacher."""
+"""Test setup: offline, one thread, a private cache for the built toy teacher; the shared fixtures.
+
+Code the tests share is in helpers/ (importable as ``helpers`` because pytest puts this file's folder on
+sys.path); test files import from there, never from here or from each other."""
 
 import os
 import tempfile
@@ -12,31 +15,9 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from helpers.paths import teacher_preset
 
 torch.set_num_threads(1)
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def cpu_trainer(tmp_path, **overrides):
-    """A quiet CPU Lightning trainer for tests: no logger, checkpoints, progress bar or summary unless asked."""
-    import lightning as L
-
-    settings = {
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": tmp_path,
-    }
-    return L.Trainer(**{**settings, **overrides})
-
-
-def teacher_preset(name: str) -> dict:
-    """The U-Net config embedded in a shipped teacher preset."""
-    return OmegaConf.to_container(OmegaConf.load(CONF / "teacher" / f"{name}.yaml").unet_config)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,11 @@ so the script cannot rot between loans (the checks themselves need a GPU and run
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gpu" / "check.py"
+SCRIPT = ROOT / "experiments" / "gpu" / "check.py"
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ and the resolved config (read back with W&B's record format and TensorBoard's ev
 import struct
 
 import pytest
-from test_train import FAST, config
+from helpers.train_config import FAST, config
 
 from bksdm import train as train_app
 

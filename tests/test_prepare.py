@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
-from conftest import CONF
+from helpers.data import write_folder
+from helpers.paths import CONF
+from helpers.train_config import FAST
 from hydra import compose, initialize_config_dir
-from test_data import write_folder
-from test_train import FAST
 
 from bksdm import train as train_app
 from bksdm.cli.errors import ConfigError

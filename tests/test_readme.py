@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
 from bksdm.cli.overrides import split_top_level
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ENTRY = re.compile(r"python -m (bksdm(?:\.\w+)*)")
 

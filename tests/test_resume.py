@@ -1,5 +1,7 @@
 """Resume: a run stopped by SIGTERM or killed with SIGKILL and resumed with resume=auto ends with the same
-step count and the same student and EMA weights as a run that never stopped; checkpoint writes are atomic."""
+step count and the same student and EMA weights as a run that never stopped; a run whose data loader is stuck
+still stops. The pieces resuming rests on are tested with their modules: atomic checkpoint writes in
+tests/training/ (test_checkpoint_io.py, test_atomic.py), the resumable sampler in tests/data/test_sampler.py."""
 
 import contextlib
 import csv
@@ -13,13 +15,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import CONF
-from test_train import FAST, config
+from helpers.paths import CONF
+from helpers.train_config import FAST, config
 
 from bksdm import train as train_app
 from bksdm.cli.errors import ConfigError
-from bksdm.data.sampler import ResumableSampler
-from bksdm.training.checkpoint_io import AtomicCheckpointIO
 
 # 10 samples in batches of 2: 5 batches an epoch, so 7 steps cross an epoch boundary
 RUN = [
@@ -108,73 +108,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(uninterrupted, tm
     assert_same_weights(resumed, uninterrupted)
 
 
-def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
-    io = AtomicCheckpointIO()
-    target = tmp_path / "last.ckpt"
-    io.save_checkpoint({"global_step": 4, "w": torch.ones(3)}, target)
-
-    def dies_halfway(obj, handle):
-        handle.write(b"PK\x03\x04 half a zip")
-        raise KeyboardInterrupt  # the process is gone before the rename
-
-    monkeypatch.setattr(torch, "save", dies_halfway)
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"global_step": 6, "w": torch.zeros(3)}, target)
-    monkeypatch.undo()
-    assert io.load_checkpoint(target)["global_step"] == 4
-    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]  # resume=auto never sees the half file
-
-
-def test_checkpoints_load_without_running_pickled_code(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    torch.save({"state_dict": {}, "evil": Payload()}, tmp_path / "evil.ckpt")
-    with pytest.raises(Exception, match="Weights only load failed"):
-        AtomicCheckpointIO().load_checkpoint(tmp_path / "evil.ckpt")
-
-
 def test_resume_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"^ckpt_path='.*nowhere\.ckpt' is neither a checkpoint file"):
         train_app.train(config(*FAST, f"ckpt_path={tmp_path / 'nowhere.ckpt'}", output_dir=tmp_path))
-
-
-def test_sampler_resumes_mid_epoch_and_splits_ranks_without_overlap():
-    whole = list(ResumableSampler(10, seed=3))
-    assert sorted(i for i, _ in whole) == list(range(10)) and len({d for _, d in whole}) == 10
-    resumed = ResumableSampler(10, seed=3)
-    resumed.resume_from(epoch=0, consumed=4)
-    assert list(resumed) == whole[4:] and len(resumed) == 10  # the length stays the epoch's
-    resumed.set_epoch(1)
-    assert len(list(resumed)) == 10  # only the resumed epoch is shortened
-    next_epoch = ResumableSampler(10, seed=3)
-    next_epoch.set_epoch(1)
-    assert [i for i, _ in next_epoch] != [i for i, _ in whole]  # a new order every epoch
-    ranks = [list(ResumableSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
-    assert all(len(share) == 4 for share in ranks)  # 10 over 3 ranks: padded to 12
-    assert {i for share in ranks for i, _ in share} == set(range(10))
-
-
-def test_published_folders_reach_the_disk_before_the_rename_that_publishes_them(tmp_path, monkeypatch):
-    from bksdm.training.atomic import atomic_directory
-
-    events = []
-    fsync, replace = os.fsync, os.replace
-    monkeypatch.setattr(
-        os, "fsync", lambda fd: events.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd)
-    )
-    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or replace(a, b))
-    for version in ("old", "new"):  # a fresh folder, then one replacing it
-        events.clear()
-        with atomic_directory(tmp_path / "student") as staging:
-            (staging / "unet").mkdir()
-            (staging / "unet" / "weights.bin").write_text(version)
-        names = [os.path.basename(path) for _, path in events]
-        first_replace = next((i for i, (kind, _) in enumerate(events) if kind == "replace"), len(events))
-        assert names.index("weights.bin") < first_replace and names.index("unet") < first_replace, events
-        assert events[-1] == ("sync", str(tmp_path)), events  # the renamed entry itself
-    assert (tmp_path / "student" / "unet" / "weights.bin").read_text() == "new"
 
 
 def children_running(pid: int, text: str) -> list[int]:

@@ -11,8 +11,8 @@ import types
 from pathlib import Path
 
 import pytest
-import slurm_cluster
-from slurm_cluster import OneNodeCluster, unavailable
+from helpers import slurm_cluster
+from helpers.slurm_cluster import OneNodeCluster, unavailable
 
 # one cluster per machine (it holds SLURM's ports): every SLURM test runs on the same xdist worker
 pytestmark = pytest.mark.xdist_group("slurm")

@@ -1,16 +1,15 @@
 """The Hydra app: every experiment composes and trains, the default run's data check, a run's outputs, multirun."""
 
-import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from hydra import compose, initialize_config_dir
+from helpers.data import write_folder, write_shards
+from helpers.paths import CONF
+from helpers.train_config import FAST, config, read_metrics
 from hydra.errors import MissingConfigException
 from PIL import Image
 
@@ -19,13 +18,6 @@ from bksdm.cli import train_setup
 from bksdm.cli.errors import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-# what makes any experiment small enough for one CPU step here: conf/debug/step.yaml
-FAST = ["debug=step"]
-
-
-def config(*overrides, output_dir):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
 def test_experiments_exist():
@@ -204,11 +196,6 @@ def test_two_job_multirun_gives_two_loadable_students(tmp_path):
     assert blocks == [4, 3]  # small, then tiny
 
 
-def read_metrics(path: Path) -> list[dict]:
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
-
-
 @pytest.mark.slow
 def test_demo_distils_the_shipped_teacher_and_writes_every_output(tmp_path):
     # the demo as a user runs it, shortened (its learning is tested in test_miniworld.py)
@@ -233,9 +220,6 @@ def test_demo_distils_the_shipped_teacher_and_writes_every_output(tmp_path):
 
 @pytest.mark.parametrize("source", ["laion_folder", "webdataset"])
 def test_training_from_each_data_source_through_the_app(tmp_path, source):
-    from test_data import write_folder
-    from test_shards import write_shards
-
     if source == "laion_folder":
         write_folder(tmp_path / "data", good=4)
         location = f"data.root={tmp_path / 'data'}"

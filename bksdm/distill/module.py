@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from bksdm.arch import build_student, resolve_removal
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.distill.ema import StudentEMA
-from bksdm.distill.guard import StepGuard
+from bksdm.distill.guard import StepGuard, skips_on_device
 from bksdm.distill.losses import DistillLoss
 from bksdm.distill.speed import SpeedSettings, compile_in_place, resolve_auto, set_attention, to_channels_last
 from bksdm.distill.step import DistillStep
@@ -112,7 +112,9 @@ class DistillModule(L.LightningModule):
             tap_pairs = paper_tap_pairs(self.frozen.unet.config, self.removal_spec)
         else:
             tap_pairs = parse_tap_pairs(taps)
-        self.hparams["taps"] = [[p.teacher, p.student] for p in tap_pairs]  # what was tapped, ``auto`` resolved
+        self.hparams["taps"] = [
+            [p.teacher, p.student] for p in tap_pairs
+        ]  # what was tapped, ``auto`` resolved
         # paths and shapes are checked now, before any data is touched
         self.tap_shapes = (
             check_tap_pairs(
@@ -188,9 +190,7 @@ class DistillModule(L.LightningModule):
         nonfinite = self.guard.nonfinite
         self.log("train/nonfinite_skipped", nonfinite.skipped.float(), reduce_fx="max")
         # with an on-device skip, the streak is read on logging steps only (no host sync per step)
-        if not getattr(optimizer, "_step_supports_amp_scaling", False) or (
-            self.global_step % self.trainer.log_every_n_steps == 0
-        ):
+        if not skips_on_device(optimizer) or self.global_step % self.trainer.log_every_n_steps == 0:
             nonfinite.check(self.global_step)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

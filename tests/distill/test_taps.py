@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import CONF
+from helpers.paths import CONF
 from omegaconf import OmegaConf
 
 from bksdm.arch import build_student, student_config

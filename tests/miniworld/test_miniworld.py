@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CONF
+from helpers.paths import CONF
+from helpers.train_config import FAST, config
 from hydra import compose, initialize_config_dir
 
 from bksdm.miniworld.world import ATTRIBUTES, MiniWorld, all_captions, parse_caption, render, scene
@@ -49,8 +50,6 @@ def test_the_drawing_shows_the_caption():
 
 
 def test_miniworld_data_source_trains_a_step(tmp_path):
-    from test_train import FAST, config
-
     from bksdm import train as train_app
 
     cfg = config(
@@ -178,8 +177,6 @@ def test_the_shipped_teacher_draws_its_captions_and_scores_zero_error_to_itself(
 
 @pytest.mark.slow
 def test_a_kd_student_beats_a_task_only_student_on_error_to_the_teacher(tmp_path):
-    from test_train import config
-
     from bksdm import train as train_app
     from bksdm.arch import build_student
     from bksdm.eval.generation import load_pipeline
@@ -205,28 +202,3 @@ def test_a_kd_student_beats_a_task_only_student_on_error_to_the_teacher(tmp_path
     untrained = build_student(teacher.unet, "small")
     errors["untrained"] = errors_to_teacher(untrained, reference, 3.0)["error_to_teacher"]
     assert errors["kd_full"] < 0.8 * errors["task"] and errors["task"] < errors["untrained"], errors
-
-
-def test_periodic_miniworld_eval_scores_the_student_during_training(tmp_path):
-    from test_train import config, read_metrics
-
-    from bksdm import train as train_app
-
-    cfg = config(
-        "experiment=demo", "callbacks=with_miniworld_eval", "trainer.max_steps=2", "data.batch_size=4",
-        "trainer.log_every_n_steps=1", "callbacks.sample_grid=null", "callbacks.miniworld_eval.every_n_steps=1",
-        "callbacks.miniworld_eval.num_images=18", "callbacks.miniworld_eval.num_real=50",
-        "callbacks.miniworld_eval.num_latents=8", "callbacks.miniworld_eval.num_inference_steps=2",
-        output_dir=tmp_path,
-    )  # fmt: skip
-    train_app.train(cfg)
-    history = [json.loads(line) for line in (tmp_path / "eval" / "history.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in history] == [
-        0,
-        1,
-        2,
-    ]  # the untrained student, each step, no repeat at the end
-    errors = ("error_to_teacher", "error_to_teacher/unconditional", "error_to_teacher/guided")
-    assert all(0 <= row["accuracy/all"] <= 1 and all(row[k] > 0 for k in errors) for row in history)
-    logged = [row for row in read_metrics(tmp_path / "csv" / "metrics.csv") if row.get("eval/fid")]
-    assert len(logged) == 3

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import CONF, teacher_preset
 from diffusers import UNet2DConditionModel
+from helpers.paths import CONF, teacher_preset
 from omegaconf import OmegaConf
 
 from bksdm.arch import (

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import CONF
+from helpers.paths import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

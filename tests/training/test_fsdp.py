@@ -7,9 +7,9 @@ import os
 import lightning as L
 import pytest
 import torch
+from helpers.train_config import FAST, config
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import OmegaConf
-from test_train import FAST, config
 
 from bksdm import train as train_app
 from bksdm.cli.errors import ConfigError

@@ -1,13 +1,12 @@
 """Image folders, transforms and bad samples: skipped, counted exactly, never fatal, never silent."""
 
-import csv
 import functools
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
-from conftest import cpu_trainer
+from helpers.data import write_folder
+from helpers.trainer import cpu_trainer
 from PIL import Image
 
 from bksdm.data.datamodule import FolderDataModule
@@ -23,60 +22,6 @@ from bksdm.data.skips import (
 from bksdm.data.transforms import ImageTransform
 from bksdm.distill.losses import DistillLoss
 from bksdm.distill.module import DistillModule
-
-
-def picture(mode="RGB", size=(160, 120), seed=0) -> Image.Image:
-    array = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(array).convert(mode)
-
-
-def write_folder(root, good=8, with_bad=True, layout="metadata"):
-    """``good`` usable images in assorted modes and formats, plus one bad sample of each kind."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    modes = [
-        ("RGB", "jpg"),
-        ("L", "png"),
-        ("P", "png"),
-        ("CMYK", "jpg"),
-        ("RGBA", "png"),
-        ("LA", "png"),
-        ("RGB", "webp"),
-    ]
-    for i in range(good):
-        mode, suffix = modes[i % len(modes)]
-        picture(mode, seed=i).save(root / f"good{i}.{suffix}")
-        rows.append((f"good{i}.{suffix}", f"picture number {i}"))
-    expected = Counter()
-    if with_bad:
-        picture().save(root / "truncated.jpg")
-        data = (root / "truncated.jpg").read_bytes()
-        (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
-        (root / "garbage.jpg").write_bytes(b"this is not an image")
-        picture(size=(40, 30)).save(root / "small.png")
-        picture().save(root / "empty_caption.png")
-        rows += [
-            ("truncated.jpg", "cut short"),
-            ("garbage.jpg", "noise"),
-            ("small.png", "too small"),
-            ("empty_caption.png", "  "),
-        ]
-        expected.update(["truncated_image", "unreadable_image", "too_small", "empty_caption"])
-        if layout == "metadata":
-            rows.append(("missing.png", "listed but absent"))
-            expected.update(["missing_image"])
-        else:
-            picture().save(root / "no_caption.png")
-            expected.update(["missing_caption"])
-    if layout == "metadata":
-        with (root / "metadata.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file_name", "text"])
-            writer.writerows(rows)
-    else:
-        for file_name, text in rows:
-            (root / file_name).with_suffix(".txt").write_text(text)
-    return expected
 
 
 @pytest.mark.parametrize("layout", ["metadata", "txt"])

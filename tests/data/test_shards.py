@@ -2,17 +2,13 @@
 
 import functools
 import http.server
-import io
-import json
 import threading
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
-import webdataset as wds
-from conftest import cpu_trainer
-from PIL import Image
+from helpers.data import write_shards
+from helpers.trainer import cpu_trainer
 
 from bksdm.data.datamodule import ShardDataModule
 from bksdm.data.shards import ShardStream, decode_sample, expand_shards, shard_samples
@@ -20,48 +16,6 @@ from bksdm.data.skips import SKIP_KINDS, UnreadableSource, is_skip
 from bksdm.data.transforms import ImageTransform
 from bksdm.distill.losses import DistillLoss
 from bksdm.distill.module import DistillModule
-
-
-def encoded(fmt="JPEG", size=(96, 80), seed=0) -> bytes:
-    array = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def write_shards(folder, shards=3, per_shard=6, bad=True, truncate_last=False):
-    """img2dataset-like shards; with ``bad``, shard 0 also holds one bad member of each decodable kind and
-    one more shard is not a tar file at all (one broken member)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    expected, keys = Counter(), []
-    for s in range(shards):
-        path = folder / f"{s:05d}.tar"
-        with wds.TarWriter(str(path)) as sink:
-            for i in range(per_shard):
-                key = f"{s:05d}{i:04d}"
-                fmt, ext = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")][i % 3]
-                sink.write(
-                    {
-                        "__key__": key,
-                        ext: encoded(fmt, seed=s * 100 + i),
-                        "txt": f"sample {key}",
-                        "json": json.dumps({"url": f"http://x/{key}"}),
-                    }
-                )
-                keys.append(key)
-            if bad and s == 0:
-                sink.write({"__key__": "bad_image", "jpg": b"garbage", "txt": "x"})
-                sink.write({"__key__": "no_caption", "jpg": encoded()})
-                sink.write({"__key__": "empty_caption", "jpg": encoded(), "txt": " "})
-                sink.write({"__key__": "too_small", "png": encoded("PNG", size=(20, 20)), "txt": "tiny"})
-                expected.update(["unreadable_image", "missing_caption", "empty_caption", "too_small"])
-        if truncate_last and s == shards - 1:
-            data = path.read_bytes()
-            path.write_bytes(data[: len(data) * 2 // 3])
-    if bad:
-        (folder / f"{shards:05d}.tar").write_bytes(b"not a tar file" * 100)
-        expected["unreadable_shard"] += 1
-    return expected, keys
 
 
 def decoder(min_size=32):

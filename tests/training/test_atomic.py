@@ -51,3 +51,24 @@ def test_a_file_written_atomically_is_whole_and_has_the_mode_of_a_plain_open(tmp
         write_file_atomically(target, "new")
     assert target.read_text() == "old"  # the old one, whole
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary file left
+
+
+def test_published_folders_reach_the_disk_before_the_rename_that_publishes_them(tmp_path, monkeypatch):
+    from bksdm.training.atomic import atomic_directory
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd)
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or replace(a, b))
+    for version in ("old", "new"):  # a fresh folder, then one replacing it
+        events.clear()
+        with atomic_directory(tmp_path / "student") as staging:
+            (staging / "unet").mkdir()
+            (staging / "unet" / "weights.bin").write_text(version)
+        names = [os.path.basename(path) for _, path in events]
+        first_replace = next((i for i, (kind, _) in enumerate(events) if kind == "replace"), len(events))
+        assert names.index("weights.bin") < first_replace and names.index("unet") < first_replace, events
+        assert events[-1] == ("sync", str(tmp_path)), events  # the renamed entry itself
+    assert (tmp_path / "student" / "unet" / "weights.bin").read_text() == "new"

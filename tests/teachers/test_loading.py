@@ -1,4 +1,5 @@
-"""Loading SD parts from a local folder or a hub id, degenerate loads, and the offline toy teacher."""
+"""Loading SD parts from a local folder or a hub id, degenerate loads, the offline toy teacher, and the
+shapes of builtin:sd14-random (the benchmarks' full-width stand-in)."""
 
 import shutil
 import time
@@ -6,10 +7,18 @@ import time
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from helpers.paths import CONF
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from bksdm.arch import build_student, check_teacher_topology
-from bksdm.teachers.builtin import TOY_UNET_CONFIG, build_random_pipeline, random_pipeline_path
+from bksdm.arch.student import empty_unet
+from bksdm.teachers.builtin import (
+    SD14_UNET_CONFIG,
+    TOY_UNET_CONFIG,
+    build_random_pipeline,
+    random_pipeline_path,
+)
 from bksdm.teachers.loading import ComponentError, load_components, resolve_source, teacher_unet_config
 
 
@@ -129,9 +138,15 @@ def test_weights_missing_from_a_checkpoint_are_not_silently_random(tiny_copy, pa
 def test_teacher_presets_hold_only_settings_that_are_read():
     # a key no code reads looks like an override and does nothing (prediction_type did: the target
     # comes from the teacher's scheduler config)
-    from conftest import CONF
-    from omegaconf import OmegaConf
-
     read = {"name", "source", "revision", "resolution", "unet_config", "sampling"}
     for preset in sorted((CONF / "teacher").glob("*.yaml")):
         assert set(OmegaConf.load(preset)) <= read, preset.name
+
+
+def test_sd14_random_teacher_has_sd14_shapes():
+    sd14 = OmegaConf.to_container(OmegaConf.load(CONF / "teacher" / "sd14.yaml").unet_config)
+    unet = empty_unet(SD14_UNET_CONFIG)
+    assert {k: unet.config[k] for k in sd14} == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in sd14.items()
+    }
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964  # the paper's teacher

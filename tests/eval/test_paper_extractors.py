@@ -11,6 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.eval_data import coco_json, write_real
+from helpers.paths import CONF
 from PIL import Image
 
 pytest.importorskip("torchvision", reason="the eval extra (torchvision) is not installed")
@@ -170,9 +172,7 @@ def test_unknown_clip_model_is_named(small_clip):
 
 @pytest.mark.slow
 def test_evaluate_with_the_paper_extractors(torch_home, small_clip, tmp_path, monkeypatch):
-    from conftest import CONF
     from hydra import compose, initialize_config_dir
-    from test_evaluate import coco_json, write_real
 
     from bksdm.evaluate import evaluate
 

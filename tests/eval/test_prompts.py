@@ -1,0 +1,24 @@
+"""The evaluation's prompt rule: COCO captions by image id, the lowest annotation, evenly spread."""
+
+import csv
+
+import pytest
+from helpers.eval_data import coco_json
+
+from bksdm.eval.prompts import load_prompts, spread
+
+
+def test_prompt_rule_sorted_by_image_id_lowest_annotation_evenly_spread(tmp_path):
+    pairs = load_prompts(coco_json(tmp_path / "captions.json"), num_images=4)
+    ids = [int(name[-16:-4]) for name, _ in pairs]
+    assert ids == [989, 992, 995, 998]  # 12 images 989..1000 sorted; indices 0, 3, 6, 9
+    assert pairs[0][1] == "first caption of 989"
+    assert (
+        spread(list(range(40504)), 30000)[-1] == 40502
+        and len(set(spread(list(range(40504)), 30000))) == 30000
+    )
+    with (tmp_path / "prompts.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["file_name", "text"], ["a.jpg", "x"], ["a.jpg", "y"], ["b.jpg", "z"]])
+    assert load_prompts(tmp_path / "prompts.csv") == [("a.jpg", "x"), ("b.jpg", "z")]
+    with pytest.raises(FileNotFoundError, match=r"captions_val2014\.json"):
+        load_prompts(tmp_path / "none.json")

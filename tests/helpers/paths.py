@@ -1,0 +1,13 @@
+"""The checkout's root and its Hydra config (the top-level conf/), and the shipped teacher presets in it."""
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+
+def teacher_preset(name: str) -> dict:
+    """The U-Net config embedded in a shipped teacher preset."""
+    return OmegaConf.to_container(OmegaConf.load(CONF / "teacher" / f"{name}.yaml").unet_config)
