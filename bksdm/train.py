@@ -20,12 +20,14 @@ def train(cfg: DictConfig):
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+    from bksdm.cli.logs import route_lightning_logs
     from bksdm.cli.train_setup import build_module, check_config, make_logger, per_device_batch
     from bksdm.distill.speed import set_tf32
     from bksdm.distill.summary import startup_summary
     from bksdm.teachers.loading import check_available_offline
     from bksdm.training.resume import checkpoint_to_resume
 
+    route_lightning_logs()
     output_dir = Path(cfg.paths.output_dir)
     with config_checks():
         check_config(cfg)

@@ -194,6 +194,11 @@ def test_two_job_multirun_gives_two_loadable_students(tmp_path):
     assert [p.parent.name for p in jobs] == ["0", "1"]
     blocks = [len(UNet2DConditionModel.from_pretrained(p, subfolder="unet").down_blocks) for p in jobs]
     assert blocks == [4, 3]  # small, then tiny
+    # Lightning's records pass through Hydra's logging once: on the console once per job, and in train.log
+    assert (done.stdout + done.stderr).count("`Trainer.fit` stopped: `max_steps=2` reached") == 2
+    for job in jobs:
+        log = (job.parent / "train.log").read_text()
+        assert "`Trainer.fit` stopped" in log and "teacher  miniworld" in log
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ from bksdm.cli import app
 @app("bench")
 def main(cfg: DictConfig) -> None:
     from bksdm.bench.run import benchmark  # here: composing alone (--cfg job) needs no torch
+    from bksdm.cli.logs import route_lightning_logs
 
+    route_lightning_logs()
     benchmark(cfg)
 
 

@@ -9,8 +9,10 @@ from bksdm.cli import app
 
 @app("miniworld")
 def main(cfg: DictConfig) -> None:
+    from bksdm.cli.logs import route_lightning_logs
     from bksdm.miniworld.build import build  # here: composing alone (--cfg job) needs no torch
 
+    route_lightning_logs()
     print(f"mini world of seed {cfg.seed} -> {build(cfg)}")
 
 
