@@ -17,7 +17,10 @@ import pytest
 import torch
 from helpers.paths import teacher_preset
 
+from bksdm.cli.logs import quiet_third_party
+
 torch.set_num_threads(1)
+quiet_third_party()  # the third-party noise the entry points filter, filtered here too
 
 
 @pytest.fixture(scope="session")

@@ -48,9 +48,7 @@ def test_installed_wheel_finds_its_config(tmp_path):
     wheel = next(tmp_path.glob("bksdm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "bksdm/conf/arch_report.yaml" in names
-    assert {f"bksdm/conf/teacher/{t}.yaml" for t in ("sd14", "sd15", "sd21base", "sd21", "toy")} <= set(
-        names
-    )
+    assert {f"bksdm/conf/teacher/{t}.yaml" for t in ("sd14", "sd15", "sd21base", "sd21", "toy")} <= set(names)
     assert {f"bksdm/conf/arch/{a}.yaml" for a in ("base", "small", "tiny")} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

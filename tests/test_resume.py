@@ -173,9 +173,9 @@ def test_sigterm_ends_a_run_whose_data_loader_is_stuck(tmp_path):
         tmp_path, "callbacks.data_watchdog.sigterm_grace_s=2", sigterm=True
     )
     assert status == 1, stderr[-3000:]
-    assert "data     1 shards from data.urls: pipe:sleep 300 ... pipe:sleep 300" in stderr
+    assert "data     1 shard from data.urls: pipe:sleep 300 ... pipe:sleep 300" in stderr
     assert "stop signal received, but the data loader produced no batch for" in stderr
-    assert "waiting for data.urls=pipe:sleep 300 (1 shards)" in stderr
+    assert "waiting for data.urls=pipe:sleep 300 (1 shard)" in stderr
     assert (
         "`weights_only` was not set" not in stderr
     )  # Lightning's notice when a save does not say what to save
@@ -191,5 +191,5 @@ def test_a_loader_without_a_batch_is_reported_then_stopped(tmp_path):
         sigterm=False,
     )
     assert status == 1, stderr[-3000:]
-    assert "still waiting for data.urls=pipe:sleep 300 (1 shards)" in stderr  # the warning, before the stop
+    assert "still waiting for data.urls=pipe:sleep 300 (1 shard)" in stderr  # the warning, before the stop
     assert "the data loader produced no batch for 5 s" in stderr and "stop_after_s=5" in stderr

@@ -114,7 +114,9 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
 def test_config_errors_stop_the_run_before_anything_is_loaded_or_written(
     tmp_path, monkeypatch, overrides, message
 ):
-    monkeypatch.setattr("bksdm.distill.module.load_components", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    monkeypatch.setattr(
+        "bksdm.distill.module.load_components", lambda *a, **k: pytest.fail("the teacher was loaded")
+    )
     with pytest.raises(ConfigError, match=message):
         train_app.train(config("experiment=demo", *FAST, *overrides, output_dir=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
@@ -134,7 +136,9 @@ def test_a_config_error_is_one_line_without_a_traceback_and_leaves_no_run_folder
 
 def test_a_hub_teacher_missing_from_the_offline_cache_is_said_before_loading(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))  # nothing cached
-    monkeypatch.setattr("bksdm.distill.module.load_components", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    monkeypatch.setattr(
+        "bksdm.distill.module.load_components", lambda *a, **k: pytest.fail("the teacher was loaded")
+    )
     with pytest.raises(ConfigError, match=r"^teacher\.source='CompVis/stable-diffusion-v1-4' is not in the local "
                        r"Hugging Face cache, and HF_HUB_OFFLINE=1 forbids .*teacher=miniworld"):  # fmt: skip
         train_app.train(config("data=synthetic", output_dir=tmp_path / "run"))

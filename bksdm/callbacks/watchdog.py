@@ -16,6 +16,7 @@ evaluation) counts as part of the step, not as waiting for data.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -24,10 +25,12 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only
 
 POLL_S = 0.5
 INTERRUPT = signal.SIGALRM  # how the watching thread stops the main thread
+
+log = logging.getLogger(__name__)
 
 
 def descendant_processes() -> list[int]:
@@ -160,7 +163,8 @@ class DataWatchdog(L.Callback):
                 return
             if waited >= self.warn_after_s and now - warned_at >= self.warn_after_s:
                 warned_at = now
-                rank_zero_warn(f"no batch for {waited:.0f} s: still waiting for {self._source()}")
+                if rank_zero_only.rank == 0:  # a log record (console and train.log), not a Python warning
+                    log.warning(f"no batch for {waited:.0f} s: still waiting for {self._source()}")
 
     def _interrupt(self, reason: str) -> None:
         self.reason = reason

@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 
 from bksdm.cli.errors import ConfigError
+from bksdm.cli.logs import quiet_third_party
 from bksdm.cli.overrides import quote_brace_patterns, shell_expanded_key
 
 
@@ -51,6 +52,7 @@ def app(config_name: str) -> Callable[[Callable], Callable[[], None]]:
     def decorate(task: Callable) -> Callable[[], None]:
         @functools.wraps(task)
         def reported(cfg):
+            quiet_third_party()
             try:
                 return task(cfg)
             except ConfigError as error:

@@ -187,8 +187,9 @@ class ShardDataModule(CaptionDataModule):
     ):
         super().__init__(batch_size, num_workers, seed, max_consecutive_bad)
         self.urls = expand_shards(urls if isinstance(urls, str) else list(urls))  # missing shards stop here
-        self.source = f"data.urls={urls if isinstance(urls, str) else list(urls)} ({len(self.urls)} shards)"
-        rank_zero_info(f"data     {len(self.urls)} shards from data.urls: {self.urls[0]} ... {self.urls[-1]}")
+        count = f"{len(self.urls)} shard" + "s" * (len(self.urls) != 1)
+        self.source = f"data.urls={urls if isinstance(urls, str) else list(urls)} ({count})"
+        rank_zero_info(f"data     {count} from data.urls: {self.urls[0]} ... {self.urls[-1]}")
         self.epoch_samples, self.resampled, self.shuffle_buffer = epoch_samples, resampled, shuffle_buffer
         self.transform = ImageTransform(resolution, center_crop=center_crop, random_flip=random_flip)
         self.min_size = min_size

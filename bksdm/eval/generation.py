@@ -344,14 +344,14 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", schedu
     import diffusers
 
     from bksdm.teachers.frozen import DTYPES
-    from bksdm.teachers.loading import resolve_source
+    from bksdm.teachers.loading import dtype_argument, resolve_source
 
     device, dtype = resolve_device_dtype(device, dtype)
     check_scheduler(scheduler)
     try:
         pipeline = diffusers.StableDiffusionPipeline.from_pretrained(
             resolve_source(source),
-            torch_dtype=DTYPES[dtype],
+            **dtype_argument(DTYPES[dtype]),
             safety_checker=None,
             requires_safety_checker=False,
         )

@@ -168,7 +168,9 @@ def save_pipeline(
 def teacher_accuracy(folder: Path, settings: DictConfig) -> dict:
     from diffusers import StableDiffusionPipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(folder / "teacher", torch_dtype=torch.float32)
+    from bksdm.teachers.loading import dtype_argument
+
+    pipeline = StableDiffusionPipeline.from_pretrained(folder / "teacher", **dtype_argument(torch.float32))
     pipeline.set_progress_bar_config(disable=True)
     captions = [text for text, _ in all_captions()]
     seeds = list(range(settings.seeds))

@@ -9,7 +9,7 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 
 from bksdm.eval.sampling import check_sampling, model_sampling, write_sampling
-from bksdm.teachers.loading import resolve_source
+from bksdm.teachers.loading import dtype_argument, resolve_source
 from bksdm.training.atomic import atomic_directory
 
 
@@ -41,7 +41,7 @@ def save_student_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
         revision=revision,
-        torch_dtype=student.dtype,  # one precision throughout (a teacher may store its parts in fp16)
+        **dtype_argument(student.dtype),  # one precision throughout (a teacher may store its parts in fp16)
     )
     with atomic_directory(folder) as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)

@@ -25,6 +25,17 @@ from bksdm.miniworld.assets import teacher_path
 from bksdm.teachers.builtin import random_pipeline_path
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
+
+
+def dtype_argument(dtype) -> dict:
+    """The ``from_pretrained`` keyword for a dtype: ``dtype`` where diffusers takes it (it deprecated
+    ``torch_dtype`` for it in 2026, huggingface/diffusers#14205, warning on every pipeline load), else
+    ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
 BUILTINS = {
     "toy": random_pipeline_path,
     "sd14-random": functools.partial(random_pipeline_path, shape="sd14-random"),
@@ -94,11 +105,13 @@ def _load(part: str, path: str, dtype: torch.dtype, revision: str | None):
     kwargs = {"subfolder": _subfolder(part), "revision": revision}
     if part == "unet":
         return _checked(
-            UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype, output_loading_info=True, **kwargs)
+            UNet2DConditionModel.from_pretrained(
+                path, **dtype_argument(dtype), output_loading_info=True, **kwargs
+            )
         )
     if part == "vae":
         return _checked(
-            AutoencoderKL.from_pretrained(path, torch_dtype=dtype, output_loading_info=True, **kwargs)
+            AutoencoderKL.from_pretrained(path, **dtype_argument(dtype), output_loading_info=True, **kwargs)
         )
     if part == "text_encoder":
         return _checked(CLIPTextModel.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs))

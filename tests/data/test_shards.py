@@ -142,7 +142,7 @@ def test_a_source_that_never_opens_stops_the_run_instead_of_spinning(tmp_path):
     datamodule = ShardDataModule(urls=["pipe:false"], resolution=128, batch_size=4, num_workers=0,
                                  epoch_samples=10_000, max_consecutive_bad=16)  # fmt: skip
     trainer = cpu_trainer(tmp_path, max_steps=1000)
-    with pytest.raises(UnreadableSource, match=r"16 samples in a row from data\.urls=\['pipe:false'\] \(1 shards\) "
+    with pytest.raises(UnreadableSource, match=r"16 samples in a row from data\.urls=\['pipe:false'\] \(1 shard\) "
                        r"could not be used \(16 skipped: 16 unreadable_shard; data\.max_consecutive_bad=16\)"):  # fmt: skip
         trainer.fit(module_without_features(), datamodule=datamodule)
 
