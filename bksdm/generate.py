@@ -7,6 +7,17 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bksdm.cli import app, config_checks
+from bksdm.cli.help import EntryHelp
+
+HELP = EntryHelp(
+    command="python -m bksdm.generate",
+    summary="Images from any diffusers Stable Diffusion pipeline (a trained student, a hub id, builtin:*),\n"
+    "reproducible (one seeded generator) and resumable (a manifest of what was drawn).",
+    settings=("model", "prompt", "prompts_file", "out", "seed", "guidance_scale", "num_inference_steps", "scheduler"),
+    examples=('python -m bksdm.generate model=outputs/runs/<run>/student prompt="a small blue square in the center"',
+              "python -m bksdm.generate model=nota-ai/bk-sdm-small prompts_file=prompts.txt out=images/"),
+    more="Manual: docs/evaluation.md",
+)  # fmt: skip
 
 
 def prompts_of(cfg: DictConfig) -> list[str]:
@@ -54,7 +65,7 @@ def generate(cfg: DictConfig) -> list[Path]:
     return paths
 
 
-@app("generate")
+@app("generate", HELP)
 def main(cfg: DictConfig) -> None:
     paths = generate(cfg)
     print(f"{len(paths)} images in {cfg.out}" + (" (and grid.png)" if cfg.grid and len(paths) > 1 else ""))

@@ -9,8 +9,20 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from bksdm.cli import app, config_checks
+from bksdm.cli.help import EntryHelp
 
 MODES = ("images", "latents")
+
+
+HELP = EntryHelp(
+    command="python -m bksdm.prepare",
+    summary="Write training shards once: mode=images copies an image folder (or the mini world) into\n"
+    "webdataset shards; mode=latents stores the teacher VAE's latents, so training loads no VAE.",
+    settings=("data.root", "out", "mode", "shard_size", "text_embeddings", "mirrored", "dtype"),
+    examples=("python -m bksdm.prepare data.root=/data/laion_212k out=shards/laion mode=latents",
+              "python -m bksdm.prepare data=miniworld teacher=miniworld out=shards/miniworld mode=latents mirrored=false"),
+    more="Manual: docs/training.md (data)",
+)  # fmt: skip
 
 
 def prepare(cfg: DictConfig):
@@ -77,7 +89,7 @@ def training_command(cfg: DictConfig, shards: list) -> str:
     return f"python -m bksdm.train teacher={cfg.teacher.name} {data} data.urls='{urls}'{flip}"
 
 
-@app("prepare")
+@app("prepare", HELP)
 def main(cfg: DictConfig) -> None:
     report = prepare(cfg)
     print(f"{cfg.mode}: {report.describe()} -> {cfg.out}")

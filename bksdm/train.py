@@ -8,6 +8,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bksdm.cli import app, config_checks
+from bksdm.cli.help import EntryHelp
+
+HELP = EntryHelp(
+    command="python -m bksdm.train",
+    summary="Distil a block-removed BK-SDM student from a frozen Stable Diffusion teacher with output- and\n"
+    "feature-level knowledge distillation. The defaults are the paper's run (SD-v1.4 -> BK-SDM-Small, LAION).",
+    settings=("data.root", "data.batch_size", "global_batch_size", "trainer.max_steps", "optim.optimizer.lr",
+              "distill.ema_decay", "distill.frozen_dtype", "seed", "resume"),
+    examples=("python -m bksdm.train experiment=demo   # offline, CPU, minutes",
+              "python -m bksdm.train arch=tiny data.root=/data/laion_212k",
+              "python -m bksdm.train experiment=paper_small debug=step   # does the recipe take a step?"),
+    more="Manual: docs/training.md (several GPUs, SLURM: docs/distributed.md)",
+)  # fmt: skip
 
 
 def train(cfg: DictConfig):
@@ -63,7 +76,7 @@ def train(cfg: DictConfig):
     return module
 
 
-@app("train")
+@app("train", HELP)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

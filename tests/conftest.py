@@ -20,7 +20,13 @@ from helpers.paths import teacher_preset
 from bksdm.cli.logs import quiet_third_party
 
 torch.set_num_threads(1)
-quiet_third_party()  # the third-party noise the entry points filter, filtered here too
+
+
+@pytest.fixture(autouse=True)
+def _third_party_noise_filtered():
+    """The third-party noise the entry points filter, filtered in every test too (per test: pytest
+    restores the warning filters after each)."""
+    quiet_third_party()
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch.report import render_report, report_dict
 from bksdm.cli import ConfigError, app
+from bksdm.cli.help import EntryHelp
 from bksdm.teachers.loading import teacher_unet_config
 
 FORMATS = ("table", "json")
 
 
-@app("arch_report")
+HELP = EntryHelp(
+    command="python -m bksdm.arch",
+    summary="What a student keeps and removes of its teacher's U-Net, with parameters and MACs per unit\n"
+    "(configs only: no weights are loaded).",
+    settings=("resolution", "format"),
+    examples=("python -m bksdm.arch teacher=sd14 arch=tiny", "python -m bksdm.arch teacher=sd21base format=json"),
+    more="Manual: docs/architecture.md",
+)  # fmt: skip
+
+
+@app("arch_report", HELP)
 def main(cfg: DictConfig) -> None:
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} is not accepted: use one of {list(FORMATS)}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 
 from bksdm.cli.errors import ConfigError
+from bksdm.cli.help import HELP_FLAGS, EntryHelp, render_help
 from bksdm.cli.logs import quiet_third_party
 from bksdm.cli.overrides import quote_brace_patterns, shell_expanded_key
 
@@ -44,10 +45,11 @@ def _remove_run_folder() -> None:
             parent.rmdir()
 
 
-def app(config_name: str) -> Callable[[Callable], Callable[[], None]]:
-    """``hydra.main`` for a bksdm entry point: the config ``config_name`` of ``conf/`` (installed as ``bksdm.conf``), brace
-    patterns of the command line quoted for Hydra, and a ``ConfigError`` printed as one line (exit
-    status 2, no run folder left behind) instead of a traceback."""
+def app(config_name: str, help: EntryHelp | None = None) -> Callable[[Callable], Callable[[], None]]:
+    """``hydra.main`` for a bksdm entry point: the config ``config_name`` of ``conf/`` (installed as
+    ``bksdm.conf``), brace patterns of the command line quoted for Hydra, ``--help`` from ``help``
+    (``bksdm.cli.help``), and a ``ConfigError`` printed as one line (exit status 2, no run folder left
+    behind) instead of a traceback."""
 
     def decorate(task: Callable) -> Callable[[], None]:
         @functools.wraps(task)
@@ -77,6 +79,14 @@ def app(config_name: str) -> Callable[[Callable], Callable[[], None]]:
                 )
                 sys.exit(2)
             sys.argv[1:] = quote_brace_patterns(sys.argv[1:])
+            if help is not None and any(flag in sys.argv[1:] for flag in HELP_FLAGS):
+                overrides = [a for a in sys.argv[1:] if a not in HELP_FLAGS and not a.startswith("-")]
+                try:
+                    print(render_help(help, config_name, overrides))
+                except Exception as error:  # an override that does not compose
+                    print(f"Error: {error}", file=sys.stderr)
+                    sys.exit(2)
+                return
             hydra_main()
 
         return main

@@ -56,7 +56,9 @@ def quiet_third_party() -> None:
     for pattern in NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropNoise())
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
     import diffusers.utils.logging
     import transformers.utils.logging
 
