@@ -16,6 +16,7 @@ from PIL import Image
 from bksdm import train as train_app
 from bksdm.cli import train_setup
 from bksdm.cli.errors import ConfigError
+from bksdm.eval.labelled_grid import GridLayout
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -224,7 +225,8 @@ def test_demo_distils_the_shipped_teacher_and_writes_every_output(tmp_path):
     ).images[0]
     assert image.size == (64, 64)
     (grid,) = (run / "samples").glob("step_*.png")
-    assert Image.open(grid).size == (2 * 64, 6 * 64)  # teacher | student, one row per prompt
+    layout = GridLayout(rows=6, columns=2, cell=4 * 64)  # teacher | student, one row per prompt, enlarged 4x
+    assert grid.name == "step_0000020.png" and Image.open(grid).size == (layout.width, layout.height)
 
 
 @pytest.mark.parametrize("source", ["laion_folder", "webdataset"])

@@ -1,4 +1,4 @@
-"""SampleGrid: teacher and student images for fixed prompts and seeds, side by side, as a PNG."""
+"""SampleGrid: teacher and student images for fixed prompts and seeds, side by side, as a labelled PNG."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
+from bksdm.arch.spec import removal_name
+from bksdm.eval.labelled_grid import labelled_grid
 from bksdm.teachers.pipeline import frozen_pipeline
 from bksdm.training.fsdp import whole_module
 
@@ -18,7 +20,9 @@ from bksdm.training.fsdp import whole_module
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps (0: only at the end) and at the end of training, on rank 0,
     draw each prompt with the teacher (left) and the student (right) from the same seed and save the
-    grid as ``<dirpath>/step_<global step>.png``; rows are prompts.
+    grid as ``<dirpath>/step_<global step>.png``: the step in the title, "teacher" and "student" above
+    the columns, each prompt above its row, images of less than ``min_cell`` pixels enlarged (nearest
+    neighbour). The same image goes to the loggers.
     """
 
     def __init__(
@@ -29,12 +33,13 @@ class SampleGrid(L.Callback):
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
         seed: int = 1234,
+        min_cell: int = 256,
     ):
         if not prompts:
             raise ValueError("SampleGrid needs at least one prompt")
         self.dirpath, self.prompts = Path(dirpath), list(prompts)
         self.every_n_steps, self.num_inference_steps = every_n_steps, num_inference_steps
-        self.guidance_scale, self.seed = guidance_scale, seed
+        self.guidance_scale, self.seed, self.min_cell = guidance_scale, seed, min_cell
         self._last_step = -1
         self.saved: list[Path] = []
 
@@ -59,8 +64,9 @@ class SampleGrid(L.Callback):
         for unet in (pl_module.frozen.unet, student):
             pipeline.register_modules(unet=unet)
             columns.append(self._images(pipeline, pl_module))
-        rows = [np.concatenate([column[i] for column in columns], axis=1) for i in range(len(self.prompts))]
-        grid = Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8))
+        step = trainer.global_step
+        title = f"step {step}: teacher {pl_module.hparams.teacher_source}, student {removal_name(pl_module.removal_spec)}"
+        grid = labelled_grid(columns, ["teacher", "student"], self.prompts, title, self.min_cell)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"step_{trainer.global_step:07d}.png"
         grid.save(path)
@@ -91,4 +97,4 @@ def log_grid(logger, grid: Image.Image, step: int) -> None:
     if isinstance(logger, TensorBoardLogger):
         logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
     elif hasattr(logger, "log_image"):
-        logger.log_image(key="samples", images=[grid], step=step, caption=["teacher | student"])
+        logger.log_image(key="samples", images=[grid], step=step, caption=[f"step {step}: teacher | student"])

@@ -7,7 +7,17 @@ import sys
 import pytest
 
 VERBS = {  # entry module: the groups its page must list (and no others of the training config)
-    "bksdm.train": {"teacher", "arch", "loss", "data", "speed", "trainer", "callbacks", "experiment", "debug"},
+    "bksdm.train": {
+        "teacher",
+        "arch",
+        "loss",
+        "data",
+        "speed",
+        "trainer",
+        "callbacks",
+        "experiment",
+        "debug",
+    },
     "bksdm.evaluate": {"eval"},
     "bksdm.generate": set(),
     "bksdm.prepare": {"teacher", "data"},
@@ -15,7 +25,18 @@ VERBS = {  # entry module: the groups its page must list (and no others of the t
     "bksdm.bench": {"teacher", "arch", "speed", "preset"},
     "bksdm.miniworld": set(),
 }
-TRAINING_GROUPS = {"teacher", "arch", "loss", "data", "optim", "distill", "speed", "trainer", "logger", "callbacks"}
+TRAINING_GROUPS = {
+    "teacher",
+    "arch",
+    "loss",
+    "data",
+    "optim",
+    "distill",
+    "speed",
+    "trainer",
+    "logger",
+    "callbacks",
+}
 
 
 def run(*args, cwd):
@@ -43,7 +64,9 @@ def test_help_is_the_commands_own_page_and_its_examples_compose(verb, tmp_path):
     examples = [line.strip() for line in block.splitlines() if line.strip()]
     assert len(examples) >= 2
     for example in examples:
-        words = shlex.split(example.split("   #", 1)[0].replace("<run>", "2026-01-01_00-00-00"))  # as README tests do
+        words = shlex.split(
+            example.split("   #", 1)[0].replace("<run>", "2026-01-01_00-00-00")
+        )  # as README tests do
         assert words[:3] == ["python", "-m", verb]
         composed = run(*words[2:], "--cfg", "job", cwd=tmp_path)
         assert composed.returncode == 0, (example, composed.stderr[-2000:])
@@ -52,7 +75,9 @@ def test_help_is_the_commands_own_page_and_its_examples_compose(verb, tmp_path):
 
 def test_help_shows_the_defaults_of_the_composed_config(tmp_path):
     page = run("bksdm.train", "experiment=demo", "--help", cwd=tmp_path).stdout
-    assert "trainer.max_steps     300" in page and "teacher     miniworld" in page  # the demo's, not the paper's
+    assert (
+        "trainer.max_steps     300" in page and "teacher     miniworld" in page
+    )  # the demo's, not the paper's
     assert "data.root             ??? (required)" in run("bksdm.train", "--help", cwd=tmp_path).stdout
     wrong = run("bksdm.train", "arch=huge", "--help", cwd=tmp_path)
     assert wrong.returncode == 2 and "Could not find 'arch/huge'" in wrong.stderr
