@@ -95,6 +95,7 @@ def test_evaluate_errors_come_before_generation(tmp_path):
         f"prompts={coco_json(tmp_path / 'c.json')}",
         f"real={tmp_path / 'none'}",
         f"out={tmp_path / 'eval'}",
+        "num_images=null",  # every caption: the paper's 30000 would be more than the 12 captions hold
     )
     with pytest.raises(ConfigError, match=r"^real-image folder .*none' does not exist"):
         evaluate(cfg)

@@ -50,6 +50,16 @@ def test_cli_prompts_file_and_grid(tmp_path):
             r"^num_inference_steps=0: accepted is a positive integer$",
         ),
         (
+            ["model=builtin:toy", "prompt=x", "resolution=100"],
+            ValueError,
+            r"^resolution=100: accepted are pixel sizes",
+        ),
+        (
+            ["model=builtin:toy", "prompt=x", "resolution=96"],
+            ValueError,
+            r"^resolution=96 does not fit builtin:toy's U-Net: .*a multiple of 64",
+        ),
+        (
             ["model=builtin:toy", "prompt=x", "scheduler=lms"],
             ValueError,
             r"scheduler='lms': accepted are \['pndm'",

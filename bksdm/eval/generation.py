@@ -306,6 +306,29 @@ def check_model(source: str) -> None:
         )
 
 
+def check_resolution(source: str, resolution: int | None) -> None:
+    """``resolution`` (pixels, or None: the U-Net's native size) fits the VAE's 8x and every downsampler
+    of ``source``'s U-Net, read from its config file where that is at hand before loading."""
+    if resolution is None:
+        return
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8 or resolution % 8:
+        raise ValueError(
+            f"resolution={resolution!r}: accepted are pixel sizes that are multiples of 8 (the VAE "
+            "downsamples 8x), or null: the U-Net's native size"
+        )
+    from bksdm.arch.report import check_latent_size
+    from bksdm.teachers.loading import teacher_unet_config
+
+    try:
+        config = teacher_unet_config(source)
+    except Exception:  # no config at hand before loading (a hub id not cached yet): the load says
+        return
+    try:
+        check_latent_size(config, resolution // 8)
+    except ValueError as error:
+        raise ValueError(f"resolution={resolution} does not fit {source}'s U-Net: {error}") from error
+
+
 @dataclass
 class GenerationPlan:
     """What ``generate`` and ``evaluate`` settle before loading a model."""
@@ -325,6 +348,7 @@ def plan_generation(settings, prompts: Sequence[str], out: str | Path) -> Genera
     from bksdm.eval.sampling import resolve_sampling
 
     check_model(settings.model)
+    check_resolution(settings.model, settings.resolution)
     device, dtype = resolve_device_dtype(settings.device, settings.dtype)
     check_scheduler(settings.scheduler)
     sampling, origin = resolve_sampling(settings.model, settings.guidance_scale, settings.num_inference_steps)

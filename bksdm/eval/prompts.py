@@ -14,12 +14,18 @@ import json
 from pathlib import Path
 
 
-def spread(items: list, count: int | None) -> list:
-    """``count`` items evenly spread over ``items`` (all of them when count is None or too large)."""
-    if count is None or count >= len(items):
+def spread(items: list, count: int | None, source: str = "the prompts") -> list:
+    """``count`` items evenly spread over ``items`` (all of them when count is None). More than there are
+    is an error: silently fewer images would not be the protocol asked for."""
+    if count is None or count == len(items):
         return list(items)
     if count < 1:
         raise ValueError(f"num_images={count!r} must be >= 1")
+    if count > len(items):
+        raise ValueError(
+            f"num_images={count} but {source} holds {len(items)} captions: set num_images={len(items)} "
+            "or lower (or num_images=null: every caption once)"
+        )
     return [items[i * len(items) // count] for i in range(count)]
 
 
@@ -50,4 +56,4 @@ def load_prompts(path: str | Path, num_images: int | None = None) -> list[tuple[
         pairs = list(seen.items())
     if not pairs:
         raise ValueError(f"{path} holds no captions")
-    return spread(pairs, num_images)
+    return spread(pairs, num_images, str(path))

@@ -22,3 +22,13 @@ def test_prompt_rule_sorted_by_image_id_lowest_annotation_evenly_spread(tmp_path
     assert load_prompts(tmp_path / "prompts.csv") == [("a.jpg", "x"), ("b.jpg", "z")]
     with pytest.raises(FileNotFoundError, match=r"captions_val2014\.json"):
         load_prompts(tmp_path / "none.json")
+
+
+def test_more_images_than_captions_is_an_error_naming_both(tmp_path):
+    path = coco_json(tmp_path / "captions.json")
+    count = len(load_prompts(path))
+    with pytest.raises(
+        ValueError, match=rf"num_images={count + 1} but .*captions.json holds {count} captions"
+    ):
+        load_prompts(path, num_images=count + 1)
+    assert len(load_prompts(path, num_images=None)) == count
