@@ -7,6 +7,7 @@ import pytest
 from helpers.train_config import FAST, config
 
 from bksdm import train as train_app
+from bksdm.eval.labelled_grid import GridLayout
 
 wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 
@@ -66,7 +67,7 @@ def test_offline_wandb_run_holds_metrics_grid_and_config(tmp_path, monkeypatch):
         "data/skipped",
     } <= keys
     assert {f"train/kd_feat/{side}_blocks.{i}" for side in ("down", "up") for i in range(4)} <= keys
-    assert {"lr-AdamW", "samples/_type"} <= keys  # learning rate and the sample grid
+    assert {"train/lr", "samples/_type"} <= keys  # learning rate and the sample grid
     grids = list(run_file.parent.glob("files/media/images/samples_*.png"))
     assert grids
     config_keys = {item.key for r in records if r.HasField("config") for item in r.config.update}
@@ -89,11 +90,13 @@ def test_tensorboard_run_holds_metrics_grid_and_config(tmp_path):
         "train/loss",
         "train/loss_kd_out",
         "train/kd_feat/up_blocks.0",
-        "lr-AdamW",
+        "train/lr",
         "data/skipped",
     } <= scalars
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2]  # optimizer steps 1 and 2
     (grid,) = events.Images("samples")
-    assert grid.step == 2 and grid.width == 2 * 128 and grid.encoded_image_string.startswith(b"\x89PNG")
+    layout = GridLayout(rows=1, columns=2, cell=2 * 128)  # the toy teacher's 128 px, enlarged 2x
+    assert grid.step == 2 and grid.width == layout.width and grid.encoded_image_string.startswith(b"\x89PNG")
     assert "config" in (tmp_path / "tensorboard" / "hparams.yaml").read_text()
 
 

@@ -282,6 +282,11 @@ def test_runs_log_grad_norm_throughput_and_peak_memory(tmp_path):
         for key in ("train/grad_norm", "perf/images_per_s", "perf/peak_memory_gb")
     }
     assert len(values["train/grad_norm"]) == 3 and all(v > 0 for v in values["train/grad_norm"])
+    # one row per optimizer step, numbered as the grid and the checkpoints are (1, 2, 3), the learning
+    # rate in the same row as the loss
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(r["train/loss"] and r["train/lr"] for r in rows)
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000003.png"]
     assert len(values["perf/images_per_s"]) == 2 and all(v > 0 for v in values["perf/images_per_s"])
     assert all(0.1 < v < 64 for v in values["perf/peak_memory_gb"])
 

@@ -171,6 +171,9 @@ class DistillModule(L.LightningModule):
             skips.raise_failure("the data source of another rank gave only unusable samples")
         if not has_samples:
             return None  # every sample of a batch was bad: nothing to learn from
+        # metrics carry the number of the optimizer step they belong to, as grids, evaluations and
+        # checkpoints do (trainer.global_step after it); Lightning's own step would be one less
+        self.log("step", float(self.global_step + 1), reduce_fx="max")
         loss, terms = self.step(batch, self.device)
         # a non-finite loss is not looked at here (that would sync the host every step): it makes the
         # gradients non-finite, and the guard skips the step
@@ -187,6 +190,7 @@ class DistillModule(L.LightningModule):
         if norm is None:
             return
         self.log("train/grad_norm", norm)  # before clipping
+        self.log("train/lr", float(optimizer.param_groups[0]["lr"]))  # in the step's row, not one of its own
         nonfinite = self.guard.nonfinite
         self.log("train/nonfinite_skipped", nonfinite.skipped.float(), reduce_fx="max")
         # with an on-device skip, the streak is read on logging steps only (no host sync per step)
