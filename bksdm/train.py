@@ -67,8 +67,10 @@ def train(cfg: DictConfig):
         module, cfg.teacher.name, datamodule.batch_size, trainer.accumulate_grad_batches, trainer.world_size
     )
     rank_zero_info(f"{summary}\noutput   {output_dir}" + (f"\nresume   {resume_from}" if resume_from else ""))
-    for logger in trainer.loggers:
-        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
+    for (
+        logger
+    ) in trainer.loggers:  # once, at the top level: W&B's run table sorts by loss.w_feat, arch.name ...
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):  # one W&B run per job: the next job of a multirun starts its own

@@ -71,7 +71,12 @@ def test_offline_wandb_run_holds_metrics_grid_and_config(tmp_path, monkeypatch):
     grids = list(run_file.parent.glob("files/media/images/samples_*.png"))
     assert grids
     config_keys = {item.key for r in records if r.HasField("config") for item in r.config.update}
-    assert "config" in config_keys
+    assert {
+        "loss",
+        "arch",
+        "seed",
+        "teacher",
+    } <= config_keys and "config" not in config_keys  # once, top level
     assert any(r.HasField("exit") for r in records)  # the run was finished, ready for `wandb sync`
 
 
@@ -97,7 +102,7 @@ def test_tensorboard_run_holds_metrics_grid_and_config(tmp_path):
     (grid,) = events.Images("samples")
     layout = GridLayout(rows=1, columns=2, cell=2 * 128)  # the toy teacher's 128 px, enlarged 2x
     assert grid.step == 2 and grid.width == layout.width and grid.encoded_image_string.startswith(b"\x89PNG")
-    assert "config" in (tmp_path / "tensorboard" / "hparams.yaml").read_text()
+    assert "w_feat" in (tmp_path / "tensorboard" / "hparams.yaml").read_text()
 
 
 def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
@@ -149,3 +154,34 @@ def test_wandb_mode_disabled_trains_and_logs_nowhere(tmp_path, monkeypatch):
     module = train_app.train(cfg)
     assert module.trainer.global_step == 2 and (tmp_path / "run" / "student").is_dir()
     assert not list(tmp_path.rglob("*.wandb"))
+
+
+def test_the_jobs_of_a_sweep_are_named_by_what_it_varies_in_one_group(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
+    env.pop("WANDB_RUN_GROUP", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "bksdm.train", "-m", "experiment=demo", "debug=step", "logger=wandb",
+         "logger.mode=offline", "loss.w_feat=0.5,1", "callbacks.sample_grid=null", "callbacks.export_student=null",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {}
+    for run_file in written_runs(tmp_path / "wandb", "offline-run-*/run-*.wandb"):
+        records = list(read_records(run_file))
+        run = next(r.run for r in records if r.HasField("run"))
+        config = {
+            i.key: json.loads(i.value_json) for r in records if r.HasField("config") for i in r.config.update
+        }
+        runs[run.display_name] = (run.run_group, run.job_type, list(run.tags), config)
+    assert sorted(runs) == ["w_feat=0.5", "w_feat=1"]
+    (group,) = {group for group, *_ in runs.values()}
+    assert group == "sweep"  # the sweep's folder
+    for name, (_, job_type, tags, config) in runs.items():
+        assert job_type == "train" and {"experiment:demo", "arch:small", "loss:kd_full"} <= set(tags)
+        assert config["loss"]["w_feat"] == float(name.split("=")[1]) and config["seed"] == 1234

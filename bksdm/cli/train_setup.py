@@ -148,8 +148,31 @@ def make_logger(cfg: DictConfig, output_dir: Path):
     if wandb and rank_zero_only.rank == 0:  # other ranks log nothing
         # the run folder's own id unless one is given (logger.id or WANDB_RUN_ID): resuming continues it
         run_id = cfg.logger.get("id") or wandb_run_id(output_dir)
-        return instantiate(cfg.logger, id=run_id, resume="allow")
+        return instantiate(cfg.logger, id=run_id, resume="allow", **wandb_identity(cfg))
     return instantiate(cfg.logger)
+
+
+# what W&B reads itself when a setting is not passed: those variables win over bksdm's defaults
+WANDB_VARIABLES = {
+    "name": "WANDB_NAME",
+    "group": "WANDB_RUN_GROUP",
+    "tags": "WANDB_TAGS",
+    "job_type": "WANDB_JOB_TYPE",
+}
+
+
+def wandb_identity(cfg: DictConfig) -> dict:
+    """Name, group, tags and job type of the W&B run (``bksdm.cli.run_names``) for those settings the
+    config and W&B's environment variables leave open."""
+    import os
+
+    from bksdm.cli.run_names import run_identity
+
+    return {
+        key: value
+        for key, value in run_identity(cfg).items()
+        if value is not None and cfg.logger.get(key) is None and not os.environ.get(WANDB_VARIABLES[key])
+    }
 
 
 def per_device_batch(global_batch: int | None, per_device: int, world_size: int, accumulation: int) -> int:

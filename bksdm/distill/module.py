@@ -83,7 +83,8 @@ class DistillModule(L.LightningModule):
             raise ValueError(
                 "caption_dropout > 0 needs the text encoder: pre-encoded text embeddings cannot drop captions"
             )
-        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler", "speed"])
+        # kept in checkpoints; not sent to the loggers, which get the whole resolved config once instead
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler", "speed"], logger=False)
         self.speed = speed or SpeedSettings()
         self.guard = StepGuard(nonfinite_patience)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
