@@ -41,7 +41,11 @@ def prepare(cfg: DictConfig):
         if cfg.dtype not in DTYPES:
             raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
         # the data source lists its items: a folder is listed now (no caption, no shard)
-        items = instantiate(cfg.data).shard_items()
+        source = instantiate(cfg.data)
+        items = source.shard_items()
+    from tqdm.auto import tqdm
+
+    items = tqdm(items, total=source.num_items, desc=f"{cfg.mode} -> {cfg.out}", unit="image")
     if cfg.mode == "images":
         return write_image_shards(items, cfg.out, cfg.shard_size)
     device = torch.device(

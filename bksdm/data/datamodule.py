@@ -62,7 +62,8 @@ class CaptionDataModule(L.LightningDataModule):
 
     def shard_items(self) -> Iterator[tuple[str, bytes, str, str] | dict]:
         """(key, encoded image bytes, caption, extension) per item, or a skip marker: what
-        ``python -m bksdm.prepare`` writes to shards. Sources that are shards already have none."""
+        ``python -m bksdm.prepare`` writes to shards (``num_items`` of them). Sources that are shards
+        already have none."""
         raise ValueError(
             f"data._target_='{type(self).__module__}.{type(self).__qualname__}' cannot be written to shards: "
             "prepare reads image folders (data=laion_folder) and the mini world (data=miniworld)"
@@ -161,6 +162,10 @@ class FolderDataModule(CaptionDataModule):
         from bksdm.data.encode import folder_items
 
         return folder_items(self.dataset.items, self.min_size)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.dataset.items)
 
 
 class ShardDataModule(CaptionDataModule):

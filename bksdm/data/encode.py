@@ -44,7 +44,7 @@ class WriteReport:
     def describe(self) -> str:
         counts = [self.skipped.get(kind, 0) for kind in SKIP_KINDS]
         return (
-            f"{self.written} samples in {len(self.shards)} shards, {describe_skips(counts)}, "
+            f"{self.written} samples in {len(self.shards)} shard{'s' * (len(self.shards) != 1)}, {describe_skips(counts)}, "
             f"{self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
         )
 

@@ -47,7 +47,9 @@ class PromptsProtocol:
             plan = plan_generation(cfg, captions, Path(cfg.out) / "images")
         extractor, clip_model = instantiate(self.features), instantiate(self.clip)
         # the real images' statistics first: a problem with them shows before hours of generation
-        real = real_statistics(cfg.real, extractor, self.score_size, cfg.cache_dir, self.batch_size)
+        real = real_statistics(
+            cfg.real, extractor, self.score_size, cfg.cache_dir, self.batch_size, progress=True
+        )
         print(f"sampling: {plan.origin}")
         pipeline = load_pipeline(cfg.model, plan.dtype, plan.device, cfg.scheduler)
         plan.folder.claim()
@@ -56,8 +58,9 @@ class PromptsProtocol:
             resolution=cfg.resolution, **plan.sampling,
         )  # fmt: skip
         scores = score_images(
-            paths, captions, extractor, clip_model, real, self.score_size, self.is_splits, self.batch_size
-        )
+            paths, captions, extractor, clip_model, real, self.score_size, self.is_splits, self.batch_size,
+            progress=True,
+        )  # fmt: skip
         return {
             **scores,
             "model": cfg.model,
@@ -122,7 +125,7 @@ class MiniWorldProtocol:
         student.set_progress_bar_config(disable=True)
         scores = evaluate_student(
             student, reference, self.num_images, self.num_inference_steps, self.guidance_scale,
-            self.batch_size,
+            self.batch_size, progress=True,
         )  # fmt: skip
         return {**scores, "model": cfg.model, "world": str(world)}
 

@@ -24,11 +24,29 @@ def load_scored(paths: Sequence[str | Path], size: int = 256) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def image_features(paths: Sequence[str | Path], extractor, size: int = 256, batch_size: int = 50):
+def batches(items: Sequence, batch_size: int, progress: str | None = None):
+    """``items`` in slices of ``batch_size``; ``progress``: a bar of that name, counting items, with its
+    total, rate and time left (None: no bar, e.g. inside training, whose own bar is shown)."""
+    bar = None
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc=progress, unit="image")
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+        if bar is not None:
+            bar.update(min(batch_size, len(items) - start))
+    if bar is not None:
+        bar.close()
+
+
+def image_features(
+    paths: Sequence[str | Path], extractor, size: int = 256, batch_size: int = 50, progress: str | None = None
+):
     """(pool features (N, D), logits (N, C)) of images, ``batch_size`` at a time."""
     features, logits = [], []
-    for start in range(0, len(paths), batch_size):
-        batch_features, batch_logits = extractor(load_scored(paths[start : start + batch_size], size))
+    for batch in batches(paths, batch_size, progress):
+        batch_features, batch_logits = extractor(load_scored(batch, size))
         features.append(batch_features.double().cpu())
         logits.append(batch_logits.double().cpu())
     return torch.cat(features), torch.cat(logits)
@@ -46,7 +64,12 @@ def real_image_files(folder: str | Path) -> list[Path]:
 
 
 def real_statistics(
-    folder: str | Path, extractor, size: int = 256, cache_dir: str | Path | None = None, batch_size: int = 50
+    folder: str | Path,
+    extractor,
+    size: int = 256,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 50,
+    progress: bool = False,
 ) -> FeatureStats:
     """Feature statistics of every image in ``folder`` (e.g. all 40,504 COCO val2014 images), computed
     once and cached under ``cache_dir`` by folder, file count, extractor and size."""
@@ -56,7 +79,8 @@ def real_statistics(
     cache = Path(cache_dir) / f"real-{extractor.name}-{size}-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         return FeatureStats.load(cache)
-    stats = FeatureStats.of(image_features(files, extractor, size, batch_size)[0])
+    bar = f"real-image statistics of {folder}" if progress else None
+    stats = FeatureStats.of(image_features(files, extractor, size, batch_size, bar)[0])
     if cache is not None:
         stats.save(cache, folder=str(folder.resolve()), extractor=extractor.name)
     return stats
@@ -71,15 +95,14 @@ def score_images(
     size: int = 256,
     is_splits: int = 10,
     batch_size: int = 50,
+    progress: bool = False,
 ) -> dict:
     """FID against ``real``, IS (mean and std over splits) and CLIP score of generated images."""
-    features, logits = image_features(paths, extractor, size, batch_size)
+    features, logits = image_features(paths, extractor, size, batch_size, "features" if progress else None)
     is_mean, is_std = inception_score(logits, is_splits)
+    bar = "CLIP embeddings" if progress else None
     image_embeddings = torch.cat(
-        [
-            clip_model.embed_images(load_scored(paths[i : i + batch_size], size))
-            for i in range(0, len(paths), batch_size)
-        ]
+        [clip_model.embed_images(load_scored(batch, size)) for batch in batches(paths, batch_size, bar)]
     )
     text_embeddings = torch.cat(
         [

@@ -36,3 +36,7 @@ class MiniWorldDataModule(CaptionDataModule):
 
     def shard_items(self) -> Iterator[tuple[str, bytes, str, str]]:
         return self.build_dataset().shard_items()
+
+    @property
+    def num_items(self) -> int:
+        return self.num_samples

@@ -135,6 +135,7 @@ def evaluate_student(
     num_inference_steps: int = 25,
     guidance_scale: float = 3.0,
     batch_size: int = 90,
+    progress: bool = False,
 ) -> dict[str, float]:
     """The scores of ``pipeline`` (the teacher's VAE and text encoder around a student U-Net):
     ``accuracy/{shape,colour,position,size,all}``, ``fid`` (classifier features) and
@@ -143,7 +144,7 @@ def evaluate_student(
     captions = [text for text, _ in all_captions()]
     rounds, rest = divmod(num_images, len(captions))
     texts = captions * rounds + captions[:rest]
-    settings = (num_inference_steps, guidance_scale, batch_size)
+    settings = (num_inference_steps, guidance_scale, batch_size, "mini-world images" if progress else None)
     if num_images < 2:
         raise ValueError(
             f"num_images={num_images!r}: FID needs at least 2 images (1000 or more to mean much)"

@@ -18,14 +18,16 @@ def generate(
     num_inference_steps: int = 25,
     guidance_scale: float = 3.0,
     batch_size: int = 90,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """Images (len(seeds) x len(captions), 3, H, W) in [-1, 1] on the CPU, seed-major (their captions are
     ``list(captions) * len(seeds)``). The image of caption ``c`` with seed ``s`` starts from noise seeded by
-    (s, c) alone, so batching does not change it."""
+    (s, c) alone, so batching does not change it. ``progress``: the name of a progress bar (None: none)."""
+    from bksdm.eval.scoring import batches
+
     jobs = [(text, seed * 100_003 + c) for seed in seeds for c, text in enumerate(captions)]
     images = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
+    for chunk in batches(jobs, batch_size, progress):
         generators = [torch.Generator().manual_seed(noise_seed) for _, noise_seed in chunk]
         out = pipeline(
             [text for text, _ in chunk],
