@@ -16,6 +16,7 @@ give open_clip a local file as ``pretrained``) on a machine without internet.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +52,21 @@ def _check_images(images: torch.Tensor) -> None:
         )
 
 
+@contextlib.contextmanager
+def _weights_in_torch_hub(url: str, library: str):
+    """A failed download of ``url`` (no network) becomes an error that says which file to put where."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if target.is_file():
+            raise
+        raise FileNotFoundError(
+            f"{library} could not download its Inception weights ({error}). On a machine without internet, "
+            f"download {url} elsewhere and put it at {target} (torch's hub cache: $TORCH_HOME/hub/checkpoints)"
+        ) from error
+
+
 class PaperInception(nn.Module):
     """FID pool features from pytorch-fid and IS logits from torch-fidelity, as the paper computed them.
 
@@ -65,8 +81,10 @@ class PaperInception(nn.Module):
         fidelity = _require("torch_fidelity.feature_extractor_inceptionv3", "IS as in the paper")
         self.device = resolve_device(device)
         block = fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]
-        self.fid_net = fid_inception.InceptionV3([block]).to(self.device).eval()
-        self.is_net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"])
+        with _weights_in_torch_hub(fid_inception.FID_WEIGHTS_URL, "pytorch-fid"):
+            self.fid_net = fid_inception.InceptionV3([block]).to(self.device).eval()
+        with _weights_in_torch_hub(fidelity.URL_INCEPTION_V3, "torch-fidelity"):
+            self.is_net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"])
         self.is_net.to(self.device)
 
     @torch.no_grad()

@@ -192,3 +192,20 @@ def test_evaluate_with_the_paper_extractors(torch_home, small_clip, tmp_path, mo
         "clip": "open_clip-bksdm-test-clip-weights.safetensors",
     }
     assert all(np.isfinite(metrics[k]) for k in ("fid", "is", "clip")) and metrics["fid"] > 0
+
+
+def test_without_network_the_missing_weights_file_and_where_it_goes_are_named(tmp_path, monkeypatch):
+    import urllib.error
+
+    import pytorch_fid.inception
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(pytorch_fid.inception, "load_state_dict_from_url", offline)
+    target = tmp_path / "hub" / "checkpoints" / HUB_FILES[0]
+    with pytest.raises(
+        FileNotFoundError, match=rf"download https://\S+/{HUB_FILES[0]} elsewhere and put it at {target}"
+    ):
+        PaperInception(device="cpu")
