@@ -65,14 +65,15 @@ class SampleGrid(L.Callback):
             pipeline.register_modules(unet=unet)
             columns.append(self._images(pipeline, pl_module))
         step = trainer.global_step
-        title = f"step {step}: teacher {pl_module.hparams.teacher_source}, student {removal_name(pl_module.removal_spec)}"
+        student_name = removal_name(pl_module.removal_spec)
+        title = f"step {step}: teacher {pl_module.frozen.source}, student {student_name}"
         grid = labelled_grid(columns, ["teacher", "student"], self.prompts, title, self.min_cell)
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        path = self.dirpath / f"step_{trainer.global_step:07d}.png"
+        path = self.dirpath / f"step_{step:07d}.png"
         grid.save(path)
         self.saved.append(path)
         for logger in trainer.loggers:
-            log_grid(logger, grid, trainer.global_step)
+            log_grid(logger, grid, step)
         return path
 
     def _images(self, pipeline, pl_module) -> np.ndarray:

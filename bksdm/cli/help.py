@@ -9,7 +9,7 @@ config instead, so it cannot drift from it. ``--hydra-help`` still shows Hydra's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 
 from omegaconf import OmegaConf
@@ -26,7 +26,7 @@ class EntryHelp:
     settings: Sequence[str] = ()  # dotted keys shown with their composed defaults
     examples: Sequence[str] = ()
     more: str = ""  # where the manual is
-    hidden_groups: Sequence[str] = field(default=("hydra", "paths"))
+    hidden_groups: Sequence[str] = ("hydra", "paths")
 
 
 # groups whose files are parts composed by a few of them (one file per callback): only those are offered

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 
 def _hydra():
@@ -17,17 +18,22 @@ def _hydra():
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
+def _parsed(overrides) -> list:
+    """Command-line overrides as Hydra's parser reads them (key, value, whether it sweeps)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
 def swept_keys(sweep_dir: Path) -> list[str]:
     """The keys a multirun sweeps over (``arch``, ``loss.w_feat``), from the ``multirun.yaml`` Hydra writes
     in the sweep folder before it launches the jobs; empty when there is none."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     record = sweep_dir / "multirun.yaml"
     if not record.is_file():
         return []
-    task = OmegaConf.load(record).hydra.overrides.task
-    overrides = OverridesParser.create().parse_overrides(list(task))
-    return [o.key_or_group for o in overrides if o.is_sweep_override()]
+    return [
+        o.key_or_group for o in _parsed(OmegaConf.load(record).hydra.overrides.task) if o.is_sweep_override()
+    ]
 
 
 def _short(key: str, value: str) -> str:
@@ -35,7 +41,7 @@ def _short(key: str, value: str) -> str:
     return value if "." not in key and "/" not in key else f"{key.rsplit('.', 1)[-1]}={value}"
 
 
-def run_identity(cfg: DictConfig) -> dict:
+def run_identity() -> dict:
     """``name``, ``group``, ``tags`` and ``job_type`` for the tracker, where the job tells them:
 
     - name: in a sweep, the swept values of this job (``small-w_feat=0.5``); else the experiment and the
@@ -53,11 +59,9 @@ def run_identity(cfg: DictConfig) -> dict:
     identity = {"name": None, "group": None, "tags": tags or None, "job_type": "train"}
     if runtime is None:
         return identity
-    if str(runtime.mode) == "RunMode.MULTIRUN":
+    if runtime.mode == RunMode.MULTIRUN:
         keys = swept_keys(Path(runtime.sweep.dir))
-        values = {
-            o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in runtime.overrides.task if "=" in o
-        }
+        values = {o.key_or_group: o.get_value_element_as_str() for o in _parsed(runtime.overrides.task)}
         identity["name"] = (
             "-".join(_short(k, values[k]) for k in keys if k in values) or f"job{runtime.job.num}"
         )

@@ -170,7 +170,7 @@ def wandb_identity(cfg: DictConfig) -> dict:
 
     return {
         key: value
-        for key, value in run_identity(cfg).items()
+        for key, value in run_identity().items()
         if value is not None and cfg.logger.get(key) is None and not os.environ.get(WANDB_VARIABLES[key])
     }
 

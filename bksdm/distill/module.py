@@ -113,14 +113,12 @@ class DistillModule(L.LightningModule):
             tap_pairs = paper_tap_pairs(self.frozen.unet.config, self.removal_spec)
         else:
             tap_pairs = parse_tap_pairs(taps)
-        self.hparams["taps"] = [
-            [p.teacher, p.student] for p in tap_pairs
-        ]  # what was tapped, ``auto`` resolved
+        # the checkpoint records what was tapped, with ``auto`` resolved
+        self.hparams["taps"] = [[p.teacher, p.student] for p in tap_pairs]
         # paths and shapes are checked now, before any data is touched
+        teacher_config = self.frozen.unet.config
         self.tap_shapes = (
-            check_tap_pairs(
-                self.frozen.unet.config, self.student.config, tap_pairs, parts.unet.config.sample_size
-            )
+            check_tap_pairs(teacher_config, self.student.config, tap_pairs, teacher_config.sample_size)
             if tap_pairs
             else {}
         )

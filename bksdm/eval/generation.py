@@ -311,20 +311,26 @@ def check_resolution(source: str, resolution: int | None) -> None:
     of ``source``'s U-Net, read from its config file where that is at hand before loading."""
     if resolution is None:
         return
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8 or resolution % 8:
-        raise ValueError(
-            f"resolution={resolution!r}: accepted are pixel sizes that are multiples of 8 (the VAE "
-            "downsamples 8x), or null: the U-Net's native size"
-        )
-    from bksdm.arch.report import check_latent_size
+    from bksdm.arch.report import VAE_SCALE, check_latent_size
     from bksdm.teachers.loading import teacher_unet_config
+
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, int)
+        or resolution < VAE_SCALE
+        or resolution % VAE_SCALE
+    ):
+        raise ValueError(
+            f"resolution={resolution!r}: accepted are pixel sizes that are multiples of {VAE_SCALE} (the VAE "
+            f"downsamples {VAE_SCALE}x), or null: the U-Net's native size"
+        )
 
     try:
         config = teacher_unet_config(source)
     except Exception:  # no config at hand before loading (a hub id not cached yet): the load says
         return
     try:
-        check_latent_size(config, resolution // 8)
+        check_latent_size(config, resolution // VAE_SCALE)
     except ValueError as error:
         raise ValueError(f"resolution={resolution} does not fit {source}'s U-Net: {error}") from error
 
