@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -38,7 +39,7 @@ def train(cfg: DictConfig):
     from bksdm.distill.speed import set_tf32
     from bksdm.distill.summary import startup_summary
     from bksdm.teachers.loading import check_available_offline
-    from bksdm.training.resume import checkpoint_to_resume
+    from bksdm.training.resume import checkpoint_to_resume, report_offline_parts
 
     route_lightning_logs()
     output_dir = Path(cfg.paths.output_dir)
@@ -67,14 +68,17 @@ def train(cfg: DictConfig):
         module, cfg.teacher.name, datamodule.batch_size, trainer.accumulate_grad_batches, trainer.world_size
     )
     rank_zero_info(f"{summary}\noutput   {output_dir}" + (f"\nresume   {resume_from}" if resume_from else ""))
-    for (
-        logger
-    ) in trainer.loggers:  # once, at the top level: W&B's run table sorts by loss.w_feat, arch.name ...
+    # once, at the top level: W&B's run table sorts by loss.w_feat, arch.name ...
+    for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if resume_from is not None and resume_from.parent == output_dir / "checkpoints":
+        # continuing in its own folder: the earlier checkpoints Lightning's warning is about are expected
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):  # one W&B run per job: the next job of a multirun starts its own
             logger.experiment.finish()
+            report_offline_parts(logger.experiment)
     return module
 
 

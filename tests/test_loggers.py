@@ -105,7 +105,7 @@ def test_tensorboard_run_holds_metrics_grid_and_config(tmp_path):
     assert "w_feat" in (tmp_path / "tensorboard" / "hparams.yaml").read_text()
 
 
-def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
+def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path, monkeypatch, caplog, recwarn):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     run = [*FAST, "experiment=demo", "logger=wandb", "logger.mode=offline", "callbacks.sample_grid=null",
@@ -115,6 +115,10 @@ def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
     run_id = (tmp_path / "run" / "wandb_run_id").read_text().strip()
     runs = written_runs(tmp_path / "wandb")
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # one W&B run, resumed
+    # W&B cannot resume offline: both folders are named for `wandb sync`, oldest first
+    (hint,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("W&B offline run")]
+    assert hint.endswith("wandb sync " + " ".join(str(run) for run in runs))
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]  # its own checkpoints
 
 
 def run_settings(run_file) -> dict:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
+from bksdm.callbacks.progress_bar import StepProgressBar
 from bksdm.data.transforms import uint8_to_unit
 from bksdm.eval.sampling import write_sampling
 from bksdm.miniworld import models
@@ -137,6 +138,7 @@ def fit(
         accelerator=cfg.accelerator,
         devices=1,
         deterministic=True,
+        callbacks=[StepProgressBar(refresh_rate=cfg.log_every_n_steps, description=name)],
         **options,
     )
     start = time.perf_counter()

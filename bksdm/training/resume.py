@@ -53,3 +53,18 @@ def wandb_run_id(output_dir: Path) -> str:
     output_dir.mkdir(parents=True, exist_ok=True)
     record.write_text(run_id + "\n")
     return run_id
+
+
+def report_offline_parts(run) -> None:
+    """After an offline W&B ``run`` finished: if it was resumed, says which folders hold its parts.
+
+    W&B cannot resume an offline run (wandb/wandb#2423): each start writes an ``offline-run-<time>-<id>``
+    folder of its own under the same id, and W&B's closing hint names only the newest."""
+    if not run.offline:
+        return
+    parts = sorted(Path(run.settings.sync_dir).parent.glob(f"offline-run-*-{run.id}"))  # oldest first
+    if len(parts) > 1:
+        rank_zero_info(
+            f"W&B offline run {run.id} is in {len(parts)} folders, one per start (W&B does not resume offline "
+            f"runs); sync all of them, oldest first: wandb sync {' '.join(str(p) for p in parts)}"
+        )
