@@ -65,7 +65,7 @@ def test_miniworld_data_source_trains_a_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_build_trains_every_part_from_a_seed_and_writes_a_loadable_world(tmp_path):
+def test_build_trains_every_part_from_a_seed_and_writes_a_loadable_world(tmp_path, capsys):
     from hydra import compose, initialize_config_dir
 
     from bksdm.miniworld.assets import load_classifier, teacher_path
@@ -79,6 +79,8 @@ def test_build_trains_every_part_from_a_seed_and_writes_a_loadable_world(tmp_pat
             "report.seeds=1", "report.num_inference_steps=2", "log_every_n_steps=1",
         ])  # fmt: skip
     out = build(cfg)
+    bars = capsys.readouterr().out
+    assert all(f"{stage}: 100%" in bars and "3/3" in bars for stage in ("vae", "teacher", "classifier"))
     report = json.loads((out / "report.json").read_text())
     assert set(report["teacher_accuracy"]) == {"shape", "colour", "position", "size", "all"}
     assert report["scaling_factor"] > 0 and set(report["seconds"]) == {
