@@ -36,7 +36,6 @@ def train(cfg: DictConfig):
 
     from bksdm.cli.logs import route_lightning_logs
     from bksdm.cli.train_setup import build_module, check_config, make_logger, per_device_batch
-    from bksdm.distill.speed import set_tf32
     from bksdm.distill.summary import startup_summary
     from bksdm.teachers.loading import check_available_offline
     from bksdm.training.resume import checkpoint_to_resume, report_offline_parts
@@ -59,7 +58,7 @@ def train(cfg: DictConfig):
         )
         resume_from = checkpoint_to_resume(cfg, output_dir)  # last: it says what it found
     L.seed_everything(cfg.seed, workers=True)
-    set_tf32(cfg.speed.tf32)
+    instantiate(cfg.speed).apply_to_process(trainer.strategy.root_device)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # every rank runs this function; one writes
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

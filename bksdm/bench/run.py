@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import json
 import platform
@@ -18,13 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from bksdm.arch import student_config
 from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
+from bksdm.bench.machine import probe_machine
+from bksdm.bench.phases import PhaseTimer
+from bksdm.bench.roofline import StepShape, roofline, step_bytes
 from bksdm.bench.timer import HostSyncEveryStep, StepTimer
 from bksdm.cli import config_checks
 from bksdm.cli.train_setup import build_module, check_model_config, check_precision, teacher_config
 from bksdm.cli.value_types import check_value_types
-from bksdm.distill.speed import set_tf32
-from bksdm.teachers.frozen import resolve_frozen_dtype
+from bksdm.teachers.frozen import DTYPES, resolve_frozen_dtype
 from bksdm.teachers.loading import check_available_offline
+from bksdm.training.memory import release_host_memory
 
 MODES = ("fast", "reference", "both")
 COLUMNS = (
@@ -34,8 +35,18 @@ COLUMNS = (
     ("s_per_step", "{:.3f}"),
     ("peak_memory_gb", "{:.2f}"),
     ("gflop_per_step", "{:.1f}"),
+    ("gb_per_step", "{:.1f}"),
     ("achieved_tflop_per_s", "{:.3f}"),
+    ("limit_s", "{:.3f}"),
+    ("x_limit", "{:.2f}"),
 )
+# the dtype the student's matmuls run in, by Lightning precision
+COMPUTE_DTYPES = {
+    "bf16-mixed": "bfloat16",
+    "16-mixed": "float16",
+    "bf16-true": "bfloat16",
+    "16-true": "float16",
+}
 
 
 def mode_config(cfg: DictConfig, mode: str) -> DictConfig:
@@ -49,7 +60,7 @@ def check_bench_config(cfg: DictConfig) -> int:
     bench = cfg.bench
     if bench.mode not in MODES:
         raise ValueError(f"bench.mode={bench.mode!r}: accepted are {list(MODES)}")
-    for key, least in (("steps", 1), ("warmup_steps", 0), ("batch_size", 1)):
+    for key, least in (("steps", 1), ("warmup_steps", 0), ("breakdown_steps", 0), ("batch_size", 1)):
         if not isinstance(bench[key], int) or bench[key] < least:
             raise ValueError(f"bench.{key}={bench[key]!r}: accepted are integers >= {least}")
     resolution = bench.resolution or cfg.teacher.resolution
@@ -64,7 +75,17 @@ def check_bench_config(cfg: DictConfig) -> int:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what ``platform`` knows)."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def settings(cfg: DictConfig, device: torch.device) -> dict:
@@ -90,13 +111,49 @@ def count_flops(cfg: DictConfig, resolution: int, vae=None, text_encoder=None) -
     return step_flops(teacher if needs_teacher else None, student, resolution, images, vae, text_encoder)
 
 
-def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
-    """Builds the module and a trainer for ``mode`` and times ``bench.steps`` optimizer steps."""
+def bench_device(cfg: DictConfig) -> torch.device:
+    """The device the trainer will pick: a GPU when one is there and the trainer may use it."""
+    wants_gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def part_dtypes(cfg: DictConfig, device: torch.device) -> dict[str, str]:
+    """The dtype each FLOP-counted part computes in: the student in the precision's compute dtype, the
+    frozen parts in their own."""
+    frozen = resolve_frozen_dtype(cfg.distill.frozen_dtype, device)
+    student = COMPUTE_DTYPES.get(str(cfg.trainer.precision), "float32")
+    return {"student_forward_backward": student, "teacher_forward": frozen, "vae_encode": frozen,
+            "text_encode": frozen}  # fmt: skip
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters()) if model is not None else 0
+
+
+def step_shape(cfg: DictConfig, module) -> StepShape:
+    """What the step touches, from the built module (``bksdm.bench.roofline``)."""
+    frozen = module.frozen
+    running = count_params(frozen.unet) if module.loss.needs_teacher else 0
+    if not cfg.bench.pre_encoded:
+        running += count_params(frozen.vae.encoder) + count_params(frozen.vae.quant_conv)
+        running += count_params(frozen.text_encoder)
+    return StepShape(
+        student_params=count_params(module.student),
+        frozen_params=running,
+        frozen_bytes=frozen.dtype.itemsize,
+        micro_batches=cfg.trainer.accumulate_grad_batches,
+        clip=bool(cfg.trainer.gradient_clip_val),
+        ema=module.ema is not None,
+    )
+
+
+def run_mode(cfg: DictConfig, mode: str, resolution: int, machine: dict) -> dict:
+    """Builds the module and a trainer for ``mode``, times ``bench.steps`` optimizer steps, then breaks
+    ``bench.breakdown_steps`` more down by phase; ``machine``: ``probe_machine``'s rates."""
     cfg = mode_config(cfg, mode)
     bench = cfg.bench
-    set_tf32(cfg.speed.tf32)
     L.seed_everything(cfg.seed, verbose=False)
-    total_steps = bench.warmup_steps + bench.steps
+    total_steps = bench.warmup_steps + bench.steps + bench.breakdown_steps
     data = FixedBatches(
         bench.batch_size,
         resolution,
@@ -104,8 +161,9 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
         teacher_config(cfg)["cross_attention_dim"],
         bench.pre_encoded,
     )
-    timer = StepTimer(bench.warmup_steps)
-    callbacks = [timer] + ([HostSyncEveryStep()] if bench.host_sync_every_step else [])
+    timer = StepTimer(bench.warmup_steps, bench.steps)
+    phases = PhaseTimer(start_step=bench.warmup_steps + bench.steps)
+    callbacks = [timer, phases] + ([HostSyncEveryStep()] if bench.host_sync_every_step else [])
     with tempfile.TemporaryDirectory() as scratch:  # a benchmark leaves nothing behind
         trainer: L.Trainer = instantiate(
             cfg.trainer,
@@ -117,6 +175,7 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
             plugins=None,
             default_root_dir=scratch,
         )
+        instantiate(cfg.speed).apply_to_process(trainer.strategy.root_device)
         module = build_module(cfg, pre_encoded=data.pre_encoded, device=trainer.strategy.root_device)
         trainer.fit(module, datamodule=data)
     device = module.device
@@ -127,6 +186,10 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
         vae.config if vae is not None else None,
         text_encoder.config if text_encoder is not None else None,
     )
+    traffic = step_bytes(step_shape(cfg, module))
+    dtypes = part_dtypes(cfg, device)
+    rates = {part: machine["matmul_flop_per_s"][dtypes[part]] for part in flops if part != "total"}
+    limit = roofline(flops, rates, traffic["total"], machine["bytes_per_s"])
     images = bench.batch_size * cfg.trainer.accumulate_grad_batches * trainer.world_size
     seconds_per_step = timer.seconds / timer.steps
     record = {
@@ -147,6 +210,12 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
         "flops_per_step": flops["total"],  # per device
         "flops_by_part": flops,
         "achieved_tflop_per_s": flops["total"] / seconds_per_step / 1e12,
+        "bytes_per_step": traffic["total"],
+        "bytes_by_part": traffic,
+        "compute_dtypes": {part: dtypes[part] for part in rates},
+        **limit,
+        "x_limit": seconds_per_step / limit["limit_s"],  # 1.0: at the roofline
+        "phases_s": phases.per_step(),
         "settings": settings(cfg, device),
     }
     return record
@@ -158,18 +227,37 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if platform.system() == "Linux":
-        with contextlib.suppress(OSError):  # hand freed heap pages back to the OS (glibc)
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_host_memory()
 
 
 def render_table(records: list[dict]) -> str:
     rows = [[name for name, _ in COLUMNS]]
     for record in records:
-        values = {**record, "gflop_per_step": record["flops_per_step"] / 1e9}
+        values = {
+            **record,
+            "gflop_per_step": record["flops_per_step"] / 1e9,
+            "gb_per_step": record["bytes_per_step"] / 1e9,
+        }
         rows.append([fmt.format(values[name]) for name, fmt in COLUMNS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+
+
+def render_machine(device: torch.device, machine: dict) -> str:
+    rates = ", ".join(f"{name} {rate / 1e9:,.0f}" for name, rate in machine["matmul_flop_per_s"].items())
+    memory = ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in machine["memory_bytes_per_s"].items())
+    return f"machine: {device_name(device)}; matmul GFLOP/s: {rates}; memory GB/s: {memory}"
+
+
+def render_limit(record: dict) -> str:
+    """The roofline and the phases of one mode, in two lines."""
+    limit = (f"{record['mode']}: roofline {record['limit_s']:.3f} s = {record['compute_s']:.3f} s compute + "
+             f"{record['memory_s']:.3f} s memory; the step takes {record['s_per_step']:.3f} s, "
+             f"{record['x_limit']:.2f}x the limit")  # fmt: skip
+    if not record["phases_s"]:
+        return limit
+    phases = ", ".join(f"{name} {seconds:.3f}" for name, seconds in record["phases_s"].items())
+    return f"{limit}\n  phases (s per step): {phases}"
 
 
 def benchmark(cfg: DictConfig) -> dict:
@@ -182,14 +270,20 @@ def benchmark(cfg: DictConfig) -> dict:
         result = {"flops_per_step": {mode: _count_only(mode_config(cfg, mode), resolution) for mode in modes}}
         print(json.dumps(result))
         return result
+    device = bench_device(cfg)
+    dtypes = {dtype for mode in modes for dtype in part_dtypes(mode_config(cfg, mode), device).values()}
+    machine = probe_machine(device, [DTYPES[name] for name in sorted(dtypes)])
+    print(render_machine(device, machine))
     records = []
     for mode in modes:
-        records.append(run_mode(cfg, mode, resolution))
+        records.append(run_mode(cfg, mode, resolution, machine))
         release_memory()
-    result = {"runs": records, "speedup": None}
+    result = {"machine": {"device": device_name(device), **machine}, "runs": records, "speedup": None}
     if len(records) == 2:
         result["speedup"] = records[0]["images_per_s"] / records[1]["images_per_s"]
     print(render_table(records))
+    for record in records:
+        print(render_limit(record))
     if result["speedup"] is not None:
         print(f"speedup (fast / reference images/s): {result['speedup']:.2f}x")
     line = json.dumps(result)

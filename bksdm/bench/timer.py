@@ -10,30 +10,32 @@ from bksdm.training.memory import peak_memory_gb, reset_peak_memory, synchronize
 
 
 class StepTimer(L.Callback):
-    """Wall time and peak memory of the optimizer steps after ``warmup_steps``: the device is synchronised
-    at the start of the first timed step and at the end of training, and nowhere in between."""
+    """Wall time and peak memory of ``steps`` optimizer steps after ``warmup_steps``: the device is
+    synchronised at the start of the first timed step and at the end of the last, and nowhere in between.
+    Steps after those (the benchmark's breakdown steps) are not timed."""
 
-    def __init__(self, warmup_steps: int):
-        self.warmup_steps = warmup_steps
+    def __init__(self, warmup_steps: int, steps: int):
+        self.warmup_steps, self.end_step = warmup_steps, warmup_steps + steps
         self.start: float | None = None
-        self.start_step = 0
-        self.seconds = 0.0
-        self.steps = 0
+        self.seconds: float | None = None
+        self.steps = steps
         self.peak_memory_gb = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.start is None and trainer.global_step == self.warmup_steps:
             synchronize(pl_module.device)
             reset_peak_memory(pl_module.device)
-            self.start, self.start_step = time.perf_counter(), trainer.global_step
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.seconds is None and trainer.global_step == self.end_step:
+            synchronize(pl_module.device)
+            self.seconds = time.perf_counter() - self.start
+            self.peak_memory_gb = peak_memory_gb(pl_module.device)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        synchronize(pl_module.device)
-        if self.start is None:
-            raise RuntimeError(f"training ended at step {trainer.global_step}, before the timed steps began")
-        self.seconds = time.perf_counter() - self.start
-        self.steps = trainer.global_step - self.start_step
-        self.peak_memory_gb = peak_memory_gb(pl_module.device)
+        if self.seconds is None:
+            raise RuntimeError(f"training ended at step {trainer.global_step}, before step {self.end_step}")
 
 
 class HostSyncEveryStep(L.Callback):

@@ -44,6 +44,8 @@ class DistillModule(L.LightningModule):
             else bfloat16): the precision the teacher U-Net, VAE and text encoder are stored and compute
             in, also inside a mixed-precision (autocast) region.
         ema_decay: EMA decay of the student's weights, None for no EMA.
+        ema_every: average the EMA every this many optimizer steps, by the decays of all of them
+            (``StudentEMA``); the exported average is brought up to date first.
         gradient_checkpointing: recompute the student's activations in backward (memory for time).
         caption_dropout: probability of replacing a caption by the empty prompt (classifier-free guidance);
             0 as in the paper.
@@ -67,6 +69,7 @@ class DistillModule(L.LightningModule):
         speed: SpeedSettings | None = None,
         frozen_dtype: str = "float32",
         ema_decay: float | None = None,
+        ema_every: int = 1,
         gradient_checkpointing: bool = False,
         caption_dropout: float = 0.0,
         load_vae: bool = True,
@@ -77,8 +80,8 @@ class DistillModule(L.LightningModule):
         frozen_dtype = resolve_frozen_dtype(frozen_dtype, "cuda" if torch.cuda.is_available() else "cpu")
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout={caption_dropout!r} must be a probability in [0, 1]")
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay!r} must be in (0, 1), or null for no EMA")
+        if ema_decay is not None:
+            StudentEMA.check_settings(ema_decay, ema_every)
         if caption_dropout > 0 and not load_text_encoder:
             raise ValueError(
                 "caption_dropout > 0 needs the text encoder: pre-encoded text embeddings cannot drop captions"
@@ -104,7 +107,9 @@ class DistillModule(L.LightningModule):
             if model is not None:
                 set_attention(model, self.speed.attention)
         self.ema = (
-            StudentEMA(self.student, ema_decay, self.speed.ema_foreach) if ema_decay is not None else None
+            StudentEMA(self.student, ema_decay, self.speed.ema_foreach, ema_every)
+            if ema_decay is not None
+            else None
         )
 
         if not loss.needs_features:
@@ -211,7 +216,7 @@ class DistillModule(L.LightningModule):
             getattr(optimizer, "optimizer", optimizer)
         )  # Lightning's wrapper has its own __dict__
         if self.ema is not None and self.guard.applied is not None:
-            self.ema.update(self.student, applied=self.guard.applied)
+            self.ema.update(self.student, applied=self.guard.applied, step=self.global_step + 1)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=[p for p in self.student.parameters() if p.requires_grad])
@@ -240,5 +245,9 @@ class DistillModule(L.LightningModule):
             restore_rng_states(checkpoint["rng_states"])
 
     def exported_student(self) -> UNet2DConditionModel:
-        """The weights to export: the EMA student when EMA is on, else the student itself."""
-        return self.ema.module if self.ema is not None else self.student
+        """The weights to export: the EMA student (averaged up to this step) when EMA is on, else the
+        student itself."""
+        if self.ema is None:
+            return self.student
+        self.ema.catch_up(self.student)
+        return self.ema.module

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+from bksdm.training.memory import keep_freed_host_memory
+
 ATTENTION = {"sdpa": AttnProcessor2_0, "eager": AttnProcessor}
 
 
@@ -35,6 +37,9 @@ class SpeedSettings:
         ema_foreach: update the EMA with one multi-tensor lerp (False: tensor by tensor, as diffusers'
             EMAModel in the reference implementation).
         tf32: TF32 tensor cores for fp32 matmuls and convolutions (Ampere and newer GPUs; no effect on CPU).
+        keep_host_memory: the C library keeps the host memory a step frees for the next step instead of
+            returning it to the OS (``bksdm.training.memory.keep_freed_host_memory``); ``auto``: when the
+            step runs on a CPU, where it saves the page faults of every step's activations and gradients.
     """
 
     attention: str = "sdpa"
@@ -43,10 +48,11 @@ class SpeedSettings:
     frozen_inference_mode: bool = True
     ema_foreach: bool = True
     tf32: bool = True
+    keep_host_memory: bool | str = "auto"
 
     def __post_init__(self):
         check_choice("speed.attention", self.attention, ATTENTION)
-        for name in ("channels_last", "compile"):
+        for name in ("channels_last", "compile", "keep_host_memory"):
             check_choice(f"speed.{name}", getattr(self, name), (True, False, "auto"))
         for name in ("frozen_inference_mode", "ema_foreach", "tf32"):
             check_choice(f"speed.{name}", getattr(self, name), (True, False))
@@ -60,7 +66,14 @@ class SpeedSettings:
             "frozen_inference_mode": self.frozen_inference_mode,
             "ema_foreach": self.ema_foreach,
             "tf32": self.tf32 and torch.device(device).type == "cuda",
+            "keep_host_memory": resolve_auto(self.keep_host_memory, device, on="cpu"),
         }
+
+    def apply_to_process(self, device: torch.device) -> None:
+        """The process-wide switches, for a step on ``device``: TF32 and the host memory's reuse."""
+        set_tf32(self.tf32)
+        if resolve_auto(self.keep_host_memory, device, on="cpu"):
+            keep_freed_host_memory()
 
 
 def set_attention(model: torch.nn.Module, kind: str) -> None:
@@ -72,9 +85,9 @@ def set_attention(model: torch.nn.Module, kind: str) -> None:
         model.set_attn_processor(ATTENTION[kind]())
 
 
-def resolve_auto(value: bool | str, device: torch.device) -> bool:
-    """``auto`` switches that pay off on a GPU and not on a CPU: on for CUDA, off otherwise."""
-    return device.type == "cuda" if value == "auto" else bool(value)
+def resolve_auto(value: bool | str, device: torch.device, on: str = "cuda") -> bool:
+    """``auto`` switches pay off on one kind of device: on for that kind (``on``: CUDA unless said)."""
+    return torch.device(device).type == on if value == "auto" else bool(value)
 
 
 def to_channels_last(model: torch.nn.Module) -> None:

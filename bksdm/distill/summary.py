@@ -36,6 +36,10 @@ def startup_summary(module, teacher_name: str, batch_size: int, accumulation: in
     lines.append(
         f"batch    {batch_size} per device x {accumulation} accumulation x {world_size} device(s) = "
         f"{batch_size * accumulation * world_size} images per optimizer step; EMA "
-        + ("off" if module.ema is None else f"decay {module.hparams.ema_decay}")
+        + (
+            "off"
+            if module.ema is None
+            else f"decay {module.hparams.ema_decay}, every {module.ema.every} step(s)"
+        )
     )
     return "\n".join(lines)

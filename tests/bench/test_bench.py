@@ -6,10 +6,13 @@ import pytest
 from helpers.paths import CONF
 from hydra import compose, initialize_config_dir
 
+from bksdm.arch import build_student
 from bksdm.arch.report import unet_cost
 from bksdm.bench.flops import unet_flops
+from bksdm.bench.phases import PHASES
 from bksdm.bench.run import benchmark
 from bksdm.teachers.builtin import TOY_UNET_CONFIG
+from bksdm.teachers.loading import load_components
 
 TINY = ["teacher=toy", "trainer=cpu", "distill.frozen_dtype=float32", "bench.resolution=64"]
 
@@ -26,16 +29,43 @@ def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
     )
     printed = capsys.readouterr().out.splitlines()
     assert json.loads(printed[-1]) == json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert printed[0].split() == [
-        "mode", "inputs", "images_per_s", "s_per_step", "peak_memory_gb", "gflop_per_step", "achieved_tflop_per_s",
+    assert (
+        printed[0].startswith("machine: cpu")
+        and "matmul GFLOP/s: float32 " in printed[0]
+        and "memory GB/s: copy " in printed[0]
+    )
+    assert printed[1].split() == [
+        "mode", "inputs", "images_per_s", "s_per_step", "peak_memory_gb", "gflop_per_step", "gb_per_step",
+        "achieved_tflop_per_s", "limit_s", "x_limit",
     ]  # fmt: skip
-    assert printed[1].split()[0] == "fast" and printed[2].split()[0] == "reference"
+    assert printed[2].split()[0] == "fast" and printed[3].split()[0] == "reference"
+    assert printed[4].startswith("fast: roofline ") and printed[5].startswith(
+        "  phases (s per step): inputs "
+    )
+    machine = result["machine"]
+    assert machine["matmul_flop_per_s"]["float32"] > 1e9 and machine["memory_bytes_per_s"]["update"] > 1e8
+    assert machine["bytes_per_s"] == max(machine["memory_bytes_per_s"].values())
     fast, reference = result["runs"]
     for run in (fast, reference):
         assert run["steps"] == 2 and run["resolution"] == 64 and run["batch_size"] == 1
         assert run["images_per_s"] == pytest.approx(1 / run["s_per_step"])
         assert run["achieved_tflop_per_s"] == pytest.approx(run["flops_per_step"] / run["s_per_step"] / 1e12)
         assert 0.1 < run["peak_memory_gb"] < 64
+        # the roofline: FLOPs at the probed fp32 rate plus the bytes at the probed bandwidth
+        rate = machine["matmul_flop_per_s"]["float32"]
+        assert run["compute_s"] == pytest.approx(run["flops_per_step"] / rate)
+        assert run["memory_s"] == pytest.approx(run["bytes_per_step"] / machine["bytes_per_s"])
+        assert run["x_limit"] == pytest.approx(run["s_per_step"] / (run["compute_s"] + run["memory_s"]))
+        assert run["x_limit"] > 1  # nothing beats the machine
+        phases = run["phases_s"]
+        assert list(phases) == list(PHASES) and all(seconds >= 0 for seconds in phases.values())
+        assert phases["teacher_forward"] > 0 and phases["backward"] > 0 and phases["optimizer"] > 0
+        assert sum(phases.values()) == pytest.approx(run["s_per_step"], rel=1.0)  # same step, timed apart
+    # the student's fp32 weights twice, gradients written and read for the norm, AdamW's 28 B, EMA's 12 B
+    params = sum(p.numel() for p in build_student(load_components("builtin:toy").unet, "small").parameters())
+    assert (
+        fast["bytes_by_part"]["optimizer"] == 28 * params and fast["bytes_by_part"]["gradients"] == 8 * params
+    )
     assert result["speedup"] == pytest.approx(fast["images_per_s"] / reference["images_per_s"])
     # the reference step encodes its own inputs; the fast one gets them pre-encoded
     assert set(fast["flops_by_part"]) == {"teacher_forward", "student_forward_backward", "total"}
@@ -54,9 +84,11 @@ def test_the_default_trainer_benchmarks_on_a_cpu_with_honest_labels(capsys):
                                     "bench.steps=1", "trainer.accumulate_grad_batches=1"))  # fmt: skip
     (run,) = result["runs"]
     assert run["settings"]["precision"] == "bf16-mixed" and run["settings"]["frozen_dtype"] == "bfloat16"
-    assert run["inputs"] == "pre-encoded" and capsys.readouterr().out.splitlines()[1].split()[:2] == [
-        "fast", "pre-encoded",
-    ]  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert run["inputs"] == "pre-encoded" and printed[2].split()[:2] == ["fast", "pre-encoded"]
+    # the student's matmuls at the bf16 rate, the bf16 teacher's too: the machine was probed in bf16
+    assert run["compute_dtypes"] == {"student_forward_backward": "bfloat16", "teacher_forward": "bfloat16"}
+    assert set(result["machine"]["matmul_flop_per_s"]) == {"bfloat16"}
 
 
 def test_the_gpu_benchmark_script_runs_each_configuration_once():
@@ -72,7 +104,10 @@ def test_the_cpu_full_width_preset_composes():
     assert (cfg.teacher.source, cfg.arch.name, cfg.bench.resolution, cfg.bench.batch_size) == (
         "builtin:sd14-random", "small", 256, 1,
     )  # fmt: skip
-    assert cfg.trainer.precision == 32 and cfg.bench.mode == "both"
+    assert (
+        cfg.trainer.precision == "bf16-mixed" and cfg.distill.frozen_dtype == "auto"
+    )  # the training default
+    assert cfg.trainer.accelerator == "cpu" and cfg.bench.mode == "fast"
 
 
 def test_flops_are_twice_the_macs_of_the_arch_report_and_backward_doubles_them():

@@ -76,6 +76,14 @@ def test_ema_follows_the_student_and_is_what_gets_exported(tmp_path):
     assert int(module.ema.n_averaged) == 3  # one update per optimizer step
 
 
+def test_an_ema_averaged_every_few_steps_is_brought_up_to_date_for_export(tmp_path):
+    module = make_module(ema_decay=0.5, ema_every=2)
+    fit(module, 3, tmp_path)
+    assert (int(module.ema.n_averaged), int(module.ema.pending)) == (2, 1)  # averaged at step 2
+    module.exported_student()
+    assert (int(module.ema.n_averaged), int(module.ema.pending)) == (3, 0)
+
+
 @pytest.mark.parametrize(
     ("loss", "teacher_calls", "taps"),
     [
@@ -195,6 +203,7 @@ def test_frozen_dtype_auto_is_bf16_on_a_cpu_and_fp16_on_cuda():
         ),
         ({"caption_dropout": 1.5}, r"caption_dropout=1\.5 must be a probability"),
         ({"ema_decay": 1.0}, r"ema_decay=1\.0 must be in \(0, 1\)"),
+        ({"ema_decay": 0.9, "ema_every": 0}, r"ema_every=0: accepted are integers >= 1"),
         ({"nonfinite_patience": 0}, r"nonfinite_patience=0 must be >= 1"),
         ({"variant": "huge"}, "unknown removal 'huge'"),
     ],
