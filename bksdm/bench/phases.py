@@ -9,7 +9,7 @@ The phases, in the order they run (``bksdm.distill.step`` and ``DistillModule``)
     backward         autograd through the student
     grad_norm_clip   the step guard's gradient norm and non-finite check, and clipping
     optimizer        the optimizer's update
-    ema              the EMA update
+    ema              the EMA's averaging, per step: the time of one averaging over ``distill.ema_every``
     other            the rest of the step: logging, data loading, Lightning's hooks
 
 Synchronising costs nothing on a CPU; on a GPU it keeps the device from running ahead, so the benchmark
@@ -39,16 +39,23 @@ class PhaseTimer(L.Callback):
         self.seconds: dict[str, float] = defaultdict(float)
         self.steps = 0
         self.device = None
+        self.ema_every, self.ema_average_s = 0, 0.0
         self._active = False
         self._marks: dict[str, float] = {}
 
     def per_step(self) -> dict[str, float]:
-        """Seconds per optimizer step by phase (``PHASES``); ``other`` is what the phases left of the step."""
+        """Seconds per optimizer step by phase (``PHASES``); ``other`` is what the phases left of the step.
+        An EMA averaged every k steps may not average within the breakdown's steps at all: its phase is
+        one averaging, timed after them, over k."""
         if not self.steps:
             return {}
-        per_step = {phase: self.seconds[phase] / self.steps for phase in PHASES if phase != "other"}
-        per_step["other"] = max(0.0, self.seconds["step"] / self.steps - sum(per_step.values()))
-        return per_step
+        per_step = {
+            phase: self.seconds[phase] / self.steps for phase in PHASES if phase not in ("ema", "other")
+        }
+        in_steps = sum(per_step.values()) + self.seconds["ema"] / self.steps
+        per_step["ema"] = self.ema_average_s / self.ema_every if self.ema_every else 0.0
+        per_step["other"] = max(0.0, self.seconds["step"] / self.steps - in_steps)
+        return {phase: per_step[phase] for phase in PHASES}
 
     def _now(self) -> float:
         synchronize(self.device)
@@ -75,7 +82,8 @@ class PhaseTimer(L.Callback):
                             ("student_forward", "student_forward"), ("objective", "student_forward")):  # fmt: skip
             self._timed(step, name, phase)
         if module.ema is not None:
-            self._timed(module.ema, "update", "ema")
+            self._timed(module.ema, "catch_up", "ema")
+            self.ema_every = module.ema.every
         # Lightning calls the clipping hook on every step, clipping or not; the update starts where it
         # ends (both run inside optimizer.step(closure), so the optimizer's pre-hook would come too early)
         clipping = module.configure_gradient_clipping
@@ -95,6 +103,12 @@ class PhaseTimer(L.Callback):
     def _after_update(self, optimizer, args, kwargs) -> None:
         if self._active and "optimizer" in self._marks:
             self.seconds["optimizer"] += self._now() - self._marks.pop("optimizer")
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.steps and module.ema is not None:  # one averaging, as the k-th step of a window does
+            start = self._now()
+            module.ema.catch_up(module.student)
+            self.ema_average_s = self._now() - start
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if trainer.global_step >= self.start_step and "step" not in self._marks:

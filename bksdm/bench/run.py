@@ -63,6 +63,12 @@ def check_bench_config(cfg: DictConfig) -> int:
     for key, least in (("steps", 1), ("warmup_steps", 0), ("breakdown_steps", 0), ("batch_size", 1)):
         if not isinstance(bench[key], int) or bench[key] < least:
             raise ValueError(f"bench.{key}={bench[key]!r}: accepted are integers >= {least}")
+    every = cfg.distill.get("ema_every", 1)
+    if cfg.distill.ema_decay is not None and bench.steps % every:
+        raise ValueError(
+            f"bench.steps={bench.steps} is not a whole number of EMA windows: accepted are multiples of "
+            f"distill.ema_every={every} (so that the timed steps average the EMA as often as training does)"
+        )
     resolution = bench.resolution or cfg.teacher.resolution
     check_value_types(cfg)
     check_precision(cfg)

@@ -14,4 +14,4 @@ python -m bksdm.bench "${common[@]}" bench.batch_size=64 bench.warmup_steps=3 be
   distill.gradient_checkpointing=true
 python -m bksdm.bench "${common[@]}" bench.batch_size=64 bench.warmup_steps=3 bench.steps=10 \
   bench.pre_encoded=false
-python -m bksdm.bench "${common[@]}" bench.batch_size=32 bench.warmup_steps=2 bench.steps=5 bench.mode=both
+python -m bksdm.bench "${common[@]}" bench.batch_size=32 bench.warmup_steps=2 bench.steps=10 bench.mode=both

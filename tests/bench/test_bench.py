@@ -25,7 +25,14 @@ def bench_config(*overrides):
 def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
     out = tmp_path / "bench" / "results.jsonl"
     result = benchmark(
-        bench_config(*TINY, "bench.mode=both", "bench.warmup_steps=1", "bench.steps=2", f"bench.out={out}")
+        bench_config(
+            *TINY,
+            "bench.mode=both",
+            "bench.warmup_steps=1",
+            "bench.steps=2",
+            "distill.ema_every=2",
+            f"bench.out={out}",
+        )  # fmt: skip
     )
     printed = capsys.readouterr().out.splitlines()
     assert json.loads(printed[-1]) == json.loads(out.read_text()) == json.loads(json.dumps(result))
@@ -60,6 +67,7 @@ def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
         phases = run["phases_s"]
         assert list(phases) == list(PHASES) and all(seconds >= 0 for seconds in phases.values())
         assert phases["teacher_forward"] > 0 and phases["backward"] > 0 and phases["optimizer"] > 0
+        assert phases["ema"] > 0  # one averaging over 2 steps, though the breakdown's 2 steps may hold none
         assert sum(phases.values()) == pytest.approx(run["s_per_step"], rel=1.0)  # same step, timed apart
     # the student's fp32 weights twice, gradients written and read for the norm, AdamW's 28 B, EMA's 12 B
     params = sum(p.numel() for p in build_student(load_components("builtin:toy").unet, "small").parameters())
@@ -81,7 +89,7 @@ def test_the_default_trainer_benchmarks_on_a_cpu_with_honest_labels(capsys):
     # no trainer= override: bf16-mixed with frozen_dtype auto (bf16 here), as `python -m bksdm.bench
     # teacher=toy arch=small` runs it
     result = benchmark(bench_config("teacher=toy", "arch=small", "bench.resolution=64", "bench.warmup_steps=0",
-                                    "bench.steps=1", "trainer.accumulate_grad_batches=1"))  # fmt: skip
+                                    "bench.steps=1", "distill.ema_every=1", "trainer.accumulate_grad_batches=1"))  # fmt: skip
     (run,) = result["runs"]
     assert run["settings"]["precision"] == "bf16-mixed" and run["settings"]["frozen_dtype"] == "bfloat16"
     printed = capsys.readouterr().out.splitlines()
@@ -130,6 +138,11 @@ def test_count_only_needs_no_weights(capsys):
     [
         (["bench.mode=fastest"], r"bench\.mode='fastest': accepted are \['fast', 'reference', 'both'\]"),
         (["bench.steps=0"], r"bench\.steps=0: accepted are integers >= 1"),
+        (
+            ["bench.steps=5"],
+            r"bench\.steps=5 is not a whole number of EMA windows: accepted are multiples of "
+            r"distill\.ema_every=10",
+        ),
         (["bench.resolution=100"], r"bench\.resolution=100 cannot go through teacher=toy's U-Net"),
         (
             ["speed.channels_last=maybe"],
