@@ -24,16 +24,8 @@ def bench_config(*overrides):
 
 def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
     out = tmp_path / "bench" / "results.jsonl"
-    result = benchmark(
-        bench_config(
-            *TINY,
-            "bench.mode=both",
-            "bench.warmup_steps=1",
-            "bench.steps=2",
-            "distill.ema_every=2",
-            f"bench.out={out}",
-        )  # fmt: skip
-    )
+    settings = ["bench.mode=both", "bench.warmup_steps=1", "bench.steps=2", "distill.ema_every=2"]
+    result = benchmark(bench_config(*TINY, *settings, f"bench.out={out}"))
     printed = capsys.readouterr().out.splitlines()
     assert json.loads(printed[-1]) == json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert (
