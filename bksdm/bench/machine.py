@@ -31,9 +31,9 @@ def best_seconds(work: Callable[[], object], device: torch.device, repeats: int)
 def matmul_flop_per_s(
     device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5
 ) -> float:
-    """FLOP/s of a square ``size`` x ``size`` matmul (2 size^3 FLOPs) in ``dtype``; ``size`` None: 2048 on a
+    """FLOP/s of a square ``size`` x ``size`` matmul (2 size^3 FLOPs) in ``dtype``; ``size`` None: 4096 on a
     CPU, 8192 on a GPU (large enough to reach the peak, small enough to take well under a second)."""
-    size = size or (8192 if device.type == "cuda" else 2048)
+    size = size or (8192 if device.type == "cuda" else 4096)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)

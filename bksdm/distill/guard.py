@@ -71,6 +71,15 @@ class NonfiniteTracker:
         return {"skipped": int(self.skipped), "streak": int(self.streak)}
 
 
+def gradient_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all ``grads`` together (0-dim, on their device). On a GPU one multi-tensor kernel;
+    fp32 gradients on a CPU take a BLAS dot product each, which reads them at memory speed, where torch's
+    CPU norm kernel is about half as fast (BK-SDM-Small's 482M gradients, 2 cores: 0.09 s against 0.21 s)."""
+    if grads[0].device.type == "cpu" and all(g.dtype == torch.float32 and g.is_contiguous() for g in grads):
+        return torch.stack([torch.dot(g.view(-1), g.view(-1)) for g in grads]).sum().sqrt()
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether the optimizer reads ``found_inf`` and ``grad_scale`` in its step (fused AdamW, Adam, SGD)."""
     return getattr(optimizer, "_step_supports_amp_scaling", False)
@@ -109,7 +118,7 @@ class StepGuard:
         self.grad_norm = self.applied = None
         if not grads:  # nothing to step (an all-bad batch)
             return None
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        norm = gradient_norm(grads)
         if self.shard_group is not None:  # each rank holds a shard: the norm of the whole
             squared = norm.square()
             torch.distributed.all_reduce(squared, group=self.shard_group)

@@ -148,12 +148,12 @@ class DistillModule(L.LightningModule):
         self.step.hook_taps()
         if not self.speedups_applied:  # once, now that the device is known (the module is not on it yet)
             device = self.trainer.strategy.root_device
-            unets = [self.student, self.frozen.unet]
-            if resolve_auto(self.speed.channels_last, device):
-                for model in filter(None, (*unets, self.frozen.vae)):
-                    to_channels_last(model)
+            frozen = [self.frozen.unet, self.frozen.vae]
+            nhwc = {"all": [self.student, *frozen], "frozen": frozen}
+            for model in filter(None, nhwc.get(self.speed.channels_last_models(device), [])):
+                to_channels_last(model)
             if resolve_auto(self.speed.compile, device):
-                for model in unets:
+                for model in (self.student, self.frozen.unet):
                     compile_in_place(model)
             self.speedups_applied = True
 

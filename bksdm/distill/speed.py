@@ -29,7 +29,10 @@ class SpeedSettings:
 
     Args:
         attention: ``sdpa`` (PyTorch's fused attention) or ``eager`` (the reference's explicit softmax).
-        channels_last: NHWC weights and activations for the U-Nets and VAE; ``auto``: on a GPU only.
+        channels_last: NHWC weights and activations for the U-Nets and VAE; ``frozen``: for the frozen
+            teacher U-Net and VAE only; ``auto``: all of them on a GPU, the frozen ones on a CPU (oneDNN's
+            bf16 convolutions run faster in NHWC, but the student's autocast casts of NHWC weights and
+            its backward lose more than that gains there).
         compile: ``torch.compile`` the teacher and student U-Nets in place; ``auto``: on a GPU only.
         frozen_inference_mode: run the frozen parts under ``torch.inference_mode`` (False: called
             plainly, as the reference implementation does; their weights need no gradient, so autograd
@@ -52,7 +55,8 @@ class SpeedSettings:
 
     def __post_init__(self):
         check_choice("speed.attention", self.attention, ATTENTION)
-        for name in ("channels_last", "compile", "keep_host_memory"):
+        check_choice("speed.channels_last", self.channels_last, (True, False, "auto", "frozen"))
+        for name in ("compile", "keep_host_memory"):
             check_choice(f"speed.{name}", getattr(self, name), (True, False, "auto"))
         for name in ("frozen_inference_mode", "ema_foreach", "tf32"):
             check_choice(f"speed.{name}", getattr(self, name), (True, False))
@@ -61,13 +65,19 @@ class SpeedSettings:
         """The settings with ``auto`` decided for ``device``, as the step runs them."""
         return {
             "attention": self.attention,
-            "channels_last": resolve_auto(self.channels_last, device),
+            "channels_last": self.channels_last_models(device),
             "compile": resolve_auto(self.compile, device),
             "frozen_inference_mode": self.frozen_inference_mode,
             "ema_foreach": self.ema_foreach,
             "tf32": self.tf32 and torch.device(device).type == "cuda",
             "keep_host_memory": resolve_auto(self.keep_host_memory, device, on="cpu"),
         }
+
+    def channels_last_models(self, device: torch.device) -> str | None:
+        """Which models run NHWC on ``device``: ``all``, ``frozen`` or None."""
+        if self.channels_last == "auto":
+            return "all" if torch.device(device).type == "cuda" else "frozen"
+        return {True: "all", False: None}.get(self.channels_last, self.channels_last)
 
     def apply_to_process(self, device: torch.device) -> None:
         """The process-wide switches, for a step on ``device``: TF32 and the host memory's reuse."""

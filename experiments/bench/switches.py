@@ -26,7 +26,8 @@ CONFIGS = {
     "no_ema": ["distill.ema_decay=null"],
     "host_memory_returned": ["speed.keep_host_memory=false"],
     "foreach_adamw": ["optim.optimizer.fused=false"],
-    "channels_last": ["speed.channels_last=true"],
+    "channels_last_all": ["speed.channels_last=true"],
+    "channels_last_off": ["speed.channels_last=false"],
     "fp32": ["trainer.precision=32", "distill.frozen_dtype=float32"],
     "reference": ["bench.mode=reference"],
 }

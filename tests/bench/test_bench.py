@@ -138,7 +138,7 @@ def test_count_only_needs_no_weights(capsys):
         (["bench.resolution=100"], r"bench\.resolution=100 cannot go through teacher=toy's U-Net"),
         (
             ["speed.channels_last=maybe"],
-            r"speed\.channels_last='maybe': accepted are \[True, False, 'auto'\]",
+            r"speed\.channels_last='maybe': accepted are \[True, False, 'auto', 'frozen'\]",
         ),
         (["optim.optimizer.lr=fast"], r"^optim\.optimizer\.lr='fast' is not a number$"),
     ],
