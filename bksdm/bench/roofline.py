@@ -11,7 +11,8 @@ counted are the ones no implementation can avoid (activations are not counted, s
                      accumulate over micro-batches)
     per step         the gradients read once for their norm (with clipping); AdamW reads weights,
                      gradients and both moments and writes weights and moments (28 B per parameter in
-                     fp32); the EMA reads the average and the weights and writes the average (12 B)
+                     fp32); the EMA reads the average and the weights and writes the average (12 B),
+                     once every ``distill.ema_every`` steps
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class StepShape:
     micro_batches: int = 1
     clip: bool = True
     ema: bool = True
+    ema_every: int = 1  # optimizer steps per EMA averaging
 
 
 def step_bytes(shape: StepShape) -> dict[str, int]:
@@ -44,7 +46,7 @@ def step_bytes(shape: StepShape) -> dict[str, int]:
         "student_weights": 2 * k * params * MASTER_BYTES,  # forward and backward
         "gradients": (gradient_writes + shape.clip) * params * MASTER_BYTES,
         "optimizer": params * ADAMW_BYTES,
-        "ema": params * EMA_BYTES * shape.ema,
+        "ema": params * EMA_BYTES * shape.ema // shape.ema_every,
     }
     parts["total"] = sum(parts.values())
     return parts

@@ -150,6 +150,7 @@ def step_shape(cfg: DictConfig, module) -> StepShape:
         micro_batches=cfg.trainer.accumulate_grad_batches,
         clip=bool(cfg.trainer.gradient_clip_val),
         ema=module.ema is not None,
+        ema_every=module.ema.every if module.ema is not None else 1,
     )
 
 

@@ -66,9 +66,14 @@ def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
         assert sum(phases.values()) == pytest.approx(run["s_per_step"], rel=1.0)  # same step, timed apart
     # the student's fp32 weights twice, gradients written and read for the norm, AdamW's 28 B, EMA's 12 B
     params = sum(p.numel() for p in build_student(load_components("builtin:toy").unet, "small").parameters())
-    assert (
-        fast["bytes_by_part"]["optimizer"] == 28 * params and fast["bytes_by_part"]["gradients"] == 8 * params
+    moved = fast["bytes_by_part"]
+    assert (moved["student_weights"], moved["gradients"], moved["optimizer"]) == (
+        8 * params,
+        8 * params,
+        28 * params,
     )
+    assert moved["ema"] == 12 * params // 2  # averaged every 2 steps
+    assert reference["bytes_by_part"]["ema"] == 12 * params  # every step, as diffusers' EMAModel
     assert result["speedup"] == pytest.approx(fast["images_per_s"] / reference["images_per_s"])
     # the reference step encodes its own inputs; the fast one gets them pre-encoded
     assert set(fast["flops_by_part"]) == {"teacher_forward", "student_forward_backward", "total"}
