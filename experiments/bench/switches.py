@@ -4,7 +4,8 @@ Each configuration below runs ``python -m bksdm.bench preset=cpu_full_width`` wi
 process, one after another, in ``--rounds`` rounds (2: a shared machine's slow minutes hit one round, not
 both); each JSON result, labelled (the device, with the CPU model, is in it), is appended to
 ``cpu-switches.jsonl`` as soon as it ends. Restartable: a label with its rounds in the file is not run
-again (``--only LABEL ...`` runs those once more, appending). ``--list`` prints the configurations.
+again (``--only LABEL ...`` runs those once more, appending). ``--list`` prints the configurations,
+``--table`` the results as a markdown table (each configuration's round with the fastest step).
 """
 
 from __future__ import annotations
@@ -59,12 +60,51 @@ def run(label: str, overrides: list[str]) -> dict:
     return {"label": label, "overrides": overrides, **result}
 
 
+PHASE_NAMES = (
+    "inputs",
+    "teacher_forward",
+    "student_forward",
+    "backward",
+    "grad_norm_clip",
+    "optimizer",
+    "ema",
+)
+
+
+def table() -> str:
+    """One row per configuration, from its round with the fastest step; seconds per optimizer step."""
+    best: dict[str, dict] = {}
+    for line in filter(str.strip, RESULTS.read_text().splitlines()):
+        record = json.loads(line)
+        run = record["runs"][0]
+        if (
+            record["label"] not in best
+            or run["fastest_s_per_step"] < best[record["label"]]["fastest_s_per_step"]
+        ):
+            best[record["label"]] = {**run, "rounds": 0}
+        best[record["label"]]["rounds"] += 1
+    header = ["configuration", "overrides", "mean s", "fastest s", "limit s", "x limit", "peak RSS GB",
+              *PHASE_NAMES]  # fmt: skip
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, run in best.items():
+        overrides = " ".join(f"`{o}`" for o in CONFIGS.get(label, [])) or "(the default)"
+        phases = [f"{run['phases_s'][name]:.2f}" for name in PHASE_NAMES]
+        cells = [label, overrides, f"{run['s_per_step']:.2f}", f"{run['fastest_s_per_step']:.2f}",
+                 f"{run['limit_s']:.2f}", f"{run['x_limit']:.2f}", f"{run['peak_memory_gb']:.1f}", *phases]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="run these labels (again)")
     parser.add_argument("--list", action="store_true", help="print the configurations and stop")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each configuration (default 2)")
+    parser.add_argument("--table", action="store_true", help="print the results as a markdown table and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table())
+        return
     if args.list:
         for label, overrides in CONFIGS.items():
             print(f"{label:20s} {' '.join(overrides)}")
