@@ -19,8 +19,9 @@ class StudentEMA(torch.nn.Module):
     Averaging every ``every`` optimizer steps moves the average once towards the weights of the last of
     them, by the decays of all the applied steps since: ``1 - d(n) ... d(n + m - 1)``. That is exactly the
     every-step average if the weights stood still over those steps, and otherwise differs by the weights'
-    motion within the window times ``every * (1 - decay)``: about 1e-3 of it at decay 0.9999 and every 10
-    (``experiments/bench/README.md`` measures it), for a tenth of the memory traffic.
+    motion within the window times about ``every * (1 - decay)``: on a random walk at decay 0.9999 and
+    every 10, 0.17% of the average's distance from the weights (``experiments/bench/README.md``), for a
+    tenth of the memory traffic.
 
     Args:
         model: the model to average (deep-copied, frozen).
