@@ -70,8 +70,9 @@ def train(cfg: DictConfig):
     # once, at the top level: W&B's run table sorts by loss.w_feat, arch.name ...
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if resume_from is not None and resume_from.parent == output_dir / "checkpoints":
-        # continuing in its own folder: the earlier checkpoints Lightning's warning is about are expected
+    if resume_from is not None and resume_from.is_relative_to(output_dir):
+        # continuing in its own folder (a periodic, last or preemption checkpoint): the earlier checkpoints
+        # Lightning's warning is about are expected
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     for logger in trainer.loggers:

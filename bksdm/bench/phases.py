@@ -41,6 +41,7 @@ class PhaseTimer(L.Callback):
         self.device = None
         self.ema_every, self.ema_average_s = 0, 0.0
         self._active = False
+        self._step_at_start = -1  # trainer.global_step when the step being timed began
         self._marks: dict[str, float] = {}
 
     def per_step(self) -> dict[str, float]:

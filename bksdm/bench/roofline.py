@@ -1,5 +1,5 @@
 """A step's roofline limit: the time its FLOPs take at the machine's matmul rate plus the time the bytes it
-must move take at the machine's copy bandwidth.
+must move take at the machine's memory bandwidth (the faster of its probed passes, ``bksdm.bench.machine``).
 
 The two are added, not overlapped: the optimizer and EMA passes are pure memory traffic with no matmul to
 hide behind, and at small batches the U-Net passes are themselves bound by reading weights. The bytes

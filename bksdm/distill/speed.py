@@ -82,7 +82,7 @@ class SpeedSettings:
     def apply_to_process(self, device: torch.device) -> None:
         """The process-wide switches, for a step on ``device``: TF32 and the host memory's reuse."""
         set_tf32(self.tf32)
-        if resolve_auto(self.keep_host_memory, device, on="cpu"):
+        if self.resolved(device)["keep_host_memory"]:
             keep_freed_host_memory()
 
 
