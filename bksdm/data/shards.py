@@ -10,10 +10,12 @@ shard list instead, by rank and then by worker, for exact passes (evaluation, pr
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
 import random
+import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -21,6 +23,9 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
+from webdataset.gopen import Pipe
+from webdataset.handlers import reraise_exception
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from bksdm.data.skips import skip
 from bksdm.data.transforms import ImageTransform, open_image
@@ -90,6 +95,35 @@ def split_by_rank(rank: int, world_size: int) -> Callable[[Iterator], Iterator]:
     return split
 
 
+def one_shard_samples(
+    source: dict, handler: Callable[[Exception], bool] = reraise_exception
+) -> Iterator[dict]:
+    """The samples of one shard (``source["url"]``: a path or a ``pipe:`` command), grouped by key.
+
+    What ``wds.tarfile_samples`` does, except that the shard's file is closed when its samples end or the
+    reader stops early (an epoch's end, ``first_record``): webdataset never closes it, and each shard
+    stayed open until the garbage collector found it."""
+    opened = list(url_opener([source], handler=handler))  # [] when it cannot be opened
+    try:
+        yield from group_by_keys(tar_file_expander(iter(opened), handler=handler), handler=handler)
+    finally:
+        for shard in opened:
+            close_shard(shard["stream"])
+
+
+def close_shard(stream) -> None:
+    """Closes a shard's file, or the read end of a ``pipe:`` shard's pipe without waiting for its command
+    (webdataset's ``close`` waits): a command still writing ends at its next write (SIGPIPE), as when any
+    reader of a pipe stops early, and a stuck one is left for the data watchdog to end with the run's other
+    child processes."""
+    if not isinstance(stream, Pipe):
+        stream.close()
+        return
+    stream.stream.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):  # reaps an ending command; a stuck one stays
+        stream.proc.wait(timeout=1)
+
+
 class ShardReader:
     """A pipeline stage: shard sources -> their samples, with a skip marker for every broken member
     and one ``unreadable_shard`` marker for a shard that gave no sample at all (missing, not a tar, a
@@ -106,7 +140,7 @@ class ShardReader:
     def __call__(self, sources: Iterable[dict]) -> Iterator[dict]:
         for source in sources:
             self.errors, samples = 0, 0
-            for sample in wds.tarfile_samples(iter([source]), handler=self.handler):
+            for sample in one_shard_samples(source, handler=self.handler):
                 samples += 1
                 yield from self._broken_members()
                 yield sample
@@ -250,7 +284,8 @@ def decode_latent_sample(sample: dict, random_flip: bool = True, rng: random.Ran
 def first_record(urls: str | Sequence[str]) -> dict:
     """The ``json`` record of the first sample of the first shard (what made a pre-encoded data set)."""
     first = expand_shards(urls)[0]
-    for sample in wds.DataPipeline(wds.SimpleShardList([first]), wds.tarfile_to_samples()):
-        if "json" in sample:
-            return json.loads(sample["json"])
+    with contextlib.closing(one_shard_samples({"url": first})) as samples:
+        for sample in samples:
+            if "json" in sample:
+                return json.loads(sample["json"])
     raise ValueError(f"shard {first} holds no json record: it was not written by `python -m bksdm.prepare`")

@@ -1,8 +1,10 @@
 """Webdataset shards: img2dataset's format, local/pipe:/http URLs, rank splitting, resampling, bad members."""
 
 import functools
+import gc
 import http.server
 import threading
+import warnings
 from collections import Counter
 
 import pytest
@@ -45,6 +47,22 @@ def test_a_truncated_shard_keeps_what_precedes_the_cut(tmp_path):
     good = [s["key"] for s in samples if not is_skip(s)]
     assert 0 < len(good) < len(keys) and good == keys[: len(good)]
     assert Counter(s["skipped"] for s in samples if is_skip(s))["broken_member"] >= 1
+
+
+def test_every_shard_file_is_closed_when_its_samples_end_or_the_reader_stops(tmp_path):
+    """webdataset leaves each shard's file (and a pipe's command) for the garbage collector to find: a
+    ResourceWarning per shard."""
+    write_shards(tmp_path, shards=2, bad=False)
+    files = [str(tmp_path / "{00000..00001}.tar"), f"pipe:cat {tmp_path}/00000.tar"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for urls in files:
+            assert one_pass(urls)  # every shard read to its end
+            stopped = iter(shard_samples(urls, decoder(), resampled=False, shuffle_buffer=0))
+            next(stopped)  # an epoch that ends inside a shard
+            del stopped
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_two_ranks_split_the_shards_into_disjoint_samples(tmp_path):
