@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from bksdm.arch import build_student, resolve_removal
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.distill.ema import StudentEMA
+from bksdm.distill.gemm_conv import use_gemm_convolutions
 from bksdm.distill.guard import StepGuard, skips_on_device
 from bksdm.distill.losses import DistillLoss
 from bksdm.distill.speed import SpeedSettings, compile_in_place, resolve_auto, set_attention, to_channels_last
@@ -152,6 +153,8 @@ class DistillModule(L.LightningModule):
             nhwc = {"all": [self.student, *frozen], "frozen": frozen}
             for model in filter(None, nhwc.get(self.speed.channels_last_models(device), [])):
                 to_channels_last(model)
+            if self.speed.resolved(device)["gemm_convolutions"]:
+                use_gemm_convolutions(self.student)
             if resolve_auto(self.speed.compile, device):
                 for model in (self.student, self.frozen.unet):
                     compile_in_place(model)

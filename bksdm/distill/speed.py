@@ -43,6 +43,10 @@ class SpeedSettings:
         keep_host_memory: the C library keeps the host memory a step frees for the next step instead of
             returning it to the OS (``bksdm.training.memory.keep_freed_host_memory``); ``auto``: when the
             step runs on a CPU, where it saves the page faults of every step's activations and gradients.
+        gemm_convolutions: the student's bf16/fp16 convolutions with few output pixels and many input
+            channels (the inner stages at small latents) computed as ``im2col`` and one matmul
+            (``bksdm.distill.gemm_conv``), several times faster there than oneDNN's kernels, backward
+            most; ``auto``: on a CPU. The frozen teacher keeps oneDNN's (its NHWC forward was as fast).
     """
 
     attention: str = "sdpa"
@@ -52,11 +56,12 @@ class SpeedSettings:
     ema_foreach: bool = True
     tf32: bool = True
     keep_host_memory: bool | str = "auto"
+    gemm_convolutions: bool | str = "auto"
 
     def __post_init__(self):
         check_choice("speed.attention", self.attention, ATTENTION)
         check_choice("speed.channels_last", self.channels_last, (True, False, "auto", "frozen"))
-        for name in ("compile", "keep_host_memory"):
+        for name in ("compile", "keep_host_memory", "gemm_convolutions"):
             check_choice(f"speed.{name}", getattr(self, name), (True, False, "auto"))
         for name in ("frozen_inference_mode", "ema_foreach", "tf32"):
             check_choice(f"speed.{name}", getattr(self, name), (True, False))
@@ -71,6 +76,7 @@ class SpeedSettings:
             "ema_foreach": self.ema_foreach,
             "tf32": self.tf32 and torch.device(device).type == "cuda",
             "keep_host_memory": resolve_auto(self.keep_host_memory, device, on="cpu"),
+            "gemm_convolutions": resolve_auto(self.gemm_convolutions, device, on="cpu"),
         }
 
     def channels_last_models(self, device: torch.device) -> str | None:

@@ -2,8 +2,8 @@
 
 Each configuration below runs ``python -m bksdm.bench preset=cpu_full_width`` with its overrides, in its own
 process, one after another, in ``--rounds`` rounds (2: a shared machine's slow minutes hit one round, not
-both); each JSON result, labelled (the device, with the CPU model, is in it), is appended to
-``cpu-switches.jsonl`` as soon as it ends. Restartable: a label with its rounds in the file is not run
+both); each JSON result, labelled (the device, with the CPU model, is in it), is appended to this
+CPU model's ``cpu-switches-<model>.jsonl`` as soon as it ends. Restartable: a label with its rounds in the file is not run
 again (``--only LABEL ...`` runs those once more, appending). ``--list`` prints the configurations,
 ``--table`` the results as a markdown table (each configuration's round with the fastest step).
 """
@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bksdm.bench.run import cpu_model
+
 HERE = Path(__file__).parent
-RESULTS = HERE / "cpu-switches.jsonl"
+# one file per CPU model: "Intel(R) Xeon(R) Processor" -> cpu-switches-intel-xeon-processor.jsonl
+MODEL = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", cpu_model().lower())).strip("-")
+RESULTS = HERE / f"cpu-switches-{MODEL}.jsonl"
 
 # label -> overrides of preset=cpu_full_width (the training default: bf16 mixed, pre-encoded, EMA, fused AdamW)
 CONFIGS = {
@@ -29,6 +34,7 @@ CONFIGS = {
     "foreach_adamw": ["optim.optimizer.fused=false"],
     "channels_last_all": ["speed.channels_last=true"],
     "channels_last_off": ["speed.channels_last=false"],
+    "gemm_convolutions_off": ["speed.gemm_convolutions=false"],
     "fp32": ["trainer.precision=32", "distill.frozen_dtype=float32"],
     "reference": ["bench.mode=reference"],
 }
