@@ -1,15 +1,11 @@
 """The Hydra app: every experiment composes and trains, the default run's data check, a run's outputs, multirun."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from helpers.data import write_folder, write_shards
 from helpers.paths import CONF
-from helpers.train_config import FAST, config, read_metrics
+from helpers.train_config import FAST, config, read_metrics, run_cli
 from hydra.errors import MissingConfigException
 from PIL import Image
 
@@ -178,13 +174,6 @@ def test_a_custom_arch_with_auto_taps_trains(tmp_path):
     assert (
         torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["taps"]
         == pairs
-    )
-
-
-def run_cli(*args, cwd, **env_vars):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", **env_vars}
-    return subprocess.run(
-        [sys.executable, "-m", "bksdm.train", *args], capture_output=True, text=True, cwd=cwd, env=env
     )
 
 

@@ -1,9 +1,11 @@
 """PeriodicEval: FID and CLIP score of the student on a fixed prompt subset every N optimizer steps.
 
 The authors found that training loss stops tracking FID late in training, so generation metrics pick
-checkpoints. Real statistics are computed (or read from the cache) once at the start; each evaluation
-splits the prompts across DDP ranks (every rank draws all latents in order, so the split changes no
-image), gathers the features, logs ``eval/fid`` and ``eval/clip``, and keeps ``best.ckpt`` by FID.
+checkpoints. Real statistics are computed (or read from the cache) once, on rank 0, at the start and
+handed to the other ranks; each evaluation splits the prompts across DDP ranks (every image's latents
+follow its prompt index, so the split changes no image), each rank scores its share into torchmetrics
+states (``bksdm.eval.scoring.ImageScores``) that are summed over ranks, logs ``eval/fid`` and
+``eval/clip``, and keeps ``best.ckpt`` by FID.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import torch
 
 from bksdm.callbacks.schedule import EveryNSteps
 from bksdm.eval.generation import generate_images
-from bksdm.eval.metrics import FeatureStats, frechet_distance
 from bksdm.eval.prompts import load_prompts
-from bksdm.eval.scoring import image_features, load_scored, real_statistics
+from bksdm.eval.scoring import ImageScores, load_scored, real_statistics
 from bksdm.teachers.pipeline import frozen_pipeline
 from bksdm.training.fsdp import whole_module
 
@@ -63,33 +64,31 @@ class PeriodicEval(EveryNSteps):
                 f"PeriodicEval: {len(self.captions)} prompts do not split evenly over {trainer.world_size} ranks: "
                 "choose num_images as a multiple of the world size"
             )
-        self.real_stats = real_statistics(self.real, self.features, self.score_size, self.cache_dir)
+        # once, on rank 0 (which also writes the cache): the other ranks wait for its result
+        real = None
+        if trainer.is_global_zero:
+            real = real_statistics(self.real, self.features, self.score_size, self.cache_dir)
+        self.real_stats = trainer.strategy.broadcast(real, src=0)
+        self.scores = ImageScores(self.features, self.clip, self.real_stats, is_splits=None)
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict:
         self._last_step = step = trainer.global_step
         student = whole_module(pl_module.exported_student(), rank0_only=False)
         pipeline = frozen_pipeline(pl_module.frozen, student, pl_module.device)
-        mine = range(trainer.global_rank, len(self.captions), trainer.world_size)
+        mine = list(range(trainer.global_rank, len(self.captions), trainer.world_size))
         paths = generate_images(
             pipeline, self.captions, self.dirpath / f"step_{step:07d}", seed=self.seed,
             num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
             batch_size=self.batch_size, progress=False, indices=mine,
         )  # fmt: skip
-        features, _ = image_features(paths, self.features, self.score_size, self.batch_size)
-        images = load_scored(paths, self.score_size)
-        # the paper's CLIP score is the mean raw cosine over all images: gathered per image, averaged below
-        similarity = torch.nn.functional.cosine_similarity(
-            self.clip.embed_images(images).double(),
-            self.clip.embed_texts([self.captions[i] for i in mine]).double(),
-        )
-        features = self._gather(trainer, pl_module, features)
-        similarity = self._gather(trainer, pl_module, similarity[:, None])[:, 0]
-        result = {
-            "step": step,
-            "fid": frechet_distance(FeatureStats.of(features), self.real_stats),
-            "clip": float(similarity.mean()),
-        }
+        self.scores.reset()
+        for start in range(0, len(mine), self.batch_size):
+            indices = mine[start : start + self.batch_size]
+            images = load_scored(paths[start : start + self.batch_size], self.score_size)
+            self.scores.update(images, [self.captions[i] for i in indices], indices)
+        scores = self.scores.compute()  # every rank's images
+        result = {"step": step, "fid": scores["fid"], "clip": scores["clip"]}
         if trainer.is_global_zero:  # written to the loggers directly: Lightning forbids self.log at train end
             for logger in trainer.loggers:
                 logger.log_metrics({"eval/fid": result["fid"], "eval/clip": result["clip"]}, step=step)
@@ -98,10 +97,3 @@ class PeriodicEval(EveryNSteps):
             self.best_fid = result["fid"]
             trainer.save_checkpoint(self.dirpath / "best.ckpt", weights_only=False)  # the whole state
         return result
-
-    @staticmethod
-    def _gather(trainer, pl_module, tensor: torch.Tensor) -> torch.Tensor:
-        if trainer.world_size == 1:
-            return tensor
-        gathered = pl_module.all_gather(tensor.to(pl_module.device))  # (world, n, D): rank-major
-        return gathered.transpose(0, 1).reshape(-1, tensor.shape[-1]).cpu()

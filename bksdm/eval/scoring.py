@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bksdm.eval.metrics import FeatureStats, clip_score, frechet_distance, inception_score
+from bksdm.eval.metric_states import FID, CLIPScore, InceptionScore
+from bksdm.eval.metrics import FeatureStats
+from bksdm.training.host_sync import distributed, host_group
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -52,6 +54,41 @@ def image_features(
     return torch.cat(features), torch.cat(logits)
 
 
+class ImageScores:
+    """FID against ``real``, IS and CLIP score of generated images, fed batch by batch: one extractor pass
+    feeds FID and IS, and ``compute`` sums (or gathers) the states of every rank (torchmetrics, over a CPU
+    process group, where the states live), so each rank feeds only its own images, with their indices in
+    the prompt set. ``is_splits=None``: no IS (PeriodicEval's few hundred images)."""
+
+    def __init__(self, extractor, clip_model, real: FeatureStats, is_splits: int | None = 10):
+        self.extractor, self.clip_model = extractor, clip_model
+        group = {"process_group": host_group()} if distributed() else {}
+        self.fid = FID(extractor, num_features=real.mean.shape[0], **group)
+        self.fid.load_real(real)
+        self.inception_score = InceptionScore(is_splits, **group) if is_splits else None
+        self.clip = CLIPScore(**group)
+
+    def update(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> None:
+        """uint8 images (B, 3, S, S) at the scoring size, their captions and prompt indices."""
+        features, logits = self.extractor(images)
+        self.fid.update(features=features, real=False)
+        if self.inception_score is not None:
+            self.inception_score.update(logits, torch.as_tensor(list(indices)))
+        self.clip.update(self.clip_model.embed_images(images), self.clip_model.embed_texts(list(captions)))
+
+    def compute(self) -> dict[str, float]:
+        scores = {"fid": float(self.fid.compute()), "clip": float(self.clip.compute())}
+        if self.inception_score is not None:
+            is_mean, is_std = self.inception_score.compute()
+            scores.update({"is": float(is_mean), "is_std": float(is_std)})
+        return scores
+
+    def reset(self) -> None:
+        """For the next evaluation: the generated side goes, the real statistics stay."""
+        for metric in filter(None, (self.fid, self.inception_score, self.clip)):
+            metric.reset()
+
+
 def real_image_files(folder: str | Path) -> list[Path]:
     """The images of the real-image folder, checked: it exists and holds at least 2."""
     folder = Path(folder)
@@ -63,6 +100,16 @@ def real_image_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def listing_fingerprint(folder: Path, files: Sequence[Path]) -> str:
+    """What the cache of a folder's statistics is keyed by: every file's path, size and modification time
+    (a file replaced, added or removed changes it; reading 40K images to hash them would not pay)."""
+    listing = hashlib.sha1()
+    for file in files:
+        stat = file.stat()
+        listing.update(f"{file.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return listing.hexdigest()
+
+
 def real_statistics(
     folder: str | Path,
     extractor,
@@ -72,15 +119,24 @@ def real_statistics(
     progress: bool = False,
 ) -> FeatureStats:
     """Feature statistics of every image in ``folder`` (e.g. all 40,504 COCO val2014 images), computed
-    once and cached under ``cache_dir`` by folder, file count, extractor and size."""
+    once and cached under ``cache_dir`` by folder, its content (``listing_fingerprint``), extractor and
+    size."""
     folder = Path(folder)
     files = real_image_files(folder)
-    key = hashlib.sha1(f"{folder.resolve()}|{len(files)}|{extractor.name}|{size}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(
+        f"{folder.resolve()}|{listing_fingerprint(folder, files)}|{extractor.name}|{size}".encode()
+    )
+    key = key.hexdigest()[:16]
     cache = Path(cache_dir) / f"real-{extractor.name}-{size}-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         return FeatureStats.load(cache)
     bar = f"real-image statistics of {folder}" if progress else None
-    stats = FeatureStats.of(image_features(files, extractor, size, batch_size, bar)[0])
+    metric = None  # sums of features and of their products (40,504 COCO images: not all in memory)
+    for batch in batches(files, batch_size, bar):
+        features = extractor(load_scored(batch, size))[0]
+        metric = metric or FID(extractor, num_features=features.shape[1])
+        metric.update(features=features, real=True)
+    stats = metric.statistics(real=True)
     if cache is not None:
         stats.save(cache, folder=str(folder.resolve()), extractor=extractor.name)
     return stats
@@ -97,22 +153,10 @@ def score_images(
     batch_size: int = 50,
     progress: bool = False,
 ) -> dict:
-    """FID against ``real``, IS (mean and std over splits) and CLIP score of generated images."""
-    features, logits = image_features(paths, extractor, size, batch_size, "features" if progress else None)
-    is_mean, is_std = inception_score(logits, is_splits)
-    bar = "CLIP embeddings" if progress else None
-    image_embeddings = torch.cat(
-        [clip_model.embed_images(load_scored(batch, size)) for batch in batches(paths, batch_size, bar)]
-    )
-    text_embeddings = torch.cat(
-        [
-            clip_model.embed_texts(list(captions[i : i + batch_size]))
-            for i in range(0, len(captions), batch_size)
-        ]
-    )
-    return {
-        "fid": frechet_distance(FeatureStats.of(features), real),
-        "is": is_mean,
-        "is_std": is_std,
-        "clip": clip_score(image_embeddings, text_embeddings),
-    }
+    """FID against ``real``, IS (mean and std over splits) and CLIP score of generated images (the
+    ``i``-th image drawn from ``captions[i]``)."""
+    scores = ImageScores(extractor, clip_model, real, is_splits)
+    indices = list(range(len(paths)))
+    for batch in batches(indices, batch_size, "scoring" if progress else None):
+        scores.update(load_scored([paths[i] for i in batch], size), [captions[i] for i in batch], batch)
+    return scores.compute()

@@ -16,7 +16,15 @@ import torch.distributed as dist
 _HOST_GROUPS: dict[int, object] = {}  # per world group: a re-initialised world gets its own
 
 
-def _host_group():
+def distributed() -> bool:
+    """A distributed world of more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def host_group():
+    """A CPU (gloo) process group of the whole world, for host-side values (flags, metric states kept on the
+    CPU): the world itself under gloo, one made once beside it under NCCL (collectively: every rank must
+    reach the first call)."""
     world = dist.group.WORLD
     if id(world) not in _HOST_GROUPS:
         # new_group is collective: every rank reaches this at the same call, the first agreement
@@ -32,8 +40,8 @@ def ranks_agree(flag: bool, every: bool = True) -> bool:
 
 def ranks_agree_each(flags: Sequence[bool], every: bool = True) -> list[bool]:
     """``ranks_agree`` of several flags in one collective."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not distributed():
         return [bool(flag) for flag in flags]
     value = torch.tensor([int(flag) for flag in flags], dtype=torch.int32)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN if every else dist.ReduceOp.MAX, group=_host_group())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN if every else dist.ReduceOp.MAX, group=host_group())
     return [bool(v) for v in value.tolist()]
