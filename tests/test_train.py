@@ -1,5 +1,7 @@
 """The Hydra app: every experiment composes and trains, the default run's data check, a run's outputs, multirun."""
 
+import re
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -189,7 +191,12 @@ def test_two_job_multirun_gives_two_loadable_students(tmp_path):
     blocks = [len(UNet2DConditionModel.from_pretrained(p, subfolder="unet").down_blocks) for p in jobs]
     assert blocks == [4, 3]  # small, then tiny
     # Lightning's records pass through Hydra's logging once: on the console once per job, and in train.log
-    assert (done.stdout + done.stderr).count("`Trainer.fit` stopped: `max_steps=2` reached") == 2
+    console = done.stdout + done.stderr
+    assert console.count("`Trainer.fit` stopped: `max_steps=2` reached") == 2
+    # nothing but the run's own lines: no warning, deprecation, hint or advertisement (third-party ones are
+    # filtered by bksdm.cli.logs)
+    noise = [line for line in console.splitlines() if re.search(r"warn|deprecat|tip:|srun|hint", line, re.I)]
+    assert not noise, noise
     for job in jobs:
         log = (job.parent / "train.log").read_text()
         assert "`Trainer.fit` stopped" in log and "teacher  miniworld" in log

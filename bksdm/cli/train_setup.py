@@ -148,7 +148,12 @@ def make_logger(cfg: DictConfig, output_dir: Path):
     if wandb and rank_zero_only.rank == 0:  # other ranks log nothing
         # the run folder's own id unless one is given (logger.id or WANDB_RUN_ID): resuming continues it
         run_id = cfg.logger.get("id") or wandb_run_id(output_dir)
-        return instantiate(cfg.logger, id=run_id, resume="allow", **wandb_identity(cfg))
+        logger = instantiate(cfg.logger, id=run_id, resume="allow", **wandb_identity(cfg))
+        # Lightning (2.6) always passes anonymous=None to wandb.init, and wandb (0.2x+) warns on every run
+        # that the setting has no effect; left out, wandb's default is the same
+        if logger._wandb_init.get("anonymous") is None:
+            logger._wandb_init.pop("anonymous", None)
+        return logger
     return instantiate(cfg.logger)
 
 
