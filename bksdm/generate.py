@@ -53,6 +53,7 @@ def generate(cfg: DictConfig) -> list[Path]:
         prompts,
         out,
         seed=cfg.seed,
+        generator_device=plan.generator_device,
         batch_size=cfg.batch_size,
         resolution=cfg.resolution,
         **plan.sampling,

@@ -36,7 +36,8 @@ def test_evaluate_writes_finite_metrics_and_resumes_without_regenerating(tmp_pat
         "features": "standin-inception",
         "clip": "standin-clip",
     }
-    assert metrics["settings"]["seed"] == 1234
+    assert metrics["settings"]["seed"] == 1234 and metrics["generator_device"] == "cpu"
+    assert metrics["prompt_rule"].startswith("COCO captions json: bksdm's approximation")
     assert metrics["sampling"] == {"guidance_scale": 7.5, "num_inference_steps": 2}
     assert "| builtin:toy |" in (tmp_path / "eval" / "metrics.md").read_text()
 

@@ -79,11 +79,23 @@ def manifest(tmp_path):
     return json.loads((tmp_path / "out" / "manifest.json").read_text())
 
 
+def test_images_of_a_bksdm_before_generator_device_are_kept_when_drawn_on_the_cpu(tmp_path):
+    first = run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle")
+    older = {k: v for k, v in manifest(tmp_path).items() if k != "generator_device"}
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(older))
+    stamp = first[0].stat().st_mtime_ns
+    run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle", "generator_device=cpu")
+    assert first[0].stat().st_mtime_ns == stamp and manifest(tmp_path)["generator_device"] == "cpu"
+    with pytest.raises(ConfigError, match="generator_device='gpu': accepted are auto"):
+        run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle", "generator_device=gpu")
+
+
 def test_a_run_with_other_settings_stops_before_loading_naming_what_differs(tmp_path, monkeypatch):
     first = run_generate(tmp_path, "model=builtin:toy", "prompt=a red circle")
     assert manifest(tmp_path) == {
         "model": "builtin:toy", "seed": 1234, "num_inference_steps": 2, "guidance_scale": 7.5,
-        "scheduler": "pndm", "resolution": None, "dtype": "float32", "prompts": ["a red circle"],
+        "scheduler": "pndm", "resolution": None, "dtype": "float32", "generator_device": "cpu",
+        "prompts": ["a red circle"],
     }  # fmt: skip
     stamp = first[0].stat().st_mtime_ns
 

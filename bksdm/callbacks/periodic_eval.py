@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from bksdm.callbacks.schedule import EveryNSteps
-from bksdm.eval.generation import generate_images
+from bksdm.eval.generation import generate_images, resolve_generator_device
 from bksdm.eval.prompts import load_prompts
 from bksdm.eval.scoring import ImageScores, load_scored, real_statistics
 from bksdm.teachers.pipeline import frozen_pipeline
@@ -30,6 +30,7 @@ class PeriodicEval(EveryNSteps):
     features, clip: the extractors (see ``bksdm.eval.extractors``).
     every_n_steps: evaluate when the global step is a multiple of it (and at the end of training).
     dirpath: where images (``step_<n>/``) and ``best.ckpt`` go.
+    generator_device: where the seeded latents are drawn (``bksdm.eval.generation.resolve_generator_device``).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class PeriodicEval(EveryNSteps):
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
         seed: int = 1234,
+        generator_device: str = "auto",
         batch_size: int = 8,
         score_size: int = 256,
         cache_dir: str | Path | None = None,
@@ -53,11 +55,13 @@ class PeriodicEval(EveryNSteps):
         self.features, self.clip = features, clip
         self.dirpath = Path(dirpath)
         self.num_inference_steps, self.guidance_scale, self.seed = num_inference_steps, guidance_scale, seed
+        self.generator_device = generator_device
         self.batch_size, self.score_size, self.cache_dir = batch_size, score_size, cache_dir
         self.best_fid = float("inf")
         self.history: list[dict] = []
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self.draw_on = resolve_generator_device(self.generator_device, str(trainer.strategy.root_device))
         self.captions = [caption for _, caption in load_prompts(self.prompt_source, self.num_images)]
         if len(self.captions) % trainer.world_size:
             raise ValueError(
@@ -78,7 +82,7 @@ class PeriodicEval(EveryNSteps):
         pipeline = frozen_pipeline(pl_module.frozen, student, pl_module.device)
         mine = list(range(trainer.global_rank, len(self.captions), trainer.world_size))
         paths = generate_images(
-            pipeline, self.captions, self.dirpath / f"step_{step:07d}", seed=self.seed,
+            pipeline, self.captions, self.dirpath / f"step_{step:07d}", seed=self.seed, generator_device=self.draw_on,
             num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
             batch_size=self.batch_size, progress=False, indices=mine,
         )  # fmt: skip

@@ -1,10 +1,13 @@
 """Reproducible, resumable text-to-image generation with any diffusers Stable Diffusion pipeline.
 
 The paper's protocol draws every image's initial latent from one generator seeded 1234, consumed in
-order, at batch 1. Here each image's latent is drawn separately, in prompt order, from that one
-generator and handed to the pipeline, so batching changes nothing in the noise and a resumed run replays
+order, at batch 1, on the GPU. Here each image's latent is drawn separately, in prompt order, from that
+one generator, as the pipeline itself would draw it (diffusers' ``randn_tensor`` in the pipeline's
+dtype), and handed to the pipeline, so batching changes nothing in the noise and a resumed run replays
 the draws of the finished images (cheap) instead of regenerating them. PNDM and DDIM draw nothing after
-the initial latent.
+the initial latent. ``generator_device`` says where the generator lives: ``cuda`` gives the paper's
+latents (a CUDA generator's numbers differ from a CPU one's for the same seed), ``cpu`` the same images
+on every machine.
 
 A resumed run may only keep images that the same settings made, so ``generate`` and ``evaluate`` write a
 manifest (``manifest.json``: model, prompts, seed, steps, guidance, sampler, resolution, dtype) beside
@@ -48,14 +51,17 @@ def images_manifest(
     scheduler: str | None,
     resolution: int | None,
     dtype: str,
+    generator_device: str,
 ) -> dict:
     """What decides a run's images, as its images folder's ``manifest.json`` records it. A local
     ``model`` folder is recorded by its absolute path (``student`` and ``./student`` are one model);
-    ``resolution`` None is the U-Net's native size; ``dtype`` is the resolved one, not ``auto``."""
+    ``resolution`` None is the U-Net's native size; ``dtype`` and ``generator_device`` are the resolved
+    ones, not ``auto``."""
     local = Path(model).expanduser()
     return {
         "model": str(local.resolve()) if local.is_dir() else model,
         "seed": int(seed),
+        "generator_device": generator_device,
         "num_inference_steps": int(num_inference_steps),
         "guidance_scale": float(guidance_scale),
         "scheduler": scheduler,
@@ -135,6 +141,7 @@ def _read_manifest(path: Path) -> dict | None:
         return None
     if not isinstance(stored, dict) or not isinstance(stored.get("prompts"), list):
         return None
+    stored.setdefault("generator_device", "cpu")  # a bksdm before the setting drew every latent on the CPU
     return stored
 
 
@@ -172,6 +179,7 @@ def generate_images(
     resolution: int | None = None,
     progress: bool = True,
     indices: Sequence[int] | None = None,
+    generator_device: str = "cpu",
 ) -> list[Path]:
     """Images ``out/000000.png``, ... for ``prompts`` (only ``indices`` of them, e.g. one DDP rank's
     share); images already there are kept, so a folder that other settings may have filled is checked
@@ -179,16 +187,20 @@ def generate_images(
 
     Every prompt's latent is drawn from the one generator in prompt order, whichever process makes the
     image and whether or not it exists already, so the images do not depend on batching, splitting or
-    resuming. Each PNG is written under a temporary name and renamed, so a crash never leaves a
-    half-written image that a resumed run would take for finished.
+    resuming. ``generator_device``: ``cpu`` or ``cuda`` (the pipeline's GPU; ``resolve_generator_device``).
+    Each PNG is written under a temporary name and renamed, so a crash never leaves a half-written image
+    that a resumed run would take for finished.
     """
+    from diffusers.utils.torch_utils import randn_tensor
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wanted = sorted(set(range(len(prompts)) if indices is None else indices))
     resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     side = resolution // pipeline.vae_scale_factor
     latent_shape = (1, pipeline.unet.config.in_channels, side, side)
-    generator = torch.Generator("cpu").manual_seed(seed)
+    draw_on = pipeline.unet.device if generator_device == "cuda" else torch.device("cpu")
+    generator = torch.Generator(draw_on).manual_seed(seed)
     todo = {i for i in wanted if not image_path(out, i).is_file()}
     pipeline.set_progress_bar_config(disable=True)
     bar = None
@@ -198,7 +210,8 @@ def generate_images(
         bar = tqdm(total=len(todo), desc=f"generating into {out}", unit="image")
     pending: list[tuple[int, torch.Tensor]] = []
     for index in range(max(todo, default=-1) + 1):
-        latent = torch.randn(latent_shape, generator=generator)  # drawn for every index, in order
+        # drawn for every index, in order; as the pipeline draws it when handed the generator at batch 1
+        latent = randn_tensor(latent_shape, generator=generator, device=draw_on, dtype=pipeline.unet.dtype)
         if index in todo:
             pending.append((index, latent))
         if pending and (len(pending) == batch_size or index == max(todo)):
@@ -252,6 +265,29 @@ SCHEDULERS = {
 # mini world's and the toy teacher's did not), and DDIM's default (True) then clips each predicted
 # latent to [-1, 1], where SD's latents do not stay: its images come out as noise.
 SD_SAMPLER_SETTINGS = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+GENERATOR_DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_generator_device(setting: str, device: str) -> str:
+    """Where the seeded initial latents are drawn for a model on ``device`` (resolved, e.g. ``cuda:0``):
+    ``auto`` is ``cuda`` on a GPU (where the paper drew them) and ``cpu`` elsewhere; ``cpu`` gives the
+    same images on every machine; ``cuda`` needs the model on a GPU."""
+    if setting not in GENERATOR_DEVICES:
+        raise ValueError(
+            f"generator_device={setting!r}: accepted are auto (cuda on a GPU, else cpu), cpu (the same images "
+            "on every machine) and cuda (the paper's latents; the model on a GPU)"
+        )
+    on_gpu = torch.device(device).type == "cuda"
+    if setting == "auto":
+        return "cuda" if on_gpu else "cpu"
+    if setting == "cuda" and not on_gpu:
+        raise ValueError(
+            f"generator_device=cuda draws the latents on the model's GPU, but the model runs on {device!r}: "
+            "set device=cuda, or generator_device=cpu"
+        )
+    return setting
 
 
 def check_scheduler(scheduler: str | None) -> None:
@@ -342,6 +378,7 @@ class GenerationPlan:
     folder: ImagesFolder  # checked against the run's manifest; claim() it once the model has loaded
     device: str
     dtype: str
+    generator_device: str  # cpu or cuda
     sampling: dict  # guidance_scale, num_inference_steps
     origin: str  # where the sampling values came from, for the log
 
@@ -356,14 +393,15 @@ def plan_generation(settings, prompts: Sequence[str], out: str | Path) -> Genera
     check_model(settings.model)
     check_resolution(settings.model, settings.resolution)
     device, dtype = resolve_device_dtype(settings.device, settings.dtype)
+    generator_device = resolve_generator_device(settings.generator_device, device)
     check_scheduler(settings.scheduler)
     sampling, origin = resolve_sampling(settings.model, settings.guidance_scale, settings.num_inference_steps)
     manifest = images_manifest(
         settings.model, prompts, seed=settings.seed, scheduler=settings.scheduler,
-        resolution=settings.resolution, dtype=dtype, **sampling,
+        resolution=settings.resolution, dtype=dtype, generator_device=generator_device, **sampling,
     )  # fmt: skip
     folder = open_images_folder(out, manifest, overwrite=settings.overwrite)
-    return GenerationPlan(folder, device, dtype, sampling, origin)
+    return GenerationPlan(folder, device, dtype, generator_device, sampling, origin)
 
 
 def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", scheduler: str | None = "pndm"):

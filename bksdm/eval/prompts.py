@@ -1,10 +1,15 @@
 """Evaluation prompts: one caption for each of N distinct images, chosen by a documented rule.
 
-From COCO's ``captions_val2014.json``: images sorted by image id; each image's caption is its annotation
-with the lowest annotation id; ``num_images`` images are taken evenly spread over the whole sorted split
-(index ``i * total // num_images`` for i = 0 .. num_images-1), so 30,000 of val2014's 40,504 images
-cover the split rather than its beginning. From a ``file_name,text`` csv: the first caption of each file,
-in file order, with the same spreading rule.
+The paper's prompts are the 30,000-row ``metadata.csv`` (``file_name,text``) the BK-SDM authors released:
+given that csv and ``num_images`` 30,000 (or null), every row is taken in file order, so the prompts are
+exactly the paper's. From a ``file_name,text`` csv in general: the first caption of each file, in file
+order, spread as below when fewer are asked for.
+
+From COCO's ``captions_val2014.json``, bksdm's own approximation of the authors' selection: images
+sorted by image id; each image's caption is its annotation with the lowest annotation id; ``num_images``
+images are taken evenly spread over the whole sorted split (index ``i * total // num_images`` for
+i = 0 .. num_images-1), so 30,000 of val2014's 40,504 images cover the split rather than its beginning.
+Its images and captions are not the authors' 30,000, so its FID is close to, not equal to, the paper's.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ def spread(items: list, count: int | None, source: str = "the prompts") -> list:
             "or lower (or num_images=null: every caption once)"
         )
     return [items[i * len(items) // count] for i in range(count)]
+
+
+def prompt_rule(path: str | Path) -> str:
+    """How ``load_prompts`` picks from ``path``, as results record it."""
+    if Path(path).suffix == ".json":
+        return "COCO captions json: bksdm's approximation (images by id, evenly spread, lowest-id caption)"
+    return "file_name,text csv: its rows in file order (the authors' metadata.csv: the paper's prompts)"
 
 
 def load_prompts(path: str | Path, num_images: int | None = None) -> list[tuple[str, str]]:

@@ -36,7 +36,7 @@ class PromptsProtocol:
         scores them; a bad setting raises ``ConfigError`` before any model is loaded."""
         from bksdm.cli import config_checks
         from bksdm.eval.generation import generate_images, load_pipeline, plan_generation
-        from bksdm.eval.prompts import load_prompts
+        from bksdm.eval.prompts import load_prompts, prompt_rule
         from bksdm.eval.scoring import real_image_files, real_statistics, score_images
 
         with config_checks():
@@ -54,8 +54,8 @@ class PromptsProtocol:
         pipeline = load_pipeline(cfg.model, plan.dtype, plan.device, cfg.scheduler)
         plan.folder.claim()
         paths = generate_images(
-            pipeline, captions, plan.folder.path, seed=cfg.seed, batch_size=cfg.batch_size,
-            resolution=cfg.resolution, **plan.sampling,
+            pipeline, captions, plan.folder.path, seed=cfg.seed, generator_device=plan.generator_device,
+            batch_size=cfg.batch_size, resolution=cfg.resolution, **plan.sampling,
         )  # fmt: skip
         scores = score_images(
             paths, captions, extractor, clip_model, real, self.score_size, self.is_splits, self.batch_size,
@@ -65,6 +65,8 @@ class PromptsProtocol:
             **scores,
             "model": cfg.model,
             "sampling": plan.sampling,
+            "generator_device": plan.generator_device,
+            "prompt_rule": prompt_rule(cfg.prompts),
             "num_images": len(paths),
             "real_images": real.count,
             "extractors": {"features": extractor.name, "clip": clip_model.name},

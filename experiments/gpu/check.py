@@ -85,6 +85,7 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
                 f"prompts={scratch / 'captions.json'}",
                 f"real={scratch / 'real'}",
                 "num_images=10",
+                "generator_device=cuda",  # the paper's latents
                 "num_inference_steps=5",
                 "batch_size=5",
                 f"out={scratch / 'evaluation'}",

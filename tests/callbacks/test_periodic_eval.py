@@ -61,7 +61,9 @@ def test_only_rank_zero_computes_the_real_statistics_and_hands_them_on(tmp_path,
         clip=StandInCLIP(), dirpath=tmp_path / "eval", num_images=4,
     )  # fmt: skip
     received = []
-    strategy = SimpleNamespace(broadcast=lambda value, src: received.append(value) or sent)
+    strategy = SimpleNamespace(
+        broadcast=lambda value, src: received.append(value) or sent, root_device=torch.device("cpu")
+    )
     for rank in (1, 0):
         callback.on_fit_start(
             SimpleNamespace(world_size=2, is_global_zero=rank == 0, strategy=strategy), None

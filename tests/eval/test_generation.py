@@ -10,6 +10,7 @@ from bksdm.eval.generation import (
     generate_images,
     images_manifest,
     load_pipeline,
+    resolve_generator_device,
     switch_scheduler,
 )
 
@@ -144,7 +145,39 @@ def test_a_model_folder_is_one_model_however_its_path_is_written(tmp_path, monke
         "guidance_scale": 3,
         "scheduler": None,
         "resolution": None,
+        "generator_device": "cpu",
     }
     manifests = [images_manifest(m, ["x"], dtype="float32", **settings) for m in ("student", "./student/")]
     assert manifests[0] == manifests[1] and manifests[0]["model"] == str(tmp_path / "run" / "student")
     assert images_manifest("org/model", ["x"], dtype="float32", **settings)["model"] == "org/model"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_images_are_those_of_the_papers_script(tmp_path, dtype):
+    """BK-SDM's generation script hands one seeded generator to the pipeline, one prompt per call: the
+    same images whatever the pipeline's dtype (the latents are drawn in it, as the pipeline draws them: on
+    a CPU bf16 and fp32 draws agree, on CUDA they need not; batching is tested above)."""
+    import torch
+
+    pipeline = load_pipeline("builtin:toy", dtype)
+    generator = torch.Generator("cpu").manual_seed(1234)
+    paper = [
+        pipeline(p, num_inference_steps=2, generator=generator, output_type="np").images[0]
+        for p in PROMPTS[:3]
+    ]
+    ours = pixels(
+        generate_images(
+            pipeline, PROMPTS[:3], tmp_path, seed=1234, num_inference_steps=2, batch_size=1, progress=False
+        )
+    )
+    assert np.array_equal(ours, (np.clip(np.stack(paper), 0, 1) * 255).round())
+
+
+def test_the_generator_device_follows_the_model_unless_set():
+    assert resolve_generator_device("auto", "cpu") == "cpu"
+    assert resolve_generator_device("auto", "cuda:1") == "cuda"
+    assert resolve_generator_device("cpu", "cuda") == "cpu"
+    with pytest.raises(ValueError, match=r"generator_device='gpu': accepted are auto .* cpu .* cuda"):
+        resolve_generator_device("gpu", "cpu")
+    with pytest.raises(ValueError, match=r"generator_device=cuda .* runs on 'cpu'"):
+        resolve_generator_device("cuda", "cpu")

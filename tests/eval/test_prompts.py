@@ -5,7 +5,7 @@ import csv
 import pytest
 from helpers.eval_data import coco_json
 
-from bksdm.eval.prompts import load_prompts, spread
+from bksdm.eval.prompts import load_prompts, prompt_rule, spread
 
 
 def test_prompt_rule_sorted_by_image_id_lowest_annotation_evenly_spread(tmp_path):
@@ -32,3 +32,14 @@ def test_more_images_than_captions_is_an_error_naming_both(tmp_path):
     ):
         load_prompts(path, num_images=count + 1)
     assert len(load_prompts(path, num_images=None)) == count
+
+
+def test_the_authors_metadata_csv_is_taken_row_by_row_in_file_order(tmp_path):
+    # their file lists val2014 images sorted by id, one caption each; here deliberately not sorted, to
+    # show that the file's order is kept rather than re-sorted
+    rows = [("COCO_val2014_000000000073.jpg", "a motorcycle parked"), ("COCO_val2014_000000000042.jpg", "a dog"),
+            ("COCO_val2014_000000000074.jpg", "a picture of a dog")]  # fmt: skip
+    path = tmp_path / "metadata.csv"
+    path.write_text("file_name,text\n" + "".join(f"{name},{text}\n" for name, text in rows))
+    assert load_prompts(path, 3) == rows == load_prompts(path, None)
+    assert "the paper's prompts" in prompt_rule(path) and "approximation" in prompt_rule("captions.json")
