@@ -27,7 +27,11 @@ def evaluate(cfg: DictConfig) -> dict:
     """Runs ``cfg.eval``'s protocol on ``cfg.model`` and writes ``metrics.json`` (scores and settings) and
     ``metrics.md`` (the protocol's table) under ``cfg.out``; returns the scores."""
     protocol = instantiate(cfg.eval, _recursive_=False)  # extractors are built when scoring starts
-    result = {**protocol.run(cfg), "settings": OmegaConf.to_container(cfg, resolve=True)}
+    result = {
+        "protocol": protocol.name,
+        **protocol.run(cfg),
+        "settings": OmegaConf.to_container(cfg, resolve=True),
+    }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))

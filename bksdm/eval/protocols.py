@@ -95,59 +95,80 @@ class MiniWorldProtocol:
     """``eval=miniworld``: attribute accuracy, classifier-feature FID and error to the teacher, on the
     mini world (``bksdm.miniworld.evaluation``); prompts and real images come from the world itself.
 
+    It takes the top-level settings ``num_images`` (cycling through the world's captions),
+    ``num_inference_steps``, ``guidance_scale``, ``batch_size``, ``device`` and ``scheduler``; those it
+    cannot take (``FIXED``) must keep the values its config gives them.
+
     Args:
         name: the protocol's name in results.
         world: a built mini world folder; None: the shipped one.
-        num_images: generated images, cycling through the world's captions.
         num_real: held-out real items for the FID statistics.
         num_latents: held-out noisy latents for the error to the teacher.
-        num_inference_steps, guidance_scale, batch_size: how the images are sampled.
     """
 
-    def __init__(
-        self, name: str, world: str | None = None, num_images: int = 1080, num_real: int = 2000,
-        num_latents: int = 256, num_inference_steps: int = 25, guidance_scale: float = 3.0,
-        batch_size: int = 90,
-    ):  # fmt: skip
-        self.name, self.world = name, world
-        self.num_images, self.num_real, self.num_latents = num_images, num_real, num_latents
-        self.num_inference_steps, self.guidance_scale, self.batch_size = (
-            num_inference_steps, guidance_scale, batch_size,
-        )  # fmt: skip
+    # setting -> (the one value taken, why)
+    FIXED = {
+        "prompts": (None, "the prompts are the world's own 180 captions"),
+        "real": (None, "the real images are held-out items of the world"),
+        "seed": (None, "each round of the captions has its own seed (0, 1, ...)"),
+        "resolution": (None, "the world's images are 64 px"),
+        "dtype": ("float32", "the teacher and the student run in float32"),
+        "generator_device": ("cpu", "the latents are drawn on the CPU"),
+    }
+
+    def __init__(self, name: str, world: str | None = None, num_real: int = 2000, num_latents: int = 256):
+        self.name, self.world, self.num_real, self.num_latents = name, world, num_real, num_latents
+
+    def check_settings(self, cfg: DictConfig) -> None:
+        from bksdm.cli.errors import ConfigError
+
+        for key, (value, reason) in self.FIXED.items():
+            if cfg.get(key) != value:
+                raise ConfigError(
+                    f"eval=miniworld does not take {key}={cfg.get(key)!r}: {reason}; accepted is {key}={value!r} "
+                    "(leave it unset)"
+                )
 
     def run(self, cfg: DictConfig) -> dict[str, Any]:
         from bksdm.eval.generation import load_pipeline
         from bksdm.miniworld.assets import ASSETS, load_classifier, teacher_path
         from bksdm.miniworld.evaluation import MiniWorldReference, evaluate_student
 
+        self.check_settings(cfg)
         world = self.world or ASSETS
-        teacher = load_pipeline(str(teacher_path(world)), "float32", cfg.device, cfg.scheduler)
+        teacher = load_pipeline(str(teacher_path(world)), cfg.dtype, cfg.device, cfg.scheduler)
         reference = MiniWorldReference.build(teacher, load_classifier(world), self.num_real, self.num_latents)
-        student = load_pipeline(cfg.model, "float32", cfg.device, cfg.scheduler)
+        student = load_pipeline(cfg.model, cfg.dtype, cfg.device, cfg.scheduler)
         student.set_progress_bar_config(disable=True)
         scores = evaluate_student(
-            student, reference, self.num_images, self.num_inference_steps, self.guidance_scale,
-            self.batch_size, progress=True,
+            student, reference, cfg.num_images, cfg.num_inference_steps, cfg.guidance_scale, cfg.batch_size,
+            progress=True,
         )  # fmt: skip
-        return {**scores, "model": cfg.model, "world": str(world)}
+        return {**scores, "model": cfg.model, "world": str(world), "num_images": cfg.num_images}
 
     def table(self, result: Mapping[str, Any]) -> str:
-        header = (
-            "| model | " + " | ".join(f"acc. {n}" for n in ATTRIBUTES_AND_ALL)
-            + " | FID (classifier) | error to teacher | unconditional | guided |\n"
-        )  # fmt: skip
-        rule = "|---" * (len(ATTRIBUTES_AND_ALL) + 5) + "|\n"
-        row = (
-            f"| {result['model']} | "
-            + " | ".join(f"{result[f'accuracy/{n}']:.3f}" for n in ATTRIBUTES_AND_ALL)
-            + f" | {result['fid']:.2f} | "
-            + " | ".join(f"{result[k]:.5f}" for k in ERRORS)
-            + " |\n"
-        )
-        return header + rule + row
+        return miniworld_table([result])
 
     def summary(self, result: Mapping[str, Any]) -> str:
         return (
             f"accuracy {result['accuracy/all']:.3f}  FID {result['fid']:.2f}  "
             f"error to teacher {result['error_to_teacher']:.5f}"
         )
+
+
+def miniworld_table(results: list[Mapping[str, Any]]) -> str:
+    """A markdown table of ``eval=miniworld`` results, one row each."""
+    header = (
+        "| model | " + " | ".join(f"acc. {n}" for n in ATTRIBUTES_AND_ALL)
+        + " | FID (classifier) | error to teacher | unconditional | guided | images |\n"
+    )  # fmt: skip
+    rule = "|---" * (len(ATTRIBUTES_AND_ALL) + 6) + "|\n"
+    rows = [
+        f"| {result['model']} | "
+        + " | ".join(f"{result[f'accuracy/{n}']:.3f}" for n in ATTRIBUTES_AND_ALL)
+        + f" | {result['fid']:.2f} | "
+        + " | ".join(f"{result[k]:.5f}" for k in ERRORS)
+        + f" | {result.get('num_images', '-')} |\n"
+        for result in results
+    ]
+    return header + rule + "".join(rows)

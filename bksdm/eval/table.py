@@ -2,7 +2,8 @@
 
 The published zero-shot MS-COCO 30K figures (BK-SDM, arXiv 2305.15798) are keyed by the hub id of each
 released model; a result whose ``model`` is one of them gets the paper's FID, IS and CLIP score next to
-its own, so a reproduction shows its gap at a glance.
+its own, so a reproduction shows its gap at a glance. ``eval=miniworld`` results get a table of their own
+(the mini world's scores), after the FID / IS / CLIP one.
 """
 
 from __future__ import annotations
@@ -36,14 +37,36 @@ def load_result(path: str | Path) -> dict:
             f"{str(path)!r} does not exist: give metrics.json files or evaluation folders"
         )
     result = json.loads(path.read_text())
-    missing = [key for key in ("model", "fid", "is", "clip", "num_images") if key not in result]
+    needed = MINIWORLD_KEYS if is_miniworld(result) else ("model", "fid", "is", "clip", "num_images")
+    missing = [key for key in needed if key not in result]
     if missing:
         raise ValueError(f"{str(path)!r} is not a bksdm evaluation result: no {missing}")
     return result
 
 
+MINIWORLD_KEYS = ("model", "fid", "accuracy/all", "error_to_teacher")
+
+
+def is_miniworld(result: dict) -> bool:
+    # results written before metrics.json named its protocol are told by their scores
+    return result.get("protocol", "miniworld" if "accuracy/all" in result else None) == "miniworld"
+
+
 def results_table(results: list[dict]) -> str:
-    """A markdown table: each result's FID / IS / CLIP and image count, and the paper's figures."""
+    """Markdown tables: the FID / IS / CLIP results with their image counts and the paper's figures,
+    then the mini-world results; a table only where there are results for it."""
+    from bksdm.eval.protocols import miniworld_table
+
+    prompts = [result for result in results if not is_miniworld(result)]
+    miniworld = [result for result in results if is_miniworld(result)]
+    tables = ([prompts_table(prompts)] if prompts else []) + (
+        [miniworld_table(miniworld)] if miniworld else []
+    )
+    return "\n".join(tables)
+
+
+def prompts_table(results: list[dict]) -> str:
+    """Each result's FID / IS / CLIP and image count, and the paper's figures."""
     lines = [
         "| model | FID | IS | CLIP | images | paper FID | paper IS | paper CLIP |",
         "|---|---|---|---|---|---|---|---|",

@@ -25,3 +25,26 @@ def test_results_table_puts_the_paper_numbers_beside_each_result(tmp_path, capsy
         main([str(tmp_path / "c.json")])
     with pytest.raises(FileNotFoundError, match=r"give metrics\.json files or evaluation folders"):
         main([str(tmp_path / "none")])
+
+
+def test_mini_world_results_get_a_table_of_their_own(tmp_path, capsys):
+    from bksdm.eval.table import main
+
+    scores = {f"accuracy/{n}": 0.5 for n in ("shape", "colour", "position", "size", "all")}
+    errors = {
+        k: 0.01 for k in ("error_to_teacher", "error_to_teacher/unconditional", "error_to_teacher/guided")
+    }
+    world = {"protocol": "miniworld", "model": "student", "fid": 12.0, "num_images": 180, **scores, **errors}
+    coco = {"protocol": "coco30k", "model": "m", "fid": 20.0, "is": 30.0, "clip": 0.26, "num_images": 10}
+    older = {k: v for k, v in world.items() if k != "protocol"}  # before metrics.json named its protocol
+    for name, result in (("world", world), ("coco", coco), ("older", older)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    main([str(tmp_path / f"{name}.json") for name in ("world", "coco", "older")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| model | FID | IS | CLIP |") and lines[2].startswith("| m | 20.00 |")
+    assert lines[4].startswith("| model | acc. shape |") and len(lines) == 8
+    assert (
+        lines[6]
+        == lines[7]
+        == ("| student | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 12.00 | 0.01000 | 0.01000 | 0.01000 | 180 |")
+    )

@@ -10,6 +10,7 @@ from helpers.paths import CONF
 from helpers.train_config import FAST, config
 from hydra import compose, initialize_config_dir
 
+from bksdm.cli.errors import ConfigError
 from bksdm.miniworld.world import ATTRIBUTES, MiniWorld, all_captions, parse_caption, render, scene
 
 
@@ -165,10 +166,19 @@ def test_the_shipped_teacher_draws_its_captions_and_scores_zero_error_to_itself(
 
     from bksdm.evaluate import evaluate
 
-    overrides = ["eval=miniworld", "model=builtin:miniworld", f"out={tmp_path}", "eval.num_images=180",
-                 "eval.num_inference_steps=10", "eval.num_real=500", "eval.num_latents=32", "device=cpu"]  # fmt: skip
+    overrides = ["eval=miniworld", "model=builtin:miniworld", f"out={tmp_path}", "num_images=180",
+                 "num_inference_steps=10", "eval.num_real=500", "eval.num_latents=32", "device=cpu"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for refused in ("seed=5", "prompts=captions.json", "dtype=float16"):
+            with pytest.raises(ConfigError, match=f"eval=miniworld does not take {refused.split('=')[0]}="):
+                evaluate(compose("evaluate", overrides=[*overrides, refused]))
         result = evaluate(compose("evaluate", overrides=overrides))
+    # what it used, and nothing it did not: no coco prompts, seed or 30,000 images
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored["protocol"] == "miniworld" and stored["num_images"] == 180
+    assert {k: stored["settings"][k] for k in ("num_images", "prompts", "real", "seed")} == {
+        "num_images": 180, "prompts": None, "real": None, "seed": None,
+    }  # fmt: skip
     errors = ("error_to_teacher", "error_to_teacher/unconditional", "error_to_teacher/guided")
     assert [result[k] for k in errors] == [0.0] * 3  # the teacher against itself
     # every caption once, 10 sampling steps (chance for all four: 1/180); the full protocol is in report.json
