@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -107,7 +107,7 @@ class MiniWorldProtocol:
     """
 
     # setting -> (the one value taken, why)
-    FIXED = {
+    FIXED: ClassVar[dict[str, tuple[Any, str]]] = {
         "prompts": (None, "the prompts are the world's own 180 captions"),
         "real": (None, "the real images are held-out items of the world"),
         "seed": (None, "each round of the captions has its own seed (0, 1, ...)"),
