@@ -191,3 +191,51 @@ def test_the_jobs_of_a_sweep_are_named_by_what_it_varies_in_one_group(tmp_path):
     for name, (_, job_type, tags, config) in runs.items():
         assert job_type == "train" and {"experiment:demo", "arch:small", "loss:kd_full"} <= set(tags)
         assert config["loss"]["w_feat"] == float(name.split("=")[1]) and config["seed"] == 1234
+
+
+def test_periodic_eval_logs_a_table_of_teacher_and_student_samples_to_wandb(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from helpers.eval_data import coco_json, write_real
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv(
+        "WANDB_DATA_DIR", str(tmp_path / "wandb_data")
+    )  # where an offline run stages artifacts
+    write_real(tmp_path / "real")
+    cfg = config(
+        "experiment=demo", *FAST, "trainer.max_steps=2", "logger=wandb", "logger.mode=offline",
+        "callbacks=with_eval", "eval=standin", f"callbacks.periodic_eval.prompts={coco_json(tmp_path / 'c.json')}",
+        f"callbacks.periodic_eval.real={tmp_path / 'real'}", "callbacks.periodic_eval.num_images=4",
+        "callbacks.periodic_eval.every_n_steps=1", "callbacks.periodic_eval.num_inference_steps=2",
+        "callbacks.periodic_eval.batch_size=4", "callbacks.periodic_eval.table_prompts=3",
+        f"callbacks.periodic_eval.cache_dir={tmp_path / 'cache'}", "callbacks.sample_grid=null",
+        output_dir=tmp_path / "run",
+    )  # fmt: skip
+    train_app.train(cfg)
+    (run_file,) = written_runs(tmp_path / "wandb", "offline-run-*/run-*.wandb")
+    records = list(read_records(run_file))
+    steps = [
+        json.loads(step.value_json)
+        for r in records
+        if r.HasField("history")
+        and any(i.nested_key[:2] == ["eval/samples", "_type"] for i in r.history.item)
+        for step in r.history.item
+        if step.key == "trainer/global_step" or step.nested_key == ["trainer/global_step"]
+    ]
+    assert steps == [1, 2]
+    # the table with its images travels as a run_table artifact (the run's media file holds no images)
+    (last,) = [r.artifact for r in records if r.HasField("artifact") and r.artifact.type == "run_table"][-1:]
+    contents = {entry.path: entry.local_path for entry in last.manifest.contents}
+    (table_file,) = [path for path in contents if path.endswith(".table.json")]
+    table = json.loads(Path(contents[table_file]).read_text())
+    assert table["columns"] == ["step", "caption", "teacher", "student", "clip"] and len(table["data"]) == 3
+    assert len({row[1] for row in table["data"]}) == 3 and all(
+        row[0] == 2 and -1 <= row[4] <= 1 for row in table["data"]
+    )
+    images = [cell for row in table["data"] for cell in row[2:4]]
+    assert all(cell["_type"] == "image-file" and cell["path"] in contents for cell in images)
+    assert len({cell["path"] for cell in images}) == 6  # teacher and student differ, prompt by prompt
+    assert len(list((tmp_path / "run" / "eval" / "teacher").glob("*.png"))) == 3  # drawn once

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 
 from bksdm.callbacks.schedule import EveryNSteps
 from bksdm.eval.generation import generate_images, resolve_generator_device
@@ -31,6 +32,9 @@ class PeriodicEval(EveryNSteps):
     every_n_steps: evaluate when the global step is a multiple of it (and at the end of training).
     dirpath: where images (``step_<n>/``) and ``best.ckpt`` go.
     generator_device: where the seeded latents are drawn (``bksdm.eval.generation.resolve_generator_device``).
+    table_prompts: with a W&B logger, a table ``eval/samples`` of this many fixed prompts (rank 0's first
+        ones) at each evaluation: step, caption, the teacher's image, the student's, the student's CLIP
+        score; the teacher's images are drawn once, with the same latents. 0: no table.
     """
 
     def __init__(
@@ -49,13 +53,14 @@ class PeriodicEval(EveryNSteps):
         batch_size: int = 8,
         score_size: int = 256,
         cache_dir: str | Path | None = None,
+        table_prompts: int = 8,
     ):
         super().__init__(every_n_steps)
         self.prompt_source, self.real, self.num_images = prompts, real, num_images
         self.features, self.clip = features, clip
         self.dirpath = Path(dirpath)
         self.num_inference_steps, self.guidance_scale, self.seed = num_inference_steps, guidance_scale, seed
-        self.generator_device = generator_device
+        self.generator_device, self.table_prompts = generator_device, table_prompts
         self.batch_size, self.score_size, self.cache_dir = batch_size, score_size, cache_dir
         self.best_fid = float("inf")
         self.history: list[dict] = []
@@ -87,17 +92,43 @@ class PeriodicEval(EveryNSteps):
             batch_size=self.batch_size, progress=False, indices=mine,
         )  # fmt: skip
         self.scores.reset()
+        clip_scores = []
         for start in range(0, len(mine), self.batch_size):
             indices = mine[start : start + self.batch_size]
             images = load_scored(paths[start : start + self.batch_size], self.score_size)
-            self.scores.update(images, [self.captions[i] for i in indices], indices)
+            clip_scores += self.scores.update(images, [self.captions[i] for i in indices], indices).tolist()
         scores = self.scores.compute()  # every rank's images
         result = {"step": step, "fid": scores["fid"], "clip": scores["clip"]}
         if trainer.is_global_zero:  # written to the loggers directly: Lightning forbids self.log at train end
             for logger in trainer.loggers:
                 logger.log_metrics({"eval/fid": result["fid"], "eval/clip": result["clip"]}, step=step)
+                if isinstance(logger, WandbLogger) and self.table_prompts:
+                    self.log_samples_table(logger, pl_module, step, mine, paths, clip_scores)
         self.history.append(result)
         if result["fid"] < self.best_fid:
             self.best_fid = result["fid"]
             trainer.save_checkpoint(self.dirpath / "best.ckpt", weights_only=False)  # the whole state
         return result
+
+    def log_samples_table(self, logger, pl_module, step: int, mine: list[int], paths, clip_scores) -> None:
+        """W&B table ``eval/samples``: for rank 0's first ``table_prompts`` prompts, the step, caption,
+        teacher and student images and the student image's CLIP score."""
+        import wandb
+
+        shown = mine[: self.table_prompts]
+        teacher_paths = generate_images(  # drawn once: the folder keeps them for later evaluations
+            frozen_pipeline(pl_module.frozen, pl_module.frozen.unet, pl_module.device), self.captions,
+            self.dirpath / "teacher", seed=self.seed, generator_device=self.draw_on,
+            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+            batch_size=self.batch_size, progress=False, indices=shown,
+        )  # fmt: skip
+        rows = [
+            [step, self.captions[index], wandb.Image(str(teacher)), wandb.Image(str(student)), clip]
+            for index, teacher, student, clip in zip(shown, teacher_paths, paths, clip_scores, strict=False)
+        ]
+        logger.log_table(
+            key="eval/samples",
+            columns=["step", "caption", "teacher", "student", "clip"],
+            data=rows,
+            step=step,
+        )

@@ -116,6 +116,15 @@ class InceptionScore(Metric):
         return torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
 
 
+def paired_cosines(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 raw cosines of paired (N, D) image and caption embeddings: each image's CLIP score."""
+    if image_embeddings.shape != text_embeddings.shape:
+        raise ValueError(
+            f"{tuple(image_embeddings.shape)} image and {tuple(text_embeddings.shape)} text embeddings"
+        )
+    return nn.functional.cosine_similarity(image_embeddings.double(), text_embeddings.double(), dim=1)
+
+
 class CLIPScore(Metric):
     """The paper's CLIP score: mean raw cosine similarity of paired image and caption embeddings."""
 
@@ -127,11 +136,7 @@ class CLIPScore(Metric):
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> None:
-        if image_embeddings.shape != text_embeddings.shape:
-            raise ValueError(
-                f"{tuple(image_embeddings.shape)} image and {tuple(text_embeddings.shape)} text embeddings"
-            )
-        cosine = nn.functional.cosine_similarity(image_embeddings.double(), text_embeddings.double(), dim=1)
+        cosine = paired_cosines(image_embeddings, text_embeddings)
         self.cosine_sum += cosine.sum().to(self.cosine_sum.device)
         self.count += len(cosine)
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bksdm.eval.metric_states import FID, CLIPScore, InceptionScore
+from bksdm.eval.metric_states import FID, CLIPScore, InceptionScore, paired_cosines
 from bksdm.eval.metrics import FeatureStats
 from bksdm.training.host_sync import distributed, host_group
 
@@ -68,13 +68,17 @@ class ImageScores:
         self.inception_score = InceptionScore(is_splits, **group) if is_splits else None
         self.clip = CLIPScore(**group)
 
-    def update(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> None:
-        """uint8 images (B, 3, S, S) at the scoring size, their captions and prompt indices."""
+    def update(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> torch.Tensor:
+        """uint8 images (B, 3, S, S) at the scoring size, their captions and prompt indices; returns each
+        image's CLIP score (B,), e.g. for a table of samples."""
         features, logits = self.extractor(images)
         self.fid.update(features=features, real=False)
         if self.inception_score is not None:
             self.inception_score.update(logits, torch.as_tensor(list(indices)))
-        self.clip.update(self.clip_model.embed_images(images), self.clip_model.embed_texts(list(captions)))
+        image_embeddings = self.clip_model.embed_images(images)
+        text_embeddings = self.clip_model.embed_texts(list(captions))
+        self.clip.update(image_embeddings, text_embeddings)
+        return paired_cosines(image_embeddings, text_embeddings).cpu()
 
     def compute(self) -> dict[str, float]:
         scores = {"fid": float(self.fid.compute()), "clip": float(self.clip.compute())}
