@@ -25,7 +25,8 @@ HELP = EntryHelp(
 
 def evaluate(cfg: DictConfig) -> dict:
     """Runs ``cfg.eval``'s protocol on ``cfg.model`` and writes ``metrics.json`` (scores and settings) and
-    ``metrics.md`` (the protocol's table) under ``cfg.out``; returns the scores."""
+    ``metrics.md`` (the protocol's table) under ``cfg.out``, and, with ``wandb.mode`` set, logs them to a
+    W&B run; returns the scores."""
     protocol = instantiate(cfg.eval, _recursive_=False)  # extractors are built when scoring starts
     result = {
         "protocol": protocol.name,
@@ -37,6 +38,9 @@ def evaluate(cfg: DictConfig) -> dict:
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     (out / "metrics.md").write_text(protocol.table(result))
     print(f"{protocol.summary(result)} -> {cfg.out}")
+    from bksdm.eval.wandb_log import log_result
+
+    log_result(OmegaConf.to_container(cfg.wandb, resolve=True), result, out)
     return result
 
 

@@ -114,3 +114,40 @@ def test_evaluate_defaults_to_the_paper_protocol():
     sampling, _ = resolve_sampling("CompVis/stable-diffusion-v1-4", None, None)
     assert sampling == {"guidance_scale": 7.5, "num_inference_steps": 25}
     assert (cfg.eval.score_size, cfg.eval.is_splits) == (256, 10)
+
+
+def test_evaluate_logs_its_result_to_a_wandb_run_with_a_table_of_images(tmp_path, monkeypatch):
+    import csv
+
+    from helpers.wandb_runs import read_records, written_runs
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv(
+        "WANDB_DATA_DIR", str(tmp_path / "wandb_data")
+    )  # where an offline run stages artifacts
+    write_real(tmp_path / "real")
+    cfg = config(
+        "model=builtin:toy", f"prompts={coco_json(tmp_path / 'captions.json')}", f"real={tmp_path / 'real'}",
+        "num_images=10", "num_inference_steps=2", "batch_size=4", f"out={tmp_path / 'eval'}",
+        f"cache_dir={tmp_path / 'cache'}", "wandb.mode=offline", "wandb.table_images=3",
+    )  # fmt: skip
+    result = evaluate(cfg)
+    with (tmp_path / "eval" / "clip_scores.csv").open() as handle:
+        per_image = list(csv.DictReader(handle))
+    assert [row["image"] for row in per_image] == [f"{i:06d}.png" for i in range(10)]
+    assert sum(float(row["clip"]) for row in per_image) / 10 == pytest.approx(result["clip"], abs=1e-6)
+    (run_file,) = written_runs(tmp_path / "eval" / "wandb", "offline-run-*/run-*.wandb")  # wandb.dir: out
+    records = list(read_records(run_file))
+    (run,) = [r.run for r in records if r.HasField("run")]
+    assert run.job_type == "evaluate" and run.display_name == "evaluate-builtin:toy"
+    summary = {
+        i.key: json.loads(i.value_json) for r in records if r.HasField("summary") for i in r.summary.update
+    }
+    assert summary["fid"] == pytest.approx(result["fid"]) and summary["num_images"] == 10
+    (table,) = [r.artifact for r in records if r.HasField("artifact") and r.artifact.type == "run_table"]
+    contents = {entry.path: entry.local_path for entry in table.manifest.contents}
+    (table_file,) = [path for path in contents if path.endswith(".table.json")]
+    with open(contents[table_file]) as handle:
+        rows = json.load(handle)["data"]
+    assert [row[0] for row in rows] == [0, 1, 2] and all(row[2]["_type"] == "image-file" for row in rows)
+    assert [row[3] for row in rows] == pytest.approx([float(r["clip"]) for r in per_image[:3]])

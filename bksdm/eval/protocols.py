@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+PER_IMAGE_FILE = "clip_scores.csv"  # beside metrics.json: index,image,caption,clip of every generated image
+
 
 class PromptsProtocol:
     """FID / IS / CLIP score of one image per prompt against a folder of real images (``eval=coco30k``:
@@ -59,7 +61,7 @@ class PromptsProtocol:
         )  # fmt: skip
         scores = score_images(
             paths, captions, extractor, clip_model, real, self.score_size, self.is_splits, self.batch_size,
-            progress=True,
+            progress=True, per_image=Path(cfg.out) / PER_IMAGE_FILE,
         )  # fmt: skip
         return {
             **scores,

@@ -156,11 +156,33 @@ def score_images(
     is_splits: int = 10,
     batch_size: int = 50,
     progress: bool = False,
+    per_image: str | Path | None = None,
 ) -> dict:
     """FID against ``real``, IS (mean and std over splits) and CLIP score of generated images (the
-    ``i``-th image drawn from ``captions[i]``)."""
+    ``i``-th image drawn from ``captions[i]``). ``per_image``: a csv to write each image's CLIP score to
+    (``index,image,caption,clip``), for finding the captions a model gets wrong."""
     scores = ImageScores(extractor, clip_model, real, is_splits)
     indices = list(range(len(paths)))
+    clip_scores = []
     for batch in batches(indices, batch_size, "scoring" if progress else None):
-        scores.update(load_scored([paths[i] for i in batch], size), [captions[i] for i in batch], batch)
+        images = load_scored([paths[i] for i in batch], size)
+        clip_scores += scores.update(images, [captions[i] for i in batch], batch).tolist()
+    if per_image is not None:
+        write_per_image(per_image, paths, captions, clip_scores)
     return scores.compute()
+
+
+def write_per_image(
+    path: str | Path, paths: Sequence[str | Path], captions: Sequence[str], clip_scores
+) -> None:
+    import csv
+    import io
+
+    from bksdm.training.atomic import write_file_atomically
+
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["index", "image", "caption", "clip"])
+    for index, (image, caption, clip) in enumerate(zip(paths, captions, clip_scores, strict=True)):
+        writer.writerow([index, Path(image).name, caption, f"{clip:.6f}"])
+    write_file_atomically(Path(path), text.getvalue())
