@@ -42,18 +42,6 @@ def batches(items: Sequence, batch_size: int, progress: str | None = None):
         bar.close()
 
 
-def image_features(
-    paths: Sequence[str | Path], extractor, size: int = 256, batch_size: int = 50, progress: str | None = None
-):
-    """(pool features (N, D), logits (N, C)) of images, ``batch_size`` at a time."""
-    features, logits = [], []
-    for batch in batches(paths, batch_size, progress):
-        batch_features, batch_logits = extractor(load_scored(batch, size))
-        features.append(batch_features.double().cpu())
-        logits.append(batch_logits.double().cpu())
-    return torch.cat(features), torch.cat(logits)
-
-
 class ImageScores:
     """FID against ``real``, IS and CLIP score of generated images, fed batch by batch: one extractor pass
     feeds FID and IS, and ``compute`` sums (or gathers) the states of every rank (torchmetrics, over a CPU

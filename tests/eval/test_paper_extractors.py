@@ -22,7 +22,7 @@ open_clip = pytest.importorskip("open_clip", reason="the eval extra (open_clip) 
 
 from bksdm.eval.metrics import FeatureStats, frechet_distance, inception_score  # noqa: E402
 from bksdm.eval.paper_extractors import OpenCLIPScorer, PaperInception  # noqa: E402
-from bksdm.eval.scoring import image_features, load_scored  # noqa: E402
+from bksdm.eval.scoring import load_scored  # noqa: E402
 
 HUB_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth")
 
@@ -73,7 +73,8 @@ def scored(torch_home, images):
     """bksdm's (features, logits) of the images with the paper's Inception networks, loaded from the cache."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCH_HOME", str(torch_home))
-        return image_features(images[0], PaperInception(device="cpu"), size=256, batch_size=4)
+        features, logits = PaperInception(device="cpu")(load_scored(images[0], 256))
+        return features.double(), logits.double()
 
 
 def test_fid_features_match_pytorch_fid(torch_home, images, scored, monkeypatch):
