@@ -5,8 +5,9 @@
 - text-image embeddings: ``embed_images(uint8 images) -> (N, E)``, ``embed_texts(list[str]) -> (N, E)``
   for the CLIP score (the paper: open_clip ViT-g-14 ``laion2b_s34b_b88k``).
 
-``StandInInception`` and ``StandInCLIP`` are small random networks built from a seed: the whole evaluation path
-runs offline with them (``eval=standin``); their numbers are not comparable with the paper's.
+``StandInInception`` (image statistics, no weights) and ``StandInCLIP`` (a small random network built from a
+seed) let the whole evaluation path run offline (``eval=standin``); the stand-in FID separates noise and
+flat images from real ones by orders of magnitude, but its numbers are not comparable with the paper's.
 """
 
 from __future__ import annotations
@@ -39,23 +40,61 @@ def _conv_tower(width: int) -> nn.Sequential:
     )
 
 
+def _image_statistics(images: torch.Tensor) -> torch.Tensor:
+    """(N, 64) float32 statistics of unit-range images (N, 3, H, W) that tell photographs, drawings and
+    noise apart the way a trained network's pool features would, without weights: per channel the mean
+    and spread (6), the channels' covariances (6), a 4x4 grid of brightness (16), and the log energy of
+    horizontal and vertical differences (24) and of the Laplacian (12) at 1, 2, 4 and 8 pixels' scale."""
+    n = images.shape[0]
+    flat = images.flatten(2)
+    mean, spread = flat.mean(2), flat.std(2)
+    centred = flat - mean[..., None]
+    covariance = torch.einsum("ncp,ndp->ncd", centred, centred) / flat.shape[2]
+    rows, columns = torch.triu_indices(3, 3, 1)
+    upper = covariance[:, rows, columns]
+    layout = nn.functional.adaptive_avg_pool2d(images.mean(1, keepdim=True), 4).flatten(1)
+    edges, curvature = [], []
+    for scale in (1, 2, 4, 8):
+        level = nn.functional.avg_pool2d(images, scale) if scale > 1 else images
+        dx, dy = level.diff(dim=3), level.diff(dim=2)
+        laplacian = (
+            level[..., 1:-1, 2:] + level[..., 1:-1, :-2] + level[..., 2:, 1:-1] + level[..., :-2, 1:-1]
+        )
+        laplacian = laplacian - 4 * level[..., 1:-1, 1:-1]
+        edges += [dx.abs().flatten(2).mean(2), dy.abs().flatten(2).mean(2)]
+        curvature.append(laplacian.abs().flatten(2).mean(2))
+    energies = torch.log(torch.cat(edges + curvature, dim=1) + 1e-4)
+    return torch.cat(
+        [mean, spread, covariance.diagonal(dim1=1, dim2=2), upper, layout, energies], dim=1
+    ).view(n, -1)
+
+
 class StandInInception(nn.Module):
-    """A random conv net standing in for Inception-v3: 64-d pool features and 10 class logits."""
+    """Stands in for Inception-v3 without weights: 64-d features of image statistics (``_image_statistics``:
+    colour, layout, edge and texture energy at four scales), so that FID separates noise, flat images
+    and real ones as Inception's does (tested), and 10 class logits from a fixed random projection of
+    them for IS."""
 
     name = "standin-inception"
 
-    def __init__(self, seed: int = 0, width: int = 64, classes: int = 10):
+    def __init__(self, seed: int = 0, classes: int = 10):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.tower = _conv_tower(width)
-            self.head = nn.Linear(width, classes)
+            self.head = nn.Linear(64, classes)
+            nn.init.normal_(self.head.weight, 0.0, 0.3)  # logits spread by about 2.4 between typical images
+            # logits of standardised features: raw ones differ by tenths between images around large
+            # offsets, which would put every image in one class; the reference is 16 smooth random images
+            coarse = torch.rand(16, 3, 6, 6)
+            reference = _image_statistics(nn.functional.interpolate(coarse, 256, mode="bicubic").clamp(0, 1))
+        self.register_buffer("centre", reference.mean(0))
+        self.register_buffer("scale", reference.std(0) + 1e-3)
         self.requires_grad_(False).eval()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.tower(_to_unit(images))
-        return features, self.head(features)
+        features = _image_statistics(_to_unit(images) * 0.5 + 0.5)
+        return features, self.head((features - self.centre) / self.scale)
 
 
 class StandInCLIP(nn.Module):
