@@ -16,8 +16,9 @@ HELP = EntryHelp(
     command="python -m bksdm.evaluate",
     summary="Score a text-to-image model by a protocol: eval=coco30k is the paper's zero-shot MS-COCO 30K\n"
     "(FID, IS, CLIP score; the eval extra), eval=miniworld the mini world's accuracy, FID and error to its teacher.",
-    settings=("model", "prompts", "real", "num_images", "out", "guidance_scale", "num_inference_steps", "batch_size"),
-    examples=("python -m bksdm.evaluate model=outputs/runs/<run>/student prompts=captions_val2014.json real=val2014/",
+    settings=("model", "prompts", "real", "num_images", "out", "guidance_scale", "num_inference_steps", "batch_size",
+              "generator_device", "wandb.mode"),
+    examples=("python -m bksdm.evaluate model=outputs/runs/<run>/student prompts=mscoco_val2014_30k/metadata.csv real=val2014/",
               "python -m bksdm.evaluate eval=miniworld model=outputs/runs/<run>/student"),
     more="Manual: docs/evaluation.md",
 )  # fmt: skip
