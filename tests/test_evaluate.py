@@ -28,10 +28,14 @@ def test_evaluate_writes_finite_metrics_and_resumes_without_regenerating(tmp_pat
     cfg = config(
         "model=builtin:toy", f"prompts={coco_json(tmp_path / 'captions.json')}", f"real={tmp_path / 'real'}",
         "num_images=10", "num_inference_steps=2", "batch_size=4", f"out={tmp_path / 'eval'}", f"cache_dir={tmp_path / 'cache'}",
+        "eval.cmmd=true",
     )  # fmt: skip
     result = evaluate(cfg)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert all(math.isfinite(metrics[k]) for k in ("fid", "is", "clip")) and metrics["fid"] > 0
+    assert all(math.isfinite(metrics[k]) for k in ("fid", "is", "clip", "cmmd")) and metrics["fid"] > 0
+    assert (
+        metrics["cmmd"] > 0 and len(list((tmp_path / "cache").glob("embeddings-standin-clip-256-*.npy"))) == 1
+    )
     assert metrics["num_images"] == 10 and metrics["extractors"] == {
         "features": "standin-inception",
         "clip": "standin-clip",

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from bksdm.callbacks.schedule import EveryNSteps
 from bksdm.eval.generation import generate_images, resolve_generator_device
 from bksdm.eval.prompts import load_prompts
-from bksdm.eval.scoring import ImageScores, load_scored, real_statistics
+from bksdm.eval.scoring import ImageScores, load_scored, real_embeddings, real_statistics
 from bksdm.teachers.pipeline import frozen_pipeline
 from bksdm.training.fsdp import whole_module
 
@@ -32,6 +32,7 @@ class PeriodicEval(EveryNSteps):
     every_n_steps: evaluate when the global step is a multiple of it (and at the end of training).
     dirpath: where images (``step_<n>/``) and ``best.ckpt`` go.
     generator_device: where the seeded latents are drawn (``bksdm.eval.generation.resolve_generator_device``).
+    cmmd: also log ``eval/cmmd`` (CMMD on the CLIP scorer's embeddings; the real ones computed once).
     table_prompts: with a W&B logger, a table ``eval/samples`` of this many fixed prompts (rank 0's first
         ones) at each evaluation: step, caption, the teacher's image, the student's, the student's CLIP
         score; the teacher's images are drawn once, with the same latents. 0: no table.
@@ -54,13 +55,14 @@ class PeriodicEval(EveryNSteps):
         score_size: int = 256,
         cache_dir: str | Path | None = None,
         table_prompts: int = 8,
+        cmmd: bool = False,
     ):
         super().__init__(every_n_steps)
         self.prompt_source, self.real, self.num_images = prompts, real, num_images
         self.features, self.clip = features, clip
         self.dirpath = Path(dirpath)
         self.num_inference_steps, self.guidance_scale, self.seed = num_inference_steps, guidance_scale, seed
-        self.generator_device, self.table_prompts = generator_device, table_prompts
+        self.generator_device, self.table_prompts, self.cmmd = generator_device, table_prompts, cmmd
         self.batch_size, self.score_size, self.cache_dir = batch_size, score_size, cache_dir
         self.best_fid = float("inf")
         self.history: list[dict] = []
@@ -77,8 +79,11 @@ class PeriodicEval(EveryNSteps):
         real = None
         if trainer.is_global_zero:
             real = real_statistics(self.real, self.features, self.score_size, self.cache_dir)
-        self.real_stats = trainer.strategy.broadcast(real, src=0)
-        self.scores = ImageScores(self.features, self.clip, self.real_stats, is_splits=None)
+            if self.cmmd:
+                real = (real, real_embeddings(self.real, self.clip, self.score_size, self.cache_dir))
+        received = trainer.strategy.broadcast(real, src=0)
+        self.real_stats, embeddings = received if self.cmmd else (received, None)
+        self.scores = ImageScores(self.features, self.clip, self.real_stats, None, embeddings)
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict:
@@ -98,10 +103,10 @@ class PeriodicEval(EveryNSteps):
             images = load_scored(paths[start : start + self.batch_size], self.score_size)
             clip_scores += self.scores.update(images, [self.captions[i] for i in indices], indices).tolist()
         scores = self.scores.compute()  # every rank's images
-        result = {"step": step, "fid": scores["fid"], "clip": scores["clip"]}
+        result = {"step": step, **scores}
         if trainer.is_global_zero:  # written to the loggers directly: Lightning forbids self.log at train end
             for logger in trainer.loggers:
-                logger.log_metrics({"eval/fid": result["fid"], "eval/clip": result["clip"]}, step=step)
+                logger.log_metrics({f"eval/{name}": value for name, value in scores.items()}, step=step)
                 if isinstance(logger, WandbLogger) and self.table_prompts:
                     self.log_samples_table(logger, pl_module, step, mine, paths, clip_scores)
         self.history.append(result)

@@ -24,14 +24,15 @@ class PromptsProtocol:
         score_size: pixels images are resized to before scoring.
         is_splits: splits of the Inception score.
         batch_size: images per extractor call.
+        cmmd: also CMMD on the CLIP scorer's image embeddings (``bksdm.eval.metric_states.CMMD``).
     """
 
     def __init__(
         self, name: str, features: Mapping, clip: Mapping, score_size: int = 256, is_splits: int = 10,
-        batch_size: int = 50,
+        batch_size: int = 50, cmmd: bool = False,
     ):  # fmt: skip
         self.name, self.features, self.clip = name, features, clip
-        self.score_size, self.is_splits, self.batch_size = score_size, is_splits, batch_size
+        self.score_size, self.is_splits, self.batch_size, self.cmmd = score_size, is_splits, batch_size, cmmd
 
     def run(self, cfg: DictConfig) -> dict[str, Any]:
         """Generates (resumably) ``cfg.num_images`` images of ``cfg.model`` under ``cfg.out/images`` and
@@ -39,7 +40,7 @@ class PromptsProtocol:
         from bksdm.cli import config_checks
         from bksdm.eval.generation import generate_images, load_pipeline, plan_generation
         from bksdm.eval.prompts import load_prompts, prompt_rule
-        from bksdm.eval.scoring import real_image_files, real_statistics, score_images
+        from bksdm.eval.scoring import real_embeddings, real_image_files, real_statistics, score_images
 
         with config_checks():
             prompts = load_prompts(cfg.prompts, cfg.num_images)
@@ -52,6 +53,11 @@ class PromptsProtocol:
         real = real_statistics(
             cfg.real, extractor, self.score_size, cfg.cache_dir, self.batch_size, progress=True
         )
+        embeddings = None
+        if self.cmmd:
+            embeddings = real_embeddings(
+                cfg.real, clip_model, self.score_size, cfg.cache_dir, self.batch_size, progress=True
+            )
         print(f"sampling: {plan.origin}")
         pipeline = load_pipeline(cfg.model, plan.dtype, plan.device, cfg.scheduler)
         plan.folder.claim()
@@ -61,7 +67,7 @@ class PromptsProtocol:
         )  # fmt: skip
         scores = score_images(
             paths, captions, extractor, clip_model, real, self.score_size, self.is_splits, self.batch_size,
-            progress=True, per_image=Path(cfg.out) / PER_IMAGE_FILE,
+            progress=True, per_image=Path(cfg.out) / PER_IMAGE_FILE, real_clip_embeddings=embeddings,
         )  # fmt: skip
         return {
             **scores,
@@ -83,8 +89,9 @@ class PromptsProtocol:
         )
 
     def summary(self, result: Mapping[str, Any]) -> str:
+        cmmd = f"CMMD {result['cmmd']:.3f}  " if "cmmd" in result else ""
         return (
-            f"FID {result['fid']:.2f}  IS {result['is']:.2f}  CLIP {result['clip']:.4f}  "
+            f"FID {result['fid']:.2f}  IS {result['is']:.2f}  CLIP {result['clip']:.4f}  {cmmd}"
             f"({result['num_images']} images)"
         )
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bksdm.eval.metric_states import FID, CLIPScore, InceptionScore, paired_cosines
+from bksdm.eval.metric_states import CMMD, FID, CLIPScore, InceptionScore, paired_cosines
 from bksdm.eval.metrics import FeatureStats
 from bksdm.training.host_sync import distributed, host_group
 
@@ -48,13 +48,20 @@ class ImageScores:
     process group, where the states live), so each rank feeds only its own images, with their indices in
     the prompt set. ``is_splits=None``: no IS (PeriodicEval's few hundred images)."""
 
-    def __init__(self, extractor, clip_model, real: FeatureStats, is_splits: int | None = 10):
+    def __init__(
+        self, extractor, clip_model, real: FeatureStats, is_splits: int | None = 10,
+        real_embeddings: torch.Tensor | None = None,
+    ):  # fmt: skip
         self.extractor, self.clip_model = extractor, clip_model
         group = {"process_group": host_group()} if distributed() else {}
         self.fid = FID(extractor, num_features=real.mean.shape[0], **group)
         self.fid.load_real(real)
         self.inception_score = InceptionScore(is_splits, **group) if is_splits else None
         self.clip = CLIPScore(**group)
+        self.cmmd = None  # with the real images' CLIP embeddings: CMMD on the CLIP scorer's embeddings
+        if real_embeddings is not None:
+            self.cmmd = CMMD(**group)
+            self.cmmd.load_real(real_embeddings)
 
     def update(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> torch.Tensor:
         """uint8 images (B, 3, S, S) at the scoring size, their captions and prompt indices; returns each
@@ -66,6 +73,8 @@ class ImageScores:
         image_embeddings = self.clip_model.embed_images(images)
         text_embeddings = self.clip_model.embed_texts(list(captions))
         self.clip.update(image_embeddings, text_embeddings)
+        if self.cmmd is not None:
+            self.cmmd.update(image_embeddings)
         return paired_cosines(image_embeddings, text_embeddings).cpu()
 
     def compute(self) -> dict[str, float]:
@@ -73,11 +82,13 @@ class ImageScores:
         if self.inception_score is not None:
             is_mean, is_std = self.inception_score.compute()
             scores.update({"is": float(is_mean), "is_std": float(is_std)})
+        if self.cmmd is not None:
+            scores["cmmd"] = float(self.cmmd.compute())
         return scores
 
     def reset(self) -> None:
         """For the next evaluation: the generated side goes, the real statistics stay."""
-        for metric in filter(None, (self.fid, self.inception_score, self.clip)):
+        for metric in filter(None, (self.fid, self.inception_score, self.clip, self.cmmd)):
             metric.reset()
 
 
@@ -134,6 +145,39 @@ def real_statistics(
     return stats
 
 
+def real_embeddings(
+    folder: str | Path,
+    clip_model,
+    size: int = 256,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 50,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The CLIP image embeddings (N, E) of every image in ``folder``, for CMMD; cached under ``cache_dir``
+    as ``real_statistics`` is (by folder, content, model and size)."""
+    folder = Path(folder)
+    files = real_image_files(folder)
+    key = hashlib.sha1(
+        f"{folder.resolve()}|{listing_fingerprint(folder, files)}|{clip_model.name}|{size}".encode()
+    ).hexdigest()[:16]
+    cache = Path(cache_dir) / f"embeddings-{clip_model.name}-{size}-{key}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return torch.from_numpy(np.load(cache))
+    bar = f"real-image CLIP embeddings of {folder}" if progress else None
+    embeddings = torch.cat(
+        [
+            clip_model.embed_images(load_scored(batch, size)).double().cpu()
+            for batch in batches(files, batch_size, bar)
+        ]
+    )
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = cache.with_name(f".{cache.name}.partial.npy")
+        np.save(staging, embeddings.numpy())
+        staging.replace(cache)
+    return embeddings
+
+
 def score_images(
     paths: Sequence[str | Path],
     captions: Sequence[str],
@@ -145,11 +189,13 @@ def score_images(
     batch_size: int = 50,
     progress: bool = False,
     per_image: str | Path | None = None,
+    real_clip_embeddings: torch.Tensor | None = None,
 ) -> dict:
     """FID against ``real``, IS (mean and std over splits) and CLIP score of generated images (the
     ``i``-th image drawn from ``captions[i]``). ``per_image``: a csv to write each image's CLIP score to
-    (``index,image,caption,clip``), for finding the captions a model gets wrong."""
-    scores = ImageScores(extractor, clip_model, real, is_splits)
+    (``index,image,caption,clip``), for finding the captions a model gets wrong. With
+    ``real_clip_embeddings`` (``real_embeddings``), CMMD too."""
+    scores = ImageScores(extractor, clip_model, real, is_splits, real_clip_embeddings)
     indices = list(range(len(paths)))
     clip_scores = []
     for batch in batches(indices, batch_size, "scoring" if progress else None):

@@ -25,7 +25,7 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
     callback = PeriodicEval(
         prompts=str(coco_json(tmp_path / "captions.json")), real=str(tmp_path / "real"), features=StandInInception(),
         clip=StandInCLIP(), dirpath=tmp_path / "eval", num_images=4, every_n_steps=2, num_inference_steps=2,
-        batch_size=4, cache_dir=tmp_path / "cache",
+        batch_size=4, cache_dir=tmp_path / "cache", cmmd=True,
     )  # fmt: skip
     module = DistillModule(
         teacher_source="builtin:toy", removal="small", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
@@ -36,13 +36,14 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
     )
     trainer.fit(module, datamodule=SyntheticDataModule(num_samples=16, batch_size=2))
     assert [r["step"] for r in callback.history] == [2, 4, 5]  # every 2 steps, and at the end
-    assert all(math.isfinite(r["fid"]) and -1 <= r["clip"] <= 1 for r in callback.history)
+    assert all(math.isfinite(r["fid"]) and -1 <= r["clip"] <= 1 and r["cmmd"] >= 0 for r in callback.history)
     assert (tmp_path / "eval" / "best.ckpt").is_file()
     assert callback.best_fid == min(r["fid"] for r in callback.history)
     assert len(list((tmp_path / "eval" / "step_0000004").glob("*.png"))) == 4
     with (tmp_path / "csv" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows if r.get("eval/fid")] == [2, 4, 5]
+    assert [int(r["step"]) for r in rows if r.get("eval/cmmd")] == [2, 4, 5]
 
 
 def test_only_rank_zero_computes_the_real_statistics_and_hands_them_on(tmp_path, monkeypatch):
