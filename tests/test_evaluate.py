@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from helpers.eval_data import coco_json, write_real
 from helpers.paths import CONF
 from hydra import compose, initialize_config_dir
@@ -155,3 +156,29 @@ def test_evaluate_logs_its_result_to_a_wandb_run_with_a_table_of_images(tmp_path
         rows = json.load(handle)["data"]
     assert [row[0] for row in rows] == [0, 1, 2] and all(row[2]["_type"] == "image-file" for row in rows)
     assert [row[3] for row in rows] == pytest.approx([float(r["clip"]) for r in per_image[:3]])
+
+
+def test_fd_dinov2_is_scored_with_a_dinov2_network_loaded_by_transformers(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    from bksdm.eval.dinov2 import DINOv2Features
+
+    # a small DINOv2 with random weights, saved as the hub's are and loaded by the real path
+    config_ = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    Dinov2Model(config_).save_pretrained(tmp_path / "dinov2-small-test")
+    write_real(tmp_path / "real")
+    cfg = config(
+        "model=builtin:toy", f"prompts={coco_json(tmp_path / 'captions.json')}", f"real={tmp_path / 'real'}",
+        "num_images=10", "num_inference_steps=2", "batch_size=5", f"out={tmp_path / 'eval'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"eval.fd_dinov2={{_target_:bksdm.eval.dinov2.DINOv2Features,model:'{tmp_path / 'dinov2-small-test'}',size:56}}",
+    )  # fmt: skip
+    result = evaluate(cfg)
+    assert math.isfinite(result["fd_dinov2"]) and result["fd_dinov2"] > 0
+    assert len(list((tmp_path / "cache").glob("real-dinov2-dinov2-small-test-56-*.npz"))) == 1
+    features, _ = DINOv2Features(str(tmp_path / "dinov2-small-test"), size=56)(
+        torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    )
+    assert features.shape == (2, 32) and features.dtype == torch.float64
+    with pytest.raises(FileNotFoundError, match="DINOv2 model 'no/such-model' could not be loaded"):
+        DINOv2Features("no/such-model")

@@ -33,6 +33,7 @@ class PeriodicEval(EveryNSteps):
     dirpath: where images (``step_<n>/``) and ``best.ckpt`` go.
     generator_device: where the seeded latents are drawn (``bksdm.eval.generation.resolve_generator_device``).
     cmmd: also log ``eval/cmmd`` (CMMD on the CLIP scorer's embeddings; the real ones computed once).
+    fd_dinov2: a DINOv2 feature network (``bksdm.eval.dinov2.DINOv2Features``): also log ``eval/fd_dinov2``.
     table_prompts: with a W&B logger, a table ``eval/samples`` of this many fixed prompts (rank 0's first
         ones) at each evaluation: step, caption, the teacher's image, the student's, the student's CLIP
         score; the teacher's images are drawn once, with the same latents. 0: no table.
@@ -56,6 +57,7 @@ class PeriodicEval(EveryNSteps):
         cache_dir: str | Path | None = None,
         table_prompts: int = 8,
         cmmd: bool = False,
+        fd_dinov2=None,
     ):
         super().__init__(every_n_steps)
         self.prompt_source, self.real, self.num_images = prompts, real, num_images
@@ -63,6 +65,7 @@ class PeriodicEval(EveryNSteps):
         self.dirpath = Path(dirpath)
         self.num_inference_steps, self.guidance_scale, self.seed = num_inference_steps, guidance_scale, seed
         self.generator_device, self.table_prompts, self.cmmd = generator_device, table_prompts, cmmd
+        self.dinov2 = fd_dinov2
         self.batch_size, self.score_size, self.cache_dir = batch_size, score_size, cache_dir
         self.best_fid = float("inf")
         self.history: list[dict] = []
@@ -78,12 +81,22 @@ class PeriodicEval(EveryNSteps):
         # once, on rank 0 (which also writes the cache): the other ranks wait for its result
         real = None
         if trainer.is_global_zero:
-            real = real_statistics(self.real, self.features, self.score_size, self.cache_dir)
+            real = {"fid": real_statistics(self.real, self.features, self.score_size, self.cache_dir)}
             if self.cmmd:
-                real = (real, real_embeddings(self.real, self.clip, self.score_size, self.cache_dir))
-        received = trainer.strategy.broadcast(real, src=0)
-        self.real_stats, embeddings = received if self.cmmd else (received, None)
-        self.scores = ImageScores(self.features, self.clip, self.real_stats, None, embeddings)
+                real["cmmd"] = real_embeddings(self.real, self.clip, self.score_size, self.cache_dir)
+            if self.dinov2 is not None:
+                real["fd_dinov2"] = real_statistics(self.real, self.dinov2, self.score_size, self.cache_dir)
+        real = trainer.strategy.broadcast(real, src=0)
+        self.real_stats = real["fid"]
+        self.scores = ImageScores(
+            self.features,
+            self.clip,
+            self.real_stats,
+            None,
+            real.get("cmmd"),
+            self.dinov2,
+            real.get("fd_dinov2"),
+        )
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict:

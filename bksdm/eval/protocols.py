@@ -25,14 +25,17 @@ class PromptsProtocol:
         is_splits: splits of the Inception score.
         batch_size: images per extractor call.
         cmmd: also CMMD on the CLIP scorer's image embeddings (``bksdm.eval.metric_states.CMMD``).
+        fd_dinov2: config of a DINOv2 feature network (``bksdm.eval.dinov2.DINOv2Features``): also the
+            Fréchet distance on its features; None: not.
     """
 
     def __init__(
         self, name: str, features: Mapping, clip: Mapping, score_size: int = 256, is_splits: int = 10,
-        batch_size: int = 50, cmmd: bool = False,
+        batch_size: int = 50, cmmd: bool = False, fd_dinov2: Mapping | None = None,
     ):  # fmt: skip
         self.name, self.features, self.clip = name, features, clip
         self.score_size, self.is_splits, self.batch_size, self.cmmd = score_size, is_splits, batch_size, cmmd
+        self.fd_dinov2 = fd_dinov2
 
     def run(self, cfg: DictConfig) -> dict[str, Any]:
         """Generates (resumably) ``cfg.num_images`` images of ``cfg.model`` under ``cfg.out/images`` and
@@ -53,7 +56,12 @@ class PromptsProtocol:
         real = real_statistics(
             cfg.real, extractor, self.score_size, cfg.cache_dir, self.batch_size, progress=True
         )
-        embeddings = None
+        dinov2 = real_dinov2 = embeddings = None
+        if self.fd_dinov2 is not None:
+            dinov2 = instantiate(self.fd_dinov2)
+            real_dinov2 = real_statistics(
+                cfg.real, dinov2, self.score_size, cfg.cache_dir, self.batch_size, progress=True
+            )
         if self.cmmd:
             embeddings = real_embeddings(
                 cfg.real, clip_model, self.score_size, cfg.cache_dir, self.batch_size, progress=True
@@ -68,6 +76,7 @@ class PromptsProtocol:
         scores = score_images(
             paths, captions, extractor, clip_model, real, self.score_size, self.is_splits, self.batch_size,
             progress=True, per_image=Path(cfg.out) / PER_IMAGE_FILE, real_clip_embeddings=embeddings,
+            dinov2=dinov2, real_dinov2=real_dinov2,
         )  # fmt: skip
         return {
             **scores,
@@ -90,6 +99,7 @@ class PromptsProtocol:
 
     def summary(self, result: Mapping[str, Any]) -> str:
         cmmd = f"CMMD {result['cmmd']:.3f}  " if "cmmd" in result else ""
+        cmmd += f"FD-DINOv2 {result['fd_dinov2']:.2f}  " if "fd_dinov2" in result else ""
         return (
             f"FID {result['fid']:.2f}  IS {result['is']:.2f}  CLIP {result['clip']:.4f}  {cmmd}"
             f"({result['num_images']} images)"

@@ -50,7 +50,7 @@ class ImageScores:
 
     def __init__(
         self, extractor, clip_model, real: FeatureStats, is_splits: int | None = 10,
-        real_embeddings: torch.Tensor | None = None,
+        real_embeddings: torch.Tensor | None = None, dinov2=None, real_dinov2: FeatureStats | None = None,
     ):  # fmt: skip
         self.extractor, self.clip_model = extractor, clip_model
         group = {"process_group": host_group()} if distributed() else {}
@@ -62,6 +62,10 @@ class ImageScores:
         if real_embeddings is not None:
             self.cmmd = CMMD(**group)
             self.cmmd.load_real(real_embeddings)
+        self.dinov2, self.fd_dinov2 = dinov2, None  # with a DINOv2 network: FD-DINOv2 against real_dinov2
+        if dinov2 is not None:
+            self.fd_dinov2 = FID(dinov2, num_features=real_dinov2.mean.shape[0], **group)
+            self.fd_dinov2.load_real(real_dinov2)
 
     def update(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> torch.Tensor:
         """uint8 images (B, 3, S, S) at the scoring size, their captions and prompt indices; returns each
@@ -75,6 +79,8 @@ class ImageScores:
         self.clip.update(image_embeddings, text_embeddings)
         if self.cmmd is not None:
             self.cmmd.update(image_embeddings)
+        if self.fd_dinov2 is not None:
+            self.fd_dinov2.update(features=self.dinov2(images)[0], real=False)
         return paired_cosines(image_embeddings, text_embeddings).cpu()
 
     def compute(self) -> dict[str, float]:
@@ -84,11 +90,13 @@ class ImageScores:
             scores.update({"is": float(is_mean), "is_std": float(is_std)})
         if self.cmmd is not None:
             scores["cmmd"] = float(self.cmmd.compute())
+        if self.fd_dinov2 is not None:
+            scores["fd_dinov2"] = float(self.fd_dinov2.compute())
         return scores
 
     def reset(self) -> None:
         """For the next evaluation: the generated side goes, the real statistics stay."""
-        for metric in filter(None, (self.fid, self.inception_score, self.clip, self.cmmd)):
+        for metric in filter(None, (self.fid, self.inception_score, self.clip, self.cmmd, self.fd_dinov2)):
             metric.reset()
 
 
@@ -190,12 +198,15 @@ def score_images(
     progress: bool = False,
     per_image: str | Path | None = None,
     real_clip_embeddings: torch.Tensor | None = None,
+    dinov2=None,
+    real_dinov2: FeatureStats | None = None,
 ) -> dict:
     """FID against ``real``, IS (mean and std over splits) and CLIP score of generated images (the
     ``i``-th image drawn from ``captions[i]``). ``per_image``: a csv to write each image's CLIP score to
     (``index,image,caption,clip``), for finding the captions a model gets wrong. With
-    ``real_clip_embeddings`` (``real_embeddings``), CMMD too."""
-    scores = ImageScores(extractor, clip_model, real, is_splits, real_clip_embeddings)
+    ``real_clip_embeddings`` (``real_embeddings``), CMMD too; with a ``dinov2`` network and the real
+    images' statistics under it, FD-DINOv2."""
+    scores = ImageScores(extractor, clip_model, real, is_splits, real_clip_embeddings, dinov2, real_dinov2)
     indices = list(range(len(paths)))
     clip_scores = []
     for batch in batches(indices, batch_size, "scoring" if progress else None):

@@ -25,7 +25,7 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
     callback = PeriodicEval(
         prompts=str(coco_json(tmp_path / "captions.json")), real=str(tmp_path / "real"), features=StandInInception(),
         clip=StandInCLIP(), dirpath=tmp_path / "eval", num_images=4, every_n_steps=2, num_inference_steps=2,
-        batch_size=4, cache_dir=tmp_path / "cache", cmmd=True,
+        batch_size=4, cache_dir=tmp_path / "cache", cmmd=True, fd_dinov2=StandInInception(seed=1),
     )  # fmt: skip
     module = DistillModule(
         teacher_source="builtin:toy", removal="small", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
@@ -44,6 +44,7 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows if r.get("eval/fid")] == [2, 4, 5]
     assert [int(r["step"]) for r in rows if r.get("eval/cmmd")] == [2, 4, 5]
+    assert [int(r["step"]) for r in rows if r.get("eval/fd_dinov2")] == [2, 4, 5]
 
 
 def test_only_rank_zero_computes_the_real_statistics_and_hands_them_on(tmp_path, monkeypatch):
@@ -63,14 +64,14 @@ def test_only_rank_zero_computes_the_real_statistics_and_hands_them_on(tmp_path,
     )  # fmt: skip
     received = []
     strategy = SimpleNamespace(
-        broadcast=lambda value, src: received.append(value) or sent, root_device=torch.device("cpu")
+        broadcast=lambda value, src: received.append(value) or {"fid": sent}, root_device=torch.device("cpu")
     )
     for rank in (1, 0):
         callback.on_fit_start(
             SimpleNamespace(world_size=2, is_global_zero=rank == 0, strategy=strategy), None
         )
         assert callback.real_stats is sent
-    assert received == [None, sent]  # what ranks 1 and 0 handed to the broadcast from rank 0
+    assert received == [None, {"fid": sent}]  # what ranks 1 and 0 handed to the broadcast from rank 0
     assert len(computed) == 1  # rank 0's
 
 
