@@ -121,6 +121,23 @@ def listing_fingerprint(folder: Path, files: Sequence[Path]) -> str:
     return listing.hexdigest()
 
 
+def real_cache_file(
+    cache_dir: str | Path | None,
+    kind: str,
+    model: str,
+    size: int,
+    folder: Path,
+    files: Sequence[Path],
+    suffix: str,
+) -> Path | None:
+    """Where what ``model`` made of ``folder``'s images at ``size`` px is cached (None: no cache), keyed
+    by the folder, its content (``listing_fingerprint``), the model and the size."""
+    if not cache_dir:
+        return None
+    key = hashlib.sha1(f"{folder.resolve()}|{listing_fingerprint(folder, files)}|{model}|{size}".encode())
+    return Path(cache_dir) / f"{kind}-{model}-{size}-{key.hexdigest()[:16]}{suffix}"
+
+
 def real_statistics(
     folder: str | Path,
     extractor,
@@ -134,11 +151,7 @@ def real_statistics(
     size."""
     folder = Path(folder)
     files = real_image_files(folder)
-    key = hashlib.sha1(
-        f"{folder.resolve()}|{listing_fingerprint(folder, files)}|{extractor.name}|{size}".encode()
-    )
-    key = key.hexdigest()[:16]
-    cache = Path(cache_dir) / f"real-{extractor.name}-{size}-{key}.npz" if cache_dir else None
+    cache = real_cache_file(cache_dir, "real", extractor.name, size, folder, files, ".npz")
     if cache is not None and cache.is_file():
         return FeatureStats.load(cache)
     bar = f"real-image statistics of {folder}" if progress else None
@@ -165,10 +178,7 @@ def real_embeddings(
     as ``real_statistics`` is (by folder, content, model and size)."""
     folder = Path(folder)
     files = real_image_files(folder)
-    key = hashlib.sha1(
-        f"{folder.resolve()}|{listing_fingerprint(folder, files)}|{clip_model.name}|{size}".encode()
-    ).hexdigest()[:16]
-    cache = Path(cache_dir) / f"embeddings-{clip_model.name}-{size}-{key}.npy" if cache_dir else None
+    cache = real_cache_file(cache_dir, "embeddings", clip_model.name, size, folder, files, ".npy")
     if cache is not None and cache.is_file():
         return torch.from_numpy(np.load(cache))
     bar = f"real-image CLIP embeddings of {folder}" if progress else None
