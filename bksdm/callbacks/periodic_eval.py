@@ -121,22 +121,25 @@ class PeriodicEval(EveryNSteps):
             for logger in trainer.loggers:
                 logger.log_metrics({f"eval/{name}": value for name, value in scores.items()}, step=step)
                 if isinstance(logger, WandbLogger) and self.table_prompts:
-                    self.log_samples_table(logger, pl_module, step, mine, paths, clip_scores)
+                    self.log_samples_table(logger, pipeline, pl_module, step, mine, paths, clip_scores)
         self.history.append(result)
         if result["fid"] < self.best_fid:
             self.best_fid = result["fid"]
             trainer.save_checkpoint(self.dirpath / "best.ckpt", weights_only=False)  # the whole state
         return result
 
-    def log_samples_table(self, logger, pl_module, step: int, mine: list[int], paths, clip_scores) -> None:
+    def log_samples_table(
+        self, logger, pipeline, pl_module, step: int, mine: list[int], paths, clip_scores
+    ) -> None:
         """W&B table ``eval/samples``: for rank 0's first ``table_prompts`` prompts, the step, caption,
-        teacher and student images and the student image's CLIP score."""
+        teacher and student images and the student image's CLIP score. ``pipeline``: this evaluation's,
+        whose VAE and text encoder (loaded for it when training is pre-encoded) draw the teacher's too."""
         import wandb
 
         shown = mine[: self.table_prompts]
+        pipeline.register_modules(unet=pl_module.frozen.unet)  # the student's images are drawn by now
         teacher_paths = generate_images(  # drawn once: the folder keeps them for later evaluations
-            frozen_pipeline(pl_module.frozen, pl_module.frozen.unet, pl_module.device), self.captions,
-            self.dirpath / "teacher", seed=self.seed, generator_device=self.draw_on,
+            pipeline, self.captions, self.dirpath / "teacher", seed=self.seed, generator_device=self.draw_on,
             num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
             batch_size=self.batch_size, progress=False, indices=shown,
         )  # fmt: skip
