@@ -163,8 +163,8 @@ class CMMD(Metric):
     """CMMD: ``scale`` x MMD^2 of L2-normalised image embeddings under a Gaussian kernel of width
     ``sigma``, the biased (V-statistic) estimate, as the authors' reference code (sigma 10, scale 1000).
 
-    ``update(embeddings (N, E), real=False)``: generated images' embeddings (synced across ranks by
-    concatenation); ``load_real(embeddings)``: the real side, on every rank (not a synced state)."""
+    ``update(embeddings (N, E))``: generated images' embeddings (synced across ranks by concatenation);
+    ``load_real(embeddings)``: the real side, on every rank (not a synced state)."""
 
     full_state_update = False
 
