@@ -182,3 +182,78 @@ def test_fd_dinov2_is_scored_with_a_dinov2_network_loaded_by_transformers(tmp_pa
     assert features.shape == (2, 32) and features.dtype == torch.float64
     with pytest.raises(FileNotFoundError, match="DINOv2 model 'no/such-model' could not be loaded"):
         DINOv2Features("no/such-model")
+
+
+@pytest.mark.slow
+def test_two_processes_score_as_one_and_resume(tmp_path):
+    """devices=2 (two CPU processes over gloo, launched by Lightning Fabric): the same images, per-image
+    CLIP scores and metrics as one process, the real statistics split over the two; a rerun under torchrun
+    after images were lost makes only those."""
+    import os
+    import subprocess
+    import sys
+
+    write_real(tmp_path / "real")
+    common = [
+        "eval=standin", "model=builtin:toy", f"prompts={coco_json(tmp_path / 'captions.json')}",
+        f"real={tmp_path / 'real'}", "num_images=10", "num_inference_steps=2", "eval.cmmd=true", "device=cpu",
+        "cache_dir=null",  # each run computes the real statistics: the two-process run splits them
+        "batch_size=1",  # the same batches as one process: batched kernels may round a pixel level apart
+    ]  # fmt: skip
+    one = evaluate(config(*common, f"out={tmp_path / 'one'}"))
+    common.append("devices=2")
+
+    def two_processes(launcher: list[str]):
+        done = subprocess.run(
+            [sys.executable, *launcher, "-m", "bksdm.evaluate", *common, f"out={tmp_path / 'two'}"],
+            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((tmp_path / "two" / "metrics.json").read_text())
+
+    two = two_processes([])
+    assert two["settings"]["devices"] == two["processes"] == 2 and two["num_images"] == 10
+    for name in ("fid", "is", "clip", "cmmd"):
+        assert two[name] == pytest.approx(one[name], rel=1e-6, abs=1e-9), name
+    assert (tmp_path / "two" / "clip_scores.csv").read_text() == (
+        tmp_path / "one" / "clip_scores.csv"
+    ).read_text()
+    images = sorted((tmp_path / "two" / "images").glob("*.png"))
+    assert [p.read_bytes() for p in images] == [
+        (tmp_path / "one" / "images" / p.name).read_bytes() for p in images
+    ] and len(images) == 10
+
+    lost = {3, 8}  # one image of each rank's share (every second prompt)
+    stamps = {p.name: p.stat().st_mtime_ns for i, p in enumerate(images) if i not in lost}
+    for i in lost:
+        images[i].unlink()
+    common.remove("devices=2")  # torchrun's two processes this time
+    again = two_processes(["-m", "torch.distributed.run", "--nproc_per_node=2"])
+    assert {p.name: p.stat().st_mtime_ns for i, p in enumerate(images) if i not in lost} == stamps
+    assert all(images[i].is_file() for i in lost) and again["processes"] == 2
+    assert again["fid"] == pytest.approx(one["fid"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, environment, message",
+    [
+        (["devices=0"], {}, r"^devices=0: accepted are a number of devices"),
+        (["devices=two"], {}, r"^devices='two': accepted"),
+        (["devices=2", "device=cuda:1"], {}, r"^device='cuda:1' with devices=2: accepted are device=auto"),
+        (["devices=3"], {"TORCHELASTIC_RUN_ID": "x", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2"},
+         r"^devices=3 under torchrun --nproc_per_node=2: leave devices unset"),
+    ],
+)  # fmt: skip
+def test_bad_devices_are_refused_before_any_process_starts(
+    tmp_path, monkeypatch, overrides, environment, message
+):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    write_real(tmp_path / "real")
+    cfg = config(
+        "model=builtin:toy", f"prompts={coco_json(tmp_path / 'c.json')}", f"real={tmp_path / 'real'}",
+        f"out={tmp_path / 'eval'}", "num_images=4", *overrides,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        evaluate(cfg)
+    assert not (tmp_path / "eval").exists()

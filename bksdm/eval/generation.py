@@ -45,7 +45,7 @@ def images_manifest(
     model: str,
     prompts: Sequence[str],
     *,
-    seed: int,
+    seed: int | None,
     num_inference_steps: int,
     guidance_scale: float,
     scheduler: str | None,
@@ -60,7 +60,7 @@ def images_manifest(
     local = Path(model).expanduser()
     return {
         "model": str(local.resolve()) if local.is_dir() else model,
-        "seed": int(seed),
+        "seed": None if seed is None else int(seed),
         "generator_device": generator_device,
         "num_inference_steps": int(num_inference_steps),
         "guidance_scale": float(guidance_scale),
@@ -235,10 +235,15 @@ def _generate_batch(pipeline, prompts, pending, out, resolution, num_inference_s
         output_type="np",
     ).images
     for (index, _), image in zip(pending, images, strict=True):
-        target = image_path(out, index)
-        staging = target.with_name(f".{target.name}.partial")
-        Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(staging, format="PNG")
-        os.replace(staging, target)
+        write_image(image_path(out, index), (np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+
+
+def write_image(target: Path, pixels: np.ndarray) -> None:
+    """A PNG of uint8 ``pixels`` (H, W, 3), under a temporary name and renamed: a crash never leaves a
+    half-written image that a resumed run would take for finished."""
+    staging = target.with_name(f".{target.name}.partial")
+    Image.fromarray(pixels).save(staging, format="PNG")
+    os.replace(staging, target)
 
 
 def image_grid(paths: Sequence[str | Path], columns: int | None = None) -> Image.Image:

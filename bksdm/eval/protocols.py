@@ -37,46 +37,60 @@ class PromptsProtocol:
         self.score_size, self.is_splits, self.batch_size, self.cmmd = score_size, is_splits, batch_size, cmmd
         self.fd_dinov2 = fd_dinov2
 
-    def run(self, cfg: DictConfig) -> dict[str, Any]:
-        """Generates (resumably) ``cfg.num_images`` images of ``cfg.model`` under ``cfg.out/images`` and
-        scores them; a bad setting raises ``ConfigError`` before any model is loaded."""
+    def prepare(self, cfg: DictConfig) -> tuple[list[str], Any]:
+        """The checks that need no model, before any process starts: the captions of the prompts and the
+        images folder's plan (``bksdm.eval.generation.plan_generation``); a bad setting raises
+        ``ConfigError``."""
         from bksdm.cli import config_checks
-        from bksdm.eval.generation import generate_images, load_pipeline, plan_generation
-        from bksdm.eval.prompts import load_prompts, prompt_rule
-        from bksdm.eval.scoring import real_embeddings, real_image_files, real_statistics, score_images
+        from bksdm.eval.generation import plan_generation
+        from bksdm.eval.prompts import load_prompts
+        from bksdm.eval.scoring import real_image_files
 
         with config_checks():
-            prompts = load_prompts(cfg.prompts, cfg.num_images)
+            captions = [caption for _, caption in load_prompts(cfg.prompts, cfg.num_images)]
             real_image_files(cfg.real)
-            captions = [caption for _, caption in prompts]
             # images of another model or other settings are refused here, before any model is loaded
-            plan = plan_generation(cfg, captions, Path(cfg.out) / "images")
+            return captions, plan_generation(cfg, captions, Path(cfg.out) / "images")
+
+    def run(self, cfg: DictConfig, prepared: tuple[list[str], Any]) -> dict[str, Any]:
+        """Generates (resumably) ``cfg.num_images`` images of ``cfg.model`` under ``cfg.out/images`` and
+        scores them. In a distributed world every rank extracts the features of its share of the real
+        images, then generates and scores its share of the prompts (every ``N``-th: each image is still
+        the one-process image of its index), and the scores are of every rank's images."""
+        from bksdm.eval.generation import generate_images, image_path, load_pipeline
+        from bksdm.eval.prompts import prompt_rule
+        from bksdm.eval.ranks import barrier, is_rank_zero, strided_share
+        from bksdm.eval.scoring import real_embeddings, real_statistics, score_images
+
+        captions, plan = prepared
         extractor, clip_model = instantiate(self.features), instantiate(self.clip)
         # the real images' statistics first: a problem with them shows before hours of generation
-        real = real_statistics(
-            cfg.real, extractor, self.score_size, cfg.cache_dir, self.batch_size, progress=True
-        )
+        real_of = {"size": self.score_size, "cache_dir": cfg.cache_dir, "batch_size": self.batch_size,
+                   "progress": True, "split_over_ranks": True}  # fmt: skip
+        real = real_statistics(cfg.real, extractor, **real_of)
         dinov2 = real_dinov2 = embeddings = None
         if self.fd_dinov2 is not None:
             dinov2 = instantiate(self.fd_dinov2)
-            real_dinov2 = real_statistics(
-                cfg.real, dinov2, self.score_size, cfg.cache_dir, self.batch_size, progress=True
-            )
+            real_dinov2 = real_statistics(cfg.real, dinov2, **real_of)
         if self.cmmd:
-            embeddings = real_embeddings(
-                cfg.real, clip_model, self.score_size, cfg.cache_dir, self.batch_size, progress=True
-            )
-        print(f"sampling: {plan.origin}")
+            embeddings = real_embeddings(cfg.real, clip_model, **real_of)
+        if is_rank_zero():
+            print(f"sampling: {plan.origin}")
         pipeline = load_pipeline(cfg.model, plan.dtype, plan.device, cfg.scheduler)
-        plan.folder.claim()
-        paths = generate_images(
+        if is_rank_zero():
+            plan.folder.claim()
+        barrier()  # no rank writes an image before the folder is this run's
+        mine = strided_share(len(captions))
+        generate_images(
             pipeline, captions, plan.folder.path, seed=cfg.seed, generator_device=plan.generator_device,
-            batch_size=cfg.batch_size, resolution=cfg.resolution, **plan.sampling,
+            batch_size=cfg.batch_size, resolution=cfg.resolution, progress=is_rank_zero(), indices=mine,
+            **plan.sampling,
         )  # fmt: skip
+        paths = [image_path(plan.folder.path, index) for index in range(len(captions))]
         scores = score_images(
             paths, captions, extractor, clip_model, real, self.score_size, self.is_splits, self.batch_size,
             progress=True, per_image=Path(cfg.out) / PER_IMAGE_FILE, real_clip_embeddings=embeddings,
-            dinov2=dinov2, real_dinov2=real_dinov2,
+            dinov2=dinov2, real_dinov2=real_dinov2, indices=mine,
         )  # fmt: skip
         return {
             **scores,
@@ -133,13 +147,20 @@ class MiniWorldProtocol:
         "resolution": (None, "the world's images are 64 px"),
         "dtype": ("float32", "the teacher and the student run in float32"),
         "generator_device": ("cpu", "the latents are drawn on the CPU"),
+        "devices": (1, "it runs in one process (minutes on a CPU)"),
     }
 
     def __init__(self, name: str, world: str | None = None, num_real: int = 2000, num_latents: int = 256):
         self.name, self.world, self.num_real, self.num_latents = name, world, num_real, num_latents
 
-    def check_settings(self, cfg: DictConfig) -> None:
+    def prepare(self, cfg: DictConfig):
+        """Before any model is loaded: refuses the settings it cannot take, and checks the images folder
+        ``cfg.out/images`` against this run's settings (``bksdm.eval.generation.open_images_folder``);
+        returns that folder, to claim once the models have loaded."""
+        from bksdm.cli import config_checks
         from bksdm.cli.errors import ConfigError
+        from bksdm.eval.generation import check_model, check_scheduler, images_manifest, open_images_folder
+        from bksdm.miniworld.evaluation import image_captions
 
         for key, (value, reason) in self.FIXED.items():
             if cfg.get(key) != value:
@@ -147,21 +168,36 @@ class MiniWorldProtocol:
                     f"eval=miniworld does not take {key}={cfg.get(key)!r}: {reason}; accepted is {key}={value!r} "
                     "(leave it unset)"
                 )
+        with config_checks():
+            check_model(cfg.model)
+            check_scheduler(cfg.scheduler)
+            if isinstance(cfg.num_images, bool) or not isinstance(cfg.num_images, int) or cfg.num_images < 2:
+                raise ValueError(
+                    f"num_images={cfg.num_images!r}: accepted are 2 or more images (FID needs 2; 1000 or more "
+                    "to mean much), cycling through the world's 180 captions"
+                )
+            manifest = images_manifest(
+                cfg.model, image_captions(cfg.num_images), seed=None, scheduler=cfg.scheduler,
+                num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                resolution=None, dtype=cfg.dtype, generator_device="cpu",
+            )  # fmt: skip
+            manifest["noise"] = "image i: seed (i // 180) * 100003 + i % 180, on the CPU"
+            return open_images_folder(Path(cfg.out) / "images", manifest, overwrite=cfg.overwrite)
 
-    def run(self, cfg: DictConfig) -> dict[str, Any]:
+    def run(self, cfg: DictConfig, folder) -> dict[str, Any]:
         from bksdm.eval.generation import load_pipeline
         from bksdm.miniworld.assets import ASSETS, load_classifier, teacher_path
         from bksdm.miniworld.evaluation import MiniWorldReference, evaluate_student
 
-        self.check_settings(cfg)
         world = self.world or ASSETS
         teacher = load_pipeline(str(teacher_path(world)), cfg.dtype, cfg.device, cfg.scheduler)
         reference = MiniWorldReference.build(teacher, load_classifier(world), self.num_real, self.num_latents)
         student = load_pipeline(cfg.model, cfg.dtype, cfg.device, cfg.scheduler)
         student.set_progress_bar_config(disable=True)
+        folder.claim()
         scores = evaluate_student(
             student, reference, cfg.num_images, cfg.num_inference_steps, cfg.guidance_scale, cfg.batch_size,
-            progress=True,
+            progress=True, folder=folder.path,
         )  # fmt: skip
         return {**scores, "model": cfg.model, "world": str(world), "num_images": cfg.num_images}
 

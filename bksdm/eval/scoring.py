@@ -12,7 +12,8 @@ from PIL import Image
 
 from bksdm.eval.metric_states import CMMD, FID, CLIPScore, InceptionScore, paired_cosines
 from bksdm.eval.metrics import FeatureStats
-from bksdm.training.host_sync import distributed, host_group
+from bksdm.eval.ranks import contiguous_share, gather_rows, is_rank_zero, rank_and_size
+from bksdm.training.host_sync import distributed, host_group, ranks_agree
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -145,25 +146,46 @@ def real_statistics(
     cache_dir: str | Path | None = None,
     batch_size: int = 50,
     progress: bool = False,
+    split_over_ranks: bool = False,
 ) -> FeatureStats:
     """Feature statistics of every image in ``folder`` (e.g. all 40,504 COCO val2014 images), computed
     once and cached under ``cache_dir`` by folder, its content (``listing_fingerprint``), extractor and
-    size."""
+    size. ``split_over_ranks``: called by every rank of a distributed world, each extracting the features
+    of its share of the images (summed across ranks; rank 0 writes the cache)."""
     folder = Path(folder)
     files = real_image_files(folder)
     cache = real_cache_file(cache_dir, "real", extractor.name, size, folder, files, ".npz")
-    if cache is not None and cache.is_file():
+    if _cached(cache, split_over_ranks):
         return FeatureStats.load(cache)
-    bar = f"real-image statistics of {folder}" if progress else None
+    share = _share(files, split_over_ranks)
+    bar = f"real-image statistics of {folder}" if progress and is_rank_zero() else None
+    group = {"process_group": host_group()} if split_over_ranks and distributed() else {}
     metric = None  # sums of features and of their products (40,504 COCO images: not all in memory)
-    for batch in batches(files, batch_size, bar):
+    for batch in batches(share, batch_size, bar):
         features = extractor(load_scored(batch, size))[0]
-        metric = metric or FID(extractor, num_features=features.shape[1])
+        metric = metric or FID(extractor, num_features=features.shape[1], **group)
         metric.update(features=features, real=True)
-    stats = metric.statistics(real=True)
-    if cache is not None:
+    with metric.sync_context(should_sync=bool(group)):
+        stats = metric.statistics(real=True)
+    if cache is not None and is_rank_zero():
         stats.save(cache, folder=str(folder.resolve()), extractor=extractor.name)
     return stats
+
+
+def _cached(cache: Path | None, split_over_ranks: bool) -> bool:
+    """The cache file is there (for a split computation: on every rank, which all then read it)."""
+    present = cache is not None and cache.is_file()
+    return ranks_agree(present) if split_over_ranks else present
+
+
+def _share(files: list[Path], split_over_ranks: bool) -> list[Path]:
+    """This rank's files, in a row: gathered in rank order, every rank's are the files in order."""
+    if not split_over_ranks:
+        return files
+    if len(files) < rank_and_size()[1]:  # on every rank alike: none is left waiting for the others
+        raise ValueError(f"{len(files)} real images cannot be split over {rank_and_size()[1]} ranks")
+    share = contiguous_share(len(files))
+    return files[share.start : share.stop]
 
 
 def real_embeddings(
@@ -173,22 +195,25 @@ def real_embeddings(
     cache_dir: str | Path | None = None,
     batch_size: int = 50,
     progress: bool = False,
+    split_over_ranks: bool = False,
 ) -> torch.Tensor:
     """The CLIP image embeddings (N, E) of every image in ``folder``, for CMMD; cached under ``cache_dir``
-    as ``real_statistics`` is (by folder, content, model and size)."""
+    as ``real_statistics`` is (by folder, content, model and size), and split over ranks as it is."""
     folder = Path(folder)
     files = real_image_files(folder)
     cache = real_cache_file(cache_dir, "embeddings", clip_model.name, size, folder, files, ".npy")
-    if cache is not None and cache.is_file():
+    if _cached(cache, split_over_ranks):
         return torch.from_numpy(np.load(cache))
-    bar = f"real-image CLIP embeddings of {folder}" if progress else None
+    bar = f"real-image CLIP embeddings of {folder}" if progress and is_rank_zero() else None
     embeddings = torch.cat(
         [
             clip_model.embed_images(load_scored(batch, size)).double().cpu()
-            for batch in batches(files, batch_size, bar)
+            for batch in batches(_share(files, split_over_ranks), batch_size, bar)
         ]
     )
-    if cache is not None:
+    if split_over_ranks:
+        embeddings = gather_rows(embeddings)
+    if cache is not None and is_rank_zero():
         cache.parent.mkdir(parents=True, exist_ok=True)
         staging = cache.with_name(f".{cache.name}.partial.npy")
         np.save(staging, embeddings.numpy())
@@ -210,20 +235,26 @@ def score_images(
     real_clip_embeddings: torch.Tensor | None = None,
     dinov2=None,
     real_dinov2: FeatureStats | None = None,
+    indices: Sequence[int] | None = None,
 ) -> dict:
     """FID against ``real``, IS (mean and std over splits) and CLIP score of generated images (the
     ``i``-th image drawn from ``captions[i]``). ``per_image``: a csv to write each image's CLIP score to
     (``index,image,caption,clip``), for finding the captions a model gets wrong. With
     ``real_clip_embeddings`` (``real_embeddings``), CMMD too; with a ``dinov2`` network and the real
-    images' statistics under it, FD-DINOv2."""
+    images' statistics under it, FD-DINOv2. ``indices``: the images this rank scores, every rank of a
+    distributed world its own (the scores are of all of them; rank 0 writes ``per_image``); None: all."""
     scores = ImageScores(extractor, clip_model, real, is_splits, real_clip_embeddings, dinov2, real_dinov2)
-    indices = list(range(len(paths)))
+    indices = list(range(len(paths)) if indices is None else indices)
     clip_scores = []
-    for batch in batches(indices, batch_size, "scoring" if progress else None):
+    bar = "scoring" if progress and is_rank_zero() else None
+    for batch in batches(indices, batch_size, bar):
         images = load_scored([paths[i] for i in batch], size)
         clip_scores += scores.update(images, [captions[i] for i in batch], batch).tolist()
     if per_image is not None:
-        write_per_image(per_image, paths, captions, clip_scores)
+        rows = gather_rows(torch.tensor([indices, clip_scores], dtype=torch.float64).T)
+        order = rows[:, 0].argsort()
+        if is_rank_zero():
+            write_per_image(per_image, paths, captions, rows[order, 1].tolist())
     return scores.compute()
 
 

@@ -16,13 +16,16 @@ images to real ones, and how close are its noise predictions to the teacher's?
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
+from PIL import Image
 
 from bksdm.eval.metrics import FeatureStats, frechet_distance
 from bksdm.miniworld.models import AttributeClassifier
-from bksdm.miniworld.scoring import attribute_accuracy, generate
+from bksdm.miniworld.scoring import attribute_accuracy, generate_pixels, noise_seed, to_signed
 from bksdm.miniworld.world import MiniWorld, all_captions
 
 HELD_OUT_OFFSET = 10_000_000  # world items from here on are never trained on (training uses far fewer)
@@ -93,6 +96,50 @@ def batched(function, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tens
     return torch.cat([function(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
+def image_captions(num_images: int) -> list[str]:
+    """The caption of each of ``num_images`` images: the world's 180 captions in turn."""
+    captions = [text for text, _ in all_captions()]
+    return [captions[index % len(captions)] for index in range(num_images)]
+
+
+def student_images(
+    pipeline,
+    num_images: int,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 3.0,
+    batch_size: int = 90,
+    progress: bool = False,
+    folder: Path | None = None,
+) -> torch.Tensor:
+    """Images (num_images, 3, H, W) in [-1, 1]: image ``i`` of caption ``i % 180`` from noise seeded by
+    ``noise_seed(i, 180)``. ``folder``: every image is also a PNG there (``000000.png``, ...), and the
+    images already there are read instead of drawn, so an interrupted evaluation resumes (the folder
+    checked against the run's settings first: ``bksdm.eval.generation.open_images_folder``)."""
+    from bksdm.eval.generation import image_path, write_image
+
+    texts = image_captions(num_images)
+    todo = [i for i in range(num_images) if folder is None or not image_path(folder, i).is_file()]
+    jobs = [(texts[i], noise_seed(i, len(all_captions()))) for i in todo]
+    drawn = generate_pixels(
+        pipeline,
+        jobs,
+        num_inference_steps,
+        guidance_scale,
+        batch_size,
+        "mini-world images" if progress else None,
+    )
+    if folder is None:
+        return to_signed(torch.cat([pixels for _, pixels in drawn]))
+    for positions, pixels in drawn:
+        for position, image in zip(positions, pixels, strict=True):
+            write_image(image_path(folder, todo[position]), image.permute(1, 2, 0).numpy())
+    arrays = []
+    for index in range(num_images):
+        with Image.open(image_path(folder, index)) as image:
+            arrays.append(np.asarray(image.convert("RGB")))
+    return to_signed(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+
+
 @torch.no_grad()
 def errors_to_teacher(
     unet: UNet2DConditionModel, reference: MiniWorldReference, guidance_scale: float
@@ -136,23 +183,21 @@ def evaluate_student(
     guidance_scale: float = 3.0,
     batch_size: int = 90,
     progress: bool = False,
+    folder: Path | None = None,
 ) -> dict[str, float]:
     """The scores of ``pipeline`` (the teacher's VAE and text encoder around a student U-Net):
     ``accuracy/{shape,colour,position,size,all}``, ``fid`` (classifier features) and
     ``error_to_teacher`` (also ``/unconditional`` and ``/guided`` at ``guidance_scale``). ``num_images``
-    cycles through the 180 captions (a multiple of 180 weighs each alike), seed by seed."""
-    captions = [text for text, _ in all_captions()]
-    rounds, rest = divmod(num_images, len(captions))
-    texts = captions * rounds + captions[:rest]
-    settings = (num_inference_steps, guidance_scale, batch_size, "mini-world images" if progress else None)
+    cycles through the 180 captions (a multiple of 180 weighs each alike), seed by seed. ``folder``:
+    the images are written there and those already there are kept (``student_images``)."""
     if num_images < 2:
         raise ValueError(
             f"num_images={num_images!r}: FID needs at least 2 images (1000 or more to mean much)"
         )
-    parts = [generate(pipeline, captions, list(range(rounds)), *settings)] if rounds else []
-    if rest:  # a last partial round: the first captions with the next seed
-        parts.append(generate(pipeline, captions[:rest], [rounds], *settings))
-    images = torch.cat(parts)
+    texts = image_captions(num_images)
+    images = student_images(
+        pipeline, num_images, num_inference_steps, guidance_scale, batch_size, progress, folder
+    )
     accuracy = attribute_accuracy(reference.classifier, images, texts)
     fid = frechet_distance(
         FeatureStats.of(batched(reference.classifier.features, images)), reference.real_stats

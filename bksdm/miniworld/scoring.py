@@ -10,7 +10,44 @@ from bksdm.miniworld.models import AttributeClassifier
 from bksdm.miniworld.world import ATTRIBUTES, parse_caption
 
 
+def noise_seed(index: int, num_captions: int) -> int:
+    """The seed of image ``index`` of a run cycling through ``num_captions`` captions: round ``r`` of
+    caption ``c`` (``index = r * num_captions + c``) starts from noise seeded by (r, c) alone."""
+    round_, caption = divmod(index, num_captions)
+    return round_ * 100_003 + caption
+
+
 @torch.no_grad()
+def generate_pixels(
+    pipeline,
+    jobs: Sequence[tuple[str, int]],
+    num_inference_steps: int = 25,
+    guidance_scale: float = 3.0,
+    batch_size: int = 90,
+    progress: str | None = None,
+):
+    """uint8 images (len(jobs), 3, H, W) on the CPU, one per ``(caption, noise seed)`` job, yielded batch
+    by batch with their jobs' positions (``range``); batching does not change an image. ``progress``: the
+    name of a progress bar (None: none)."""
+    from bksdm.eval.scoring import batches
+
+    positions = list(range(len(jobs)))
+    for chunk in batches(positions, batch_size, progress):
+        out = pipeline(
+            [jobs[i][0] for i in chunk],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=[torch.Generator().manual_seed(jobs[i][1]) for i in chunk],
+            output_type="pt",
+        ).images
+        yield range(chunk[0], chunk[-1] + 1), (out.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def to_signed(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images as the classifier reads them: float in [-1, 1]."""
+    return pixels.float() / 255 * 2 - 1
+
+
 def generate(
     pipeline,
     captions: Sequence[str],
@@ -21,23 +58,16 @@ def generate(
     progress: str | None = None,
 ) -> torch.Tensor:
     """Images (len(seeds) x len(captions), 3, H, W) in [-1, 1] on the CPU, seed-major (their captions are
-    ``list(captions) * len(seeds)``). The image of caption ``c`` with seed ``s`` starts from noise seeded by
-    (s, c) alone, so batching does not change it. ``progress``: the name of a progress bar (None: none)."""
-    from bksdm.eval.scoring import batches
-
-    jobs = [(text, seed * 100_003 + c) for seed in seeds for c, text in enumerate(captions)]
-    images = []
-    for chunk in batches(jobs, batch_size, progress):
-        generators = [torch.Generator().manual_seed(noise_seed) for _, noise_seed in chunk]
-        out = pipeline(
-            [text for text, _ in chunk],
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generators,
-            output_type="pt",
-        ).images
-        images.append(out.float().cpu() * 2 - 1)
-    return torch.cat(images)
+    ``list(captions) * len(seeds)``): round ``s`` of caption ``c`` is image ``s * len(captions) + c`` of
+    ``noise_seed``. Each is quantised to 8 bits, as a saved PNG holds it (``eval=miniworld`` scores its
+    saved images), so scores in memory and from the files agree."""
+    jobs = [
+        (text, noise_seed(s * len(captions) + c, len(captions)))
+        for s in seeds
+        for c, text in enumerate(captions)
+    ]
+    settings = (num_inference_steps, guidance_scale, batch_size, progress)
+    return torch.cat([to_signed(pixels) for _, pixels in generate_pixels(pipeline, jobs, *settings)])
 
 
 @torch.no_grad()

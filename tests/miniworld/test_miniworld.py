@@ -11,6 +11,7 @@ from helpers.train_config import FAST, config
 from hydra import compose, initialize_config_dir
 
 from bksdm.cli.errors import ConfigError
+from bksdm.eval.generation import ImagesFolderError
 from bksdm.miniworld.world import ATTRIBUTES, MiniWorld, all_captions, parse_caption, render, scene
 
 
@@ -169,7 +170,7 @@ def test_the_shipped_teacher_draws_its_captions_and_scores_zero_error_to_itself(
     overrides = ["eval=miniworld", "model=builtin:miniworld", f"out={tmp_path}", "num_images=180",
                  "num_inference_steps=10", "eval.num_real=500", "eval.num_latents=32", "device=cpu"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for refused in ("seed=5", "prompts=captions.json", "dtype=float16"):
+        for refused in ("seed=5", "prompts=captions.json", "dtype=float16", "devices=2"):
             with pytest.raises(ConfigError, match=f"eval=miniworld does not take {refused.split('=')[0]}="):
                 evaluate(compose("evaluate", overrides=[*overrides, refused]))
         result = evaluate(compose("evaluate", overrides=overrides))
@@ -185,6 +186,26 @@ def test_the_shipped_teacher_draws_its_captions_and_scores_zero_error_to_itself(
     assert result["accuracy/all"] > 0.5 and result["accuracy/position"] > 0.8, result
     assert result["fid"] < 80, result
     assert "| builtin:miniworld |" in (tmp_path / "metrics.md").read_text()
+
+    # its images are kept, and an interrupted run resumes: only the missing images are drawn again
+    images = sorted((tmp_path / "images").glob("*.png"))
+    assert (
+        len(images) == 180 and json.loads((tmp_path / "images" / "manifest.json").read_text())["seed"] is None
+    )
+    stamps = [p.stat().st_mtime_ns for p in images]
+    for lost in (images[7], images[100]):
+        lost.unlink()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        again = evaluate(compose("evaluate", overrides=overrides))
+        with pytest.raises(
+            ImagesFolderError, match=r"num_inference_steps 10 -> 12"
+        ):  # before any model loads
+            evaluate(compose("evaluate", overrides=[*overrides, "num_inference_steps=12"]))
+    kept = [i for i in range(180) if i not in (7, 100)]
+    assert [images[i].stat().st_mtime_ns for i in kept] == [stamps[i] for i in kept]
+    # the two new images came from a batch of 2 instead of 90: batched kernels may round a pixel level apart
+    scores = [k for k in result if k.startswith(("accuracy/", "fid", "error_to_teacher"))]
+    assert [again[k] for k in scores] == pytest.approx([result[k] for k in scores], rel=1e-4, abs=1 / 180)
 
 
 @pytest.mark.slow
