@@ -21,5 +21,18 @@ def test_every_gpu_check_composes(tmp_path):
         line.split('"check": "')[1].split('"')[0] for line in done.stdout.splitlines() if '"check"' in line
     ]
     assert names == ["train_default_512px", "train_16_mixed", "train_gradient_checkpointing", "generate",
-                     "evaluate_tiny", "bench_512px_batch64"]  # fmt: skip
+                     "evaluate_tiny", "generation_rate_512px", "bench_512px_batch64"]  # fmt: skip
     assert not (tmp_path / "results.jsonl").exists()  # composing records nothing
+
+
+def test_the_generation_rate_is_read_from_the_progress_bar():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    bar = "generating into /s/images: {}|#| {}/64 [00:10<00:10, {}]"
+    output = "\r".join([bar.format(" 50%", 32, "3.05image/s"), bar.format("100%", 64, "3.10image/s")])
+    assert check.generation_rate(output + "\nscoring: 100%|#| 64/64 [00:01<00:00, 60.1image/s]") == 3.1
+    assert check.generation_rate(bar.format("100%", 64, "2.50s/image")) == pytest.approx(0.4)
+    assert check.generation_rate("no bar") is None

@@ -8,10 +8,12 @@ weights, ``teacher=sd14_random``, built in code and cached under $BKSDM_CACHE):
 - the ``16-mixed`` path (the paper's precision: loss scaling, unfused AdamW);
 - gradient checkpointing (the ``paper_*`` experiments' memory setting);
 - generation from the exported student, and ``evaluate eval=standin`` on a few images, on the GPU;
+- the generation rate (images/s) of ``evaluate`` at 512 px with the paper's sampling, batch 16;
 - ``python -m bksdm.bench`` at 512 px, batch 64, the small student.
 
 It appends one JSON line per check to ``--out`` (default experiments/gpu/results.jsonl): name, command,
-exit status, seconds, the GPU's name, and for the benchmark its figures; it exits non-zero when any check
+exit status, seconds, the GPU's name, for the benchmark its figures and for the generation rate the images
+per second of its progress bar; it exits non-zero when any check
 failed. ``--compose-only`` composes every command (``--cfg job``) instead of running it: what the CPU
 test suite checks, so that the script cannot rot between GPU loans.
 """
@@ -92,6 +94,21 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
             ],
         ),
         (
+            "generation_rate_512px",  # the paper's sampling: 25 PNDM steps, guidance 7.5, fp16
+            [
+                sys.executable,
+                "-m",
+                "bksdm.evaluate",
+                "eval=standin",
+                f"model={student}",
+                f"prompts={scratch / 'captions.json'}",
+                f"real={scratch / 'real'}",
+                "num_images=64",
+                "batch_size=16",
+                f"out={scratch / 'rate'}",
+            ],
+        ),
+        (
             "bench_512px_batch64",
             [
                 sys.executable,
@@ -109,7 +126,7 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
 
 
 def write_eval_inputs(scratch: Path) -> None:
-    """Ten captions in COCO's format and twelve real images, for ``evaluate eval=standin``."""
+    """64 captions in COCO's format and twelve real images, for ``evaluate eval=standin``."""
     import numpy as np
     from PIL import Image
 
@@ -118,9 +135,9 @@ def write_eval_inputs(scratch: Path) -> None:
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(scratch / "real" / f"{i}.png")
     captions = {
-        "images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(10)],
+        "images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(64)],
         "annotations": [
-            {"id": i, "image_id": i, "caption": f"a photo of thing number {i}"} for i in range(10)
+            {"id": i, "image_id": i, "caption": f"a photo of thing number {i}"} for i in range(64)
         ],
     }
     (scratch / "captions.json").write_text(json.dumps(captions))
@@ -133,6 +150,18 @@ def gpu_name() -> str:
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     except ImportError:
         return "no torch"
+
+
+def generation_rate(text: str) -> float | None:
+    """The last rate of ``generate_images``' progress bar (``... 64/64 [00:20<00:00, 3.10image/s]``), in
+    images per second; tqdm writes ``s/image`` when a rate is below one."""
+    import re
+
+    rates = re.findall(r"generating into [^|]*\|[^|]*\|[^\[]*\[[^,]*,\s*([\d.]+)(image/s|s/image)\]", text)
+    if not rates:
+        return None
+    value, unit = rates[-1]
+    return float(value) if unit == "image/s" else 1 / float(value)
 
 
 def last_json_line(text: str) -> dict | None:
@@ -180,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             if name.startswith("bench") and status == 0 and not args.compose_only:
                 record["bench"] = last_json_line(output)
+            if name.startswith("generation_rate") and status == 0 and not args.compose_only:
+                record["images_per_s"] = generation_rate(output)
             if status != 0:
                 failed.append(name)
                 record["output_tail"] = output[-4000:] if isinstance(output, str) else ""
