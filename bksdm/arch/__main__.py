@@ -19,7 +19,8 @@ HELP = EntryHelp(
     summary="What a student keeps and removes of its teacher's U-Net, with parameters and MACs per unit\n"
     "(configs only: no weights are loaded).",
     settings=("resolution", "format"),
-    examples=("python -m bksdm.arch teacher=sd14 arch=tiny", "python -m bksdm.arch teacher=sd21base format=json"),
+    examples=("python -m bksdm.arch teacher=sd14 arch=tiny", "python -m bksdm.arch teacher=sd21base format=json",
+              "python -m bksdm.arch teacher=sdxl arch=ssd_1b"),
     more="Manual: docs/architecture.md",
 )  # fmt: skip
 
@@ -46,13 +47,13 @@ def main(cfg: DictConfig) -> None:
                 {
                     "teacher": cfg.teacher.name,
                     "resolution": cfg.resolution,
-                    **report_dict(teacher, removal, latent),
+                    **report_dict(teacher, removal, latent, cfg.arch.name),
                 }
             )
         )
     else:
         title = f"{cfg.teacher.name} ({cfg.teacher.source}), {cfg.resolution} px"
-        print(render_report(teacher, removal, latent, title))
+        print(render_report(teacher, removal, latent, title, cfg.arch.name))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@ attention matrix products (Q K^T and A V), which that convention leaves out, are
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bksdm.arch.spec import PAPER_REMOVALS, RemovalSpec, removal_name, resolve_removal
-from bksdm.arch.student import empty_unet, plain_config, student_config, unit_map
+from bksdm.arch.spec import PAPER_REMOVALS, RemovalSpec, removal_name, resolve_removal, spec_as_config
+from bksdm.arch.student import empty_unet, plain_config, stack_depths, student_config, unit_map
 
 TEXT_TOKENS = 77
 VAE_SCALE = 8  # pixels per latent cell of Stable Diffusion's VAE
@@ -82,9 +84,18 @@ def check_latent_size(config: Mapping, latent_size: int) -> None:
 
 def unet_cost(config: Mapping, latent_size: int) -> UNetCost:
     """Parameters and MACs per unit of the U-Net built from ``config``, at a square latent."""
-    config = plain_config(config)
-    if config.get("addition_embed_type") or config.get("class_embed_type"):
-        raise ValueError("MAC counting supports text-conditioned U-Nets without extra embeddings (SD-v1/v2)")
+    return _unet_cost(json.dumps(plain_config(config), sort_keys=True), latent_size)
+
+
+@functools.lru_cache(maxsize=16)  # a report counts the teacher and its student more than once
+def _unet_cost(config_json: str, latent_size: int) -> UNetCost:
+    config = json.loads(config_json)
+    if config.get("addition_embed_type") not in (None, "text_time") or config.get("class_embed_type"):
+        raise ValueError(
+            "MAC counting supports text-conditioned U-Nets (SD-v1/v2) and SDXL's added text and time "
+            f"conditioning, not addition_embed_type={config.get('addition_embed_type')!r} / "
+            f"class_embed_type={config.get('class_embed_type')!r}"
+        )
     check_latent_size(config, latent_size)
     unet = empty_unet(config)
     context_width = config.get("cross_attention_dim", 1280)
@@ -94,6 +105,7 @@ def unet_cost(config: Mapping, latent_size: int) -> UNetCost:
         sample = torch.empty(1, config.get("in_channels", 4), latent_size, latent_size)
         context = torch.empty(1, TEXT_TOKENS, context_width)
         timestep = torch.zeros(1, dtype=torch.long)
+        added = sdxl_added_conditioning(config, 1)
     names = unit_names(unet)
     call_order: list[str] = []
     hooks = [
@@ -103,7 +115,7 @@ def unet_cost(config: Mapping, latent_size: int) -> UNetCost:
     counter = FlopCounterMode(display=False)
     try:
         with counter, torch.no_grad():
-            unet(sample, timestep, context)
+            unet(sample, timestep, context, added_cond_kwargs=added)
     finally:
         for hook in hooks:
             hook.remove()
@@ -124,19 +136,32 @@ def unet_cost(config: Mapping, latent_size: int) -> UNetCost:
     return UNetCost(units)
 
 
+def sdxl_added_conditioning(config: Mapping, batch: int) -> dict | None:
+    """Empty tensors of SDXL's added conditioning for a U-Net ``config`` (None without it): the pooled
+    text embedding (batch, projection width - 6 x time width) and the six time ids (original size, crop
+    top-left, target size)."""
+    if config.get("addition_embed_type") != "text_time":
+        return None
+    time_ids = 6
+    pooled = config["projection_class_embeddings_input_dim"] - time_ids * config["addition_time_embed_dim"]
+    return {"text_embeds": torch.empty(batch, pooled), "time_ids": torch.empty(batch, time_ids)}
+
+
 def _op_name(op) -> str:
     return str(op).split(".")[1] if "." in str(op) else str(op)
 
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One teacher unit and what became of it in the student (``student`` None: removed)."""
+    """One teacher unit and what became of it in the student (``student`` None: removed; ``kept_layers``:
+    for a transformer stack the student keeps shallower, the teacher layers it keeps of how many)."""
 
     teacher: str
     student: str | None
     params: int
     macs: int
     attention_macs: int
+    kept_layers: tuple[list[int], int] | None = None
 
 
 def _student_name(teacher_unit: str, inverse: Mapping[str, str]) -> str | None:
@@ -156,22 +181,43 @@ def unit_fates(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) ->
     return fates
 
 
+def kept_transformer_layers(
+    teacher_config: Mapping, removal: str | Mapping | RemovalSpec
+) -> dict[str, tuple[list[int], int]]:
+    """Teacher stack (``down_blocks.2.attentions.0``) -> (the layers its student stack keeps, the
+    teacher's depth), for every stack the student keeps shallower."""
+    depths = stack_depths(plain_config(teacher_config))
+    kept: dict[str, list[int]] = {}
+    for student_key, teacher_key in unit_map(teacher_config, removal).items():
+        if ".transformer_blocks." in student_key:
+            stack, layer = teacher_key.rsplit(".transformer_blocks.", 1)
+            kept.setdefault(stack, []).append(int(layer))
+    return {stack: (layers, depths[stack]) for stack, layers in kept.items()}
+
+
 def report_rows(
     teacher_config: Mapping, removal: str | Mapping | RemovalSpec, latent_size: int
 ) -> list[ReportRow]:
     """Every teacher unit (in forward order) with its cost and the student unit that keeps it (or None)."""
     fates = unit_fates(teacher_config, removal)
+    partial = kept_transformer_layers(teacher_config, removal)
     return [
-        ReportRow(unit.name, fates[unit.name], unit.params, unit.macs, unit.attention_macs)
+        ReportRow(
+            unit.name, fates[unit.name], unit.params, unit.macs, unit.attention_macs, partial.get(unit.name)
+        )
         for unit in unet_cost(teacher_config, latent_size).units
     ]
 
 
-def paper_summary(teacher_config: Mapping, latent_size: int, extra: RemovalSpec | None = None) -> list[dict]:
-    """Totals for the teacher, the three paper students and ``extra`` (if it is not one of them)."""
-    specs = dict(PAPER_REMOVALS)
-    if extra is not None and removal_name(extra) not in specs:
-        specs[removal_name(extra)] = extra
+def paper_summary(
+    teacher_config: Mapping, latent_size: int, extra: RemovalSpec | None = None, extra_name: str | None = None
+) -> list[dict]:
+    """Totals for the teacher, the three paper students (SD-v1/v2 teachers: BK-SDM's names mean nothing for
+    SDXL's three stages) and ``extra`` (if it is not one of them), named ``extra_name``."""
+    sdxl = plain_config(teacher_config).get("addition_embed_type") == "text_time"
+    specs = {} if sdxl else dict(PAPER_REMOVALS)
+    if extra is not None and extra not in specs.values():
+        specs[extra_name or removal_name(extra)] = extra
     teacher = unet_cost(teacher_config, latent_size)
     rows = [
         {
@@ -194,14 +240,20 @@ def _g(macs: int) -> str:
 
 
 def render_report(
-    teacher_config: Mapping, removal: str | Mapping | RemovalSpec, latent_size: int, title: str = "teacher"
+    teacher_config: Mapping,
+    removal: str | Mapping | RemovalSpec,
+    latent_size: int,
+    title: str = "teacher",
+    name: str | None = None,
 ) -> str:
-    """A text table: block by block, what the teacher has, what the student keeps, what was removed."""
+    """A text table: block by block, what the teacher has, what the student keeps, what was removed.
+    ``name``: the student's (default: the paper's, or ``custom(...)``)."""
     spec = resolve_removal(removal)
+    name = name or removal_name(spec)
     rows = report_rows(teacher_config, spec, latent_size)
-    header = f"{'teacher unit':<28} {'params':>13} {'GMACs':>8} {'attn GMACs':>10}  student"
+    header = f"{'teacher unit':<30} {'params':>13} {'GMACs':>9} {'attn GMACs':>10}  student"
     lines = [
-        f"BK-SDM {removal_name(spec)} student of {title}: U-Net units at a {latent_size}x{latent_size} latent "
+        f"{name} student of {title}: U-Net units at a {latent_size}x{latent_size} latent "
         f"(batch 1, {TEXT_TOKENS} text tokens)",
         "GMACs: convolutions and linear layers (the paper's convention); attn GMACs: Q K^T and A V products.",
         "",
@@ -214,37 +266,46 @@ def render_report(
             if row.student is None
             else ("kept" if row.student == row.teacher else f"-> {row.student}")
         )
+        if row.kept_layers is not None and row.student is not None:
+            layers, depth = row.kept_layers
+            fate += f", layers {', '.join(map(str, layers))} of {depth}"
         lines.append(
-            f"{row.teacher:<28} {row.params:>13,} {_g(row.macs):>8} {_g(row.attention_macs):>10}  {fate}"
+            f"{row.teacher:<30} {row.params:>13,} {_g(row.macs):>9} {_g(row.attention_macs):>10}  {fate}"
         )
+    student = unet_cost(student_config(teacher_config, spec), latent_size)
+    teacher = (sum(r.params for r in rows), sum(r.macs for r in rows), sum(r.attention_macs for r in rows))
+    kept = (student.params, student.macs, student.attention_macs)
     removed = [r for r in rows if r.student is None]
-    kept = [r for r in rows if r.student is not None]
     lines += ["-" * len(header)]
-    for label, group in (("teacher", rows), ("student keeps", kept), ("removed", removed)):
-        params = sum(r.params for r in group)
-        macs = sum(r.macs for r in group)
-        attention = sum(r.attention_macs for r in group)
-        lines.append(f"{label:<28} {params:>13,} {_g(macs):>8} {_g(attention):>10}  {len(group)} units")
+    for label, (params, macs, attention), units in (
+        ("teacher", teacher, f"{len(rows)} units"),
+        ("student keeps", kept, f"{len(rows) - len(removed)} units"),
+        ("removed", tuple(t - k for t, k in zip(teacher, kept, strict=True)), f"{len(removed)} whole units"),
+    ):
+        lines.append(f"{label:<30} {params:>13,} {_g(macs):>9} {_g(attention):>10}  {units}")
     lines += [
         "",
-        f"{'model':<28} {'U-Net params':>13} {'GMACs':>8} {'attn GMACs':>10}  share of teacher (params / MACs)",
+        f"{'model':<30} {'U-Net params':>13} {'GMACs':>9} {'attn GMACs':>10}  share of teacher (params / MACs)",
     ]
-    summary = paper_summary(teacher_config, latent_size, spec)
+    summary = paper_summary(teacher_config, latent_size, spec, name)
     for row in summary:
         share = f"{row['params'] / summary[0]['params']:.1%} / {row['macs'] / summary[0]['macs']:.1%}"
         lines.append(
-            f"{row['model']:<28} {row['params']:>13,} {_g(row['macs']):>8} {_g(row['attention_macs']):>10}  {share}"
+            f"{row['model']:<30} {row['params']:>13,} {_g(row['macs']):>9} {_g(row['attention_macs']):>10}  {share}"
         )
     return "\n".join(lines)
 
 
-def report_dict(teacher_config: Mapping, removal: str | Mapping | RemovalSpec, latent_size: int) -> dict:
+def report_dict(
+    teacher_config: Mapping, removal: str | Mapping | RemovalSpec, latent_size: int, name: str | None = None
+) -> dict:
     """The same report as plain data (for ``format=json``)."""
     spec = resolve_removal(removal)
+    name = name or removal_name(spec)
     return {
-        "removal": removal_name(spec),
-        "spec": asdict(spec),
+        "removal": name,
+        "spec": spec_as_config(spec),
         "latent_size": latent_size,
         "units": [asdict(r) for r in report_rows(teacher_config, spec, latent_size)],
-        "summary": paper_summary(teacher_config, latent_size, spec),
+        "summary": paper_summary(teacher_config, latent_size, spec, name),
     }

@@ -13,7 +13,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
-from bksdm.arch.spec import RemovalSpec, resolve_removal
+from bksdm.arch.spec import RemovalSpec, kept_layer_indices, resolve_removal
 
 _DOWN_TO_UP = {"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}
 _MID_BLOCKS = ("UNetMidBlock2DCrossAttn",)
@@ -57,6 +57,11 @@ def check_teacher_topology(config: Mapping) -> None:
         )
     if config.get("reverse_transformer_layers_per_block") is not None:
         problems.append("reverse_transformer_layers_per_block is set (accepted: null)")
+    depths = config.get("transformer_layers_per_block", 1)
+    if not all(isinstance(d, int) and d >= 1 for d in (depths if isinstance(depths, list) else [depths])):
+        problems.append(
+            f"transformer_layers_per_block {depths!r} (accepted: one depth, or one per down block)"
+        )
     if problems:
         raise ValueError(
             "teacher U-Net is not of the Stable Diffusion topology that BK-SDM block removal supports: "
@@ -104,10 +109,54 @@ def student_config(teacher_config: Mapping, removal: str | Mapping | RemovalSpec
             student[field] = list(student[field][:kept])
     student["up_block_types"] = [_DOWN_TO_UP[t] for t in reversed(student["down_block_types"])]
     student["layers_per_block"] = spec.layers_per_block
-    student["mid_block_type"] = (
-        teacher.get("mid_block_type", "UNetMidBlock2DCrossAttn") if spec.keep_mid_block else None
-    )
+    if not spec.keep_mid_block:
+        student["mid_block_type"] = None
+    elif not spec.mid_block_attention:
+        student["mid_block_type"] = "UNetMidBlock2D"  # its first ResNet only
+    else:
+        student["mid_block_type"] = teacher.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    if spec.transformer_layers_per_block is not None:
+        depths = list(spec.transformer_layers_per_block)
+        if len(depths) != kept:
+            raise ValueError(
+                f"transformer_layers_per_block={depths} needs one depth per student stage ({kept})"
+            )
+        student["transformer_layers_per_block"] = depths
+    if spec.reverse_transformer_layers_per_block is not None:
+        reverse = [list(block) for block in spec.reverse_transformer_layers_per_block]
+        if len(reverse) != kept or any(len(block) != spec.layers_per_block + 1 for block in reverse):
+            raise ValueError(
+                f"reverse_transformer_layers_per_block={reverse} needs one list per up block ({kept}) of "
+                f"{spec.layers_per_block + 1} depths each (layers_per_block + 1)"
+            )
+        student["reverse_transformer_layers_per_block"] = reverse
     return student
+
+
+def stack_depths(config: Mapping) -> dict[str, int]:
+    """Transformer depth of every attention stack of a U-Net config (``down_blocks.1.attentions.0``,
+    ``mid_block.attentions.0``, ``up_blocks.0.attentions.2``), as diffusers builds it."""
+    stages = len(config["block_out_channels"])
+
+    def per_stage(value) -> list:
+        return list(value) if isinstance(value, list) else [value] * stages
+
+    down = per_stage(config.get("transformer_layers_per_block", 1))
+    reverse = config.get("reverse_transformer_layers_per_block")
+    up = [list(block) for block in reverse] if reverse is not None else list(reversed(down))
+    layers = teacher_layers_per_block(config)
+    depths = {}
+    for i, block_type in enumerate(config["down_block_types"]):
+        if block_type.startswith("CrossAttn"):
+            for j in range(layers):
+                depths[f"down_blocks.{i}.attentions.{j}"] = down[i]
+    if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn":
+        depths["mid_block.attentions.0"] = down[-1]
+    for i, block_type in enumerate(config["up_block_types"]):
+        if block_type.startswith("CrossAttn"):
+            for j in range(layers + 1):
+                depths[f"up_blocks.{i}.attentions.{j}"] = up[i][j] if isinstance(up[i], list) else up[i]
+    return depths
 
 
 def unit_map(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> dict[str, str]:
@@ -128,7 +177,9 @@ def unit_map(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> d
                 mapping[f"down_blocks.{i}.attentions.{j}"] = f"down_blocks.{i}.attentions.{j}"
         if i < kept - 1:
             mapping[f"down_blocks.{i}.downsamplers.0"] = f"down_blocks.{i}.downsamplers.0"
-    if config["mid_block_type"] is not None:
+    if config["mid_block_type"] == "UNetMidBlock2D":  # the teacher's mid block cut to its first ResNet
+        mapping["mid_block.resnets.0"] = "mid_block.resnets.0"
+    elif config["mid_block_type"] is not None:
         mapping["mid_block"] = "mid_block"
     for i, block_type in enumerate(config["up_block_types"]):
         t = i + spec.drop_innermost_stages
@@ -141,6 +192,41 @@ def unit_map(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> d
                 mapping[f"up_blocks.{i}.attentions.{j}"] = f"up_blocks.{t}.attentions.{tj}"
         if i < kept - 1:
             mapping[f"up_blocks.{i}.upsamplers.0"] = f"up_blocks.{t}.upsamplers.0"
+    mapping.update(_transformer_layer_map(teacher_config, config, mapping, spec))
+    return mapping
+
+
+def _transformer_layer_map(
+    teacher_config: Mapping, config: Mapping, units: Mapping[str, str], spec: RemovalSpec
+) -> dict[str, str]:
+    """Student transformer layer -> teacher layer, for every student stack shallower than the teacher
+    stack it comes from, by ``spec.kept_layers`` or its ``kept_layers_listed`` entry."""
+    teacher_depths, student_depths = stack_depths(plain_config(teacher_config)), stack_depths(config)
+    listed = dict(spec.kept_layers_listed)
+    unknown = sorted(set(listed) - set(student_depths))
+    if unknown:
+        raise ValueError(
+            f"kept_layers_listed names {unknown}, which are not transformer stacks of this student: accepted "
+            f"are {sorted(student_depths)}"
+        )
+    mapping = {}
+    for unit, depth in student_depths.items():
+        source = "mid_block.attentions.0" if unit.startswith("mid_block") else units[unit]
+        teacher_depth = teacher_depths[source]
+        if depth > teacher_depth:
+            raise ValueError(
+                f"student stack {unit!r} has {depth} transformer layers but its teacher stack {source!r} has "
+                f"{teacher_depth}: a student keeps layers, it cannot add them"
+            )
+        kept = list(listed.get(unit) or kept_layer_indices(spec.kept_layers, teacher_depth, depth))
+        if len(kept) != depth or kept != sorted(set(kept)) or kept[-1] >= teacher_depth:
+            raise ValueError(
+                f"kept_layers_listed[{unit!r}]={kept}: accepted are {depth} increasing indices of the teacher "
+                f"stack's {teacher_depth} layers (0..{teacher_depth - 1})"
+            )
+        if kept != list(range(teacher_depth)):
+            for k, teacher_layer in enumerate(kept):
+                mapping[f"{unit}.transformer_blocks.{k}"] = f"{source}.transformer_blocks.{teacher_layer}"
     return mapping
 
 

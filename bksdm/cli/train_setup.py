@@ -68,6 +68,14 @@ def check_model_config(
         student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
     except ValueError as error:
         raise ValueError(f"arch={cfg.arch.name} does not fit teacher={cfg.teacher.name}: {error}") from error
+    if teacher.get("addition_embed_type") is not None:
+        raise ValueError(
+            f"teacher={cfg.teacher.name}'s U-Net takes added conditioning (addition_embed_type="
+            f"{teacher['addition_embed_type']!r}: SDXL's pooled text embedding and size and crop ids), which "
+            "bksdm's distillation step does not feed yet; accepted are SD-v1/v2 teachers (sd14, sd15, sd21, "
+            f"sd21base, ...). Its students' blocks and counts: python -m bksdm.arch teacher={cfg.teacher.name} "
+            f"arch={cfg.arch.name}"
+        )
     if resolution is not None:
         try:
             if resolution % VAE_SCALE:

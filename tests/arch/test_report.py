@@ -85,7 +85,12 @@ def test_cli_json_on_the_toy_teacher(monkeypatch, capsys, tmp_path, toy_path):
     monkeypatch.chdir(tmp_path)
     report = json.loads(run_main(monkeypatch, capsys, "teacher=toy", "arch=base_no_inner", "format=json"))
     assert report["teacher"] == "toy" and report["latent_size"] == 16
-    assert report["spec"] == {"layers_per_block": 1, "keep_mid_block": True, "drop_innermost_stages": 1}
+    assert report["spec"] == {
+        "layers_per_block": 1, "keep_mid_block": True, "drop_innermost_stages": 1, "mid_block_attention": True,
+        "transformer_layers_per_block": None, "reverse_transformer_layers_per_block": None, "kept_layers": "first",
+        "kept_layers_listed": {},
+    }  # fmt: skip
+    assert report["removal"] == "base_no_inner"  # the arch config's name
     assert [row["model"] for row in report["summary"]] == [
         "teacher",
         "base",
@@ -120,4 +125,6 @@ def test_cli_as_a_user_runs_it():
     )
     assert bad.returncode != 0
     assert "arch/medium" in bad.stderr
-    assert "\tbase\n\tbase_no_inner\n\tsmall\n\ttiny" in bad.stderr
+    shipped = ["base", "base_no_inner", "koala_1b", "koala_700m", "sdxl_base", "sdxl_small", "small", "ssd_1b",
+               "tiny", "vega"]  # fmt: skip
+    assert "".join(f"\t{name}\n" for name in shipped) in bad.stderr
