@@ -19,10 +19,11 @@ class ExportStudent(L.Callback):
     """At the end of training, rank 0 saves ``dirpath`` as a StableDiffusionPipeline folder (under FSDP
     every rank first takes part in gathering the weights). ``sampling``: the guidance scale and step count
     the folder's ``sampling.json`` records (e.g. ``${teacher.sampling}``); None: the teacher folder's own
-    ``sampling.json``, else Stable Diffusion's."""
+    ``sampling.json``, else Stable Diffusion's. ``single_file``: the U-Net also as one file in the
+    original checkpoint layout (``bksdm.teachers.export.SINGLE_FILE``)."""
 
-    def __init__(self, dirpath: str | Path, sampling: Mapping | None = None):
-        self.dirpath = Path(dirpath)
+    def __init__(self, dirpath: str | Path, sampling: Mapping | None = None, single_file: bool = True):
+        self.dirpath, self.single_file = Path(dirpath), single_file
         # checked now, not when training ends
         self.sampling = None if sampling is None else check_sampling(sampling, "export_student.sampling")
 
@@ -41,5 +42,6 @@ class ExportStudent(L.Callback):
             self.dirpath,
             revision=hparams.revision,
             sampling=self.sampling,
+            single_file=self.single_file,
         )
         rank_zero_info(f"student pipeline saved to {self.dirpath}")

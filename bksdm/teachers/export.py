@@ -10,7 +10,10 @@ from diffusers import UNet2DConditionModel
 
 from bksdm.eval.sampling import check_sampling, model_sampling, write_sampling
 from bksdm.teachers.loading import dtype_argument, resolve_source
+from bksdm.teachers.single_file import save_single_file
 from bksdm.training.atomic import atomic_directory
+
+SINGLE_FILE = "student_unet.safetensors"  # the U-Net in the original layout, beside the diffusers parts
 
 
 def save_student_pipeline(
@@ -19,6 +22,7 @@ def save_student_pipeline(
     folder: str | Path,
     revision: str | None = None,
     sampling: Mapping | None = None,
+    single_file: bool = True,
 ) -> Path:
     """Write ``folder`` as a StableDiffusionPipeline: the teacher's VAE, text encoder, tokenizer and
     inference scheduler, as stored at ``teacher_source``, with the student U-Net in ``unet/``, and
@@ -28,7 +32,10 @@ def save_student_pipeline(
 
     Weights are safetensors. The folder is staged and renamed, so a crash mid-save leaves the previous
     export (if any) intact. Load it with ``StableDiffusionPipeline.from_pretrained(folder)`` or just the
-    U-Net with ``UNet2DConditionModel.from_pretrained(folder, subfolder="unet")``.
+    U-Net with ``UNet2DConditionModel.from_pretrained(folder, subfolder="unet")``. ``single_file``: the
+    U-Net also as ``SINGLE_FILE`` in the original checkpoint layout (``bksdm.teachers.single_file``), for
+    the tools that load one file (``UNet2DConditionModel.from_single_file(file, config=folder,
+    subfolder="unet")``, ComfyUI's U-Net loader).
     """
     from diffusers import StableDiffusionPipeline  # pulls in transformers' image processors: only here
 
@@ -47,6 +54,8 @@ def save_student_pipeline(
         pipeline.save_pretrained(staging, safe_serialization=True)
         _copy_missing_files(_source_subfolder(source, "tokenizer", revision), staging / "tokenizer")
         write_sampling(staging, defaults)
+        if single_file:
+            save_single_file(student, staging / SINGLE_FILE)
     return Path(folder)
 
 
