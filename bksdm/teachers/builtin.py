@@ -6,7 +6,9 @@ per down block, a cross-attention mid block, a VAE with 8x downsampling, a CLIP 
 scheduler settings) at widths that make a distillation step on CPU take milliseconds. It is saved once
 in diffusers layout to a cache folder and then loaded like any other teacher, with ``from_pretrained``.
 The same builder makes ``builtin:sd14-random``: SD-v1.4's shapes at full width, random weights, so that
-``python -m bksdm.bench`` can time the real model's step without a download.
+``python -m bksdm.bench`` can time the real model's step without a download, and ``builtin:sdxl-toy``:
+SDXL's topology (two text encoders, added size and crop conditioning, three U-Net stages with SDXL's
+transformer depths) at narrow widths, a StableDiffusionXLPipeline folder.
 """
 
 from __future__ import annotations
@@ -86,6 +88,45 @@ SHAPES = {
     "sd14-random": (SD14_UNET_CONFIG, SD14_VAE_CONFIG, SD14_TEXT_WIDTHS, torch.float16),  # 2 GB on disk
 }
 
+# SDXL's topology at narrow widths (``builtin:sdxl-toy``): three stages, two (ResNet, attention) pairs per
+# down block, SDXL's transformer depths (1, 2, 10: every published SDXL student's depths fit inside),
+# a cross-attention mid block, two text encoders whose penultimate hidden states are concatenated (16 + 32
+# wide) and the second's pooled projection (16) with the six size and crop ids as added conditioning.
+SDXL_TOY_UNET_CONFIG = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [2, 4, 4],
+    "norm_num_groups": 8,
+    "cross_attention_dim": 48,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 16 + 6 * 8,
+}
+SDXL_TOY_VAE_CONFIG = {**TOY_VAE_CONFIG, "scaling_factor": 0.13025}  # SDXL's VAE scale
+SDXL_TOY_TEXT_WIDTHS = (
+    {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2},
+    {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+)
+SDXL_POOLED_WIDTH = 16
+# SDXL-base-1.0's scheduler_config.json (Euler, "leading" spacing), its training schedule SD's
+SDXL_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+}
+
 # SD-v1.4's scheduler_config.json. clip_sample is not PNDM's, yet SD keeps it there for the samplers built
 # from this config (DDIM's default, True, turns SD's images to noise): build with PNDMScheduler.from_config,
 # which stores it, not PNDMScheduler(**...), which refuses it.
@@ -161,8 +202,10 @@ def build_random_pipeline(seed: int = 0, shape: str = "toy"):
     # and training never need
     from diffusers import StableDiffusionPipeline
 
+    if shape == "sdxl-toy":
+        return build_random_sdxl_pipeline(seed)
     if shape not in SHAPES:
-        raise ValueError(f"unknown builtin pipeline shape {shape!r}: accepted are {list(SHAPES)}")
+        raise ValueError(f"unknown builtin pipeline shape {shape!r}: accepted are {[*SHAPES, 'sdxl-toy']}")
     unet_config, vae_config, text_widths, _ = SHAPES[shape]
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -179,6 +222,34 @@ def build_random_pipeline(seed: int = 0, shape: str = "toy"):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def build_random_sdxl_pipeline(seed: int = 0):
+    """The SDXL-shaped toy pipeline (a StableDiffusionXLPipeline) in memory, from ``seed``."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = build_tokenizer()
+    first, second = SDXL_TOY_TEXT_WIDTHS
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(text_encoder_config(tokenizer, first))
+        second_config = text_encoder_config(tokenizer, second)
+        second_config.projection_dim = SDXL_POOLED_WIDTH
+        text_encoder_2 = CLIPTextModelWithProjection(second_config)
+        vae = AutoencoderKL(**SDXL_TOY_VAE_CONFIG)
+        unet = UNet2DConditionModel(**SDXL_TOY_UNET_CONFIG)
+    return StableDiffusionXLPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=build_tokenizer(),
+        unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
     )
 
 
@@ -202,8 +273,12 @@ def random_pipeline_path(seed: int = 0, root: str | os.PathLike | None = None, s
     if not (target / "model_index.json").is_file():
         with atomic_directory(target, overwrite=False) as staging:
             pipeline = build_random_pipeline(seed, shape)
-            for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
-                torch.nn.Module.to(model, SHAPES[shape][3])  # stored precision; loading casts as asked
+            stored = SHAPES[shape][3] if shape in SHAPES else torch.float32
+            for component in pipeline.components.values():
+                if isinstance(component, torch.nn.Module):
+                    torch.nn.Module.to(component, stored)  # stored precision; loading casts as asked
             pipeline.save_pretrained(staging, safe_serialization=True)
-            write_vocab_files(pipeline.tokenizer, staging / "tokenizer")
+            for part, component in pipeline.components.items():
+                if isinstance(component, CLIPTokenizer):
+                    write_vocab_files(component, staging / part)
     return target

@@ -24,8 +24,9 @@ def save_student_pipeline(
     sampling: Mapping | None = None,
     single_file: bool = True,
 ) -> Path:
-    """Write ``folder`` as a StableDiffusionPipeline: the teacher's VAE, text encoder, tokenizer and
-    inference scheduler, as stored at ``teacher_source``, with the student U-Net in ``unet/``, and
+    """Write ``folder`` as the teacher's pipeline (StableDiffusionPipeline, or StableDiffusionXLPipeline for
+    an SDXL teacher): its VAE, text encoders, tokenizers and inference scheduler, as stored at
+    ``teacher_source``, with the student U-Net in ``unet/``, and
     ``sampling.json``: the guidance scale and step count ``python -m bksdm.generate`` and ``evaluate``
     draw it with by default. A student is drawn as its teacher is: ``sampling`` (the teacher preset's
     ``sampling:`` block) over the teacher folder's own ``sampling.json``, else Stable Diffusion's.
@@ -37,22 +38,27 @@ def save_student_pipeline(
     the tools that load one file (``UNet2DConditionModel.from_single_file(file, config=folder,
     subfolder="unet")``, ComfyUI's U-Net loader).
     """
-    from diffusers import StableDiffusionPipeline  # pulls in transformers' image processors: only here
+    import diffusers  # the pipelines pull in transformers' image processors: only here
 
     defaults = {**model_sampling(teacher_source, revision)[0], **check_sampling(sampling or {}, "sampling")}
     source = resolve_source(teacher_source)
-    pipeline = StableDiffusionPipeline.from_pretrained(
+    # the teacher's own pipeline class: StableDiffusionPipeline, or StableDiffusionXLPipeline for SDXL
+    pipeline_class = getattr(
+        diffusers, diffusers.DiffusionPipeline.load_config(source, revision=revision)["_class_name"]
+    )
+    sd_only = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipeline = pipeline_class.from_pretrained(
         source,
         unet=student,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
         revision=revision,
+        **(sd_only if pipeline_class is diffusers.StableDiffusionPipeline else {}),
         **dtype_argument(student.dtype),  # one precision throughout (a teacher may store its parts in fp16)
     )
     with atomic_directory(folder) as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)
-        _copy_missing_files(_source_subfolder(source, "tokenizer", revision), staging / "tokenizer")
+        for tokenizer in ("tokenizer", "tokenizer_2"):
+            if (staging / tokenizer).is_dir():
+                _copy_missing_files(_source_subfolder(source, tokenizer, revision), staging / tokenizer)
         write_sampling(staging, defaults)
         if single_file:
             save_single_file(student, staging / SINGLE_FILE)

@@ -1,0 +1,63 @@
+"""The offline SDXL-shaped teacher (builtin:sdxl-toy): a StableDiffusionXLPipeline folder from which every
+shipped SDXL student is built and exported as a folder plain diffusers loads and draws with, and a single
+file diffusers reads back."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from helpers.paths import CONF
+from omegaconf import OmegaConf
+
+from bksdm.arch import build_student
+from bksdm.teachers.export import SINGLE_FILE, save_student_pipeline
+from bksdm.teachers.loading import resolve_source
+
+# no mid block, a ResNet-only one with listed layers, then the rest (slow: a pipeline each)
+SDXL_ARCHS = [
+    "koala_700m",
+    "ssd_1b",
+    *(pytest.param(a, marks=pytest.mark.slow) for a in ("koala_1b", "vega", "sdxl_base", "sdxl_small")),
+]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return StableDiffusionXLPipeline.from_pretrained(resolve_source("builtin:sdxl-toy"))
+
+
+def draw(pipeline) -> np.ndarray:
+    return pipeline(
+        "a small red square", num_inference_steps=1, guidance_scale=5.0, output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images  # fmt: skip
+
+
+def test_the_toy_has_sdxls_topology(teacher):
+    config = teacher.unet.config
+    assert config.addition_embed_type == "text_time" and list(config.transformer_layers_per_block) == [
+        1,
+        2,
+        10,
+    ]
+    assert teacher.text_encoder_2.config.projection_dim + 6 * config.addition_time_embed_dim == (
+        config.projection_class_embeddings_input_dim
+    )
+    assert config.cross_attention_dim == teacher.text_encoder.config.hidden_size + (
+        teacher.text_encoder_2.config.hidden_size
+    )
+    assert draw(teacher).shape == (1, 128, 128, 3)
+
+
+@pytest.mark.parametrize("arch", SDXL_ARCHS)
+def test_every_sdxl_student_exports_a_folder_diffusers_draws_with(teacher, tmp_path, arch):
+    removal = OmegaConf.to_container(OmegaConf.load(CONF / "arch" / f"{arch}.yaml").removal)
+    student = build_student(teacher.unet, removal).eval()
+    folder = save_student_pipeline(student, "builtin:sdxl-toy", tmp_path / "student")
+    loaded = StableDiffusionXLPipeline.from_pretrained(folder)
+    in_memory = StableDiffusionXLPipeline(**{**teacher.components, "unet": student})
+    np.testing.assert_allclose(draw(loaded), draw(in_memory), atol=1e-5)
+    single = UNet2DConditionModel.from_single_file(
+        str(folder / SINGLE_FILE), config=str(folder), subfolder="unet"
+    )
+    assert all(torch.equal(t, student.state_dict()[k]) for k, t in single.state_dict().items())
