@@ -410,10 +410,11 @@ def plan_generation(settings, prompts: Sequence[str], out: str | Path) -> Genera
 
 
 def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", scheduler: str | None = "pndm"):
-    """A StableDiffusionPipeline from a folder, hub id or ``builtin:toy``, without the safety checker
-    (the paper's protocol), in fp16 on GPU and fp32 on CPU unless told otherwise. ``scheduler`` picks the
-    sampler (one of ``SCHEDULERS``, built from the pipeline's own noise schedule, with SD's settings for
-    what the stored config leaves out) or ``None`` to keep the pipeline's stored one."""
+    """A StableDiffusionPipeline (or StableDiffusionXLPipeline, for a folder that is one) from a folder,
+    hub id or ``builtin:toy``, without the safety checker (the paper's protocol), in fp16 on GPU and fp32
+    on CPU unless told otherwise. ``scheduler`` picks the sampler (one of ``SCHEDULERS``, built from the
+    pipeline's own noise schedule, with SD's settings for what the stored config leaves out) or ``None``
+    to keep the pipeline's stored one."""
     import diffusers
 
     from bksdm.teachers.frozen import DTYPES
@@ -422,12 +423,11 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", schedu
     device, dtype = resolve_device_dtype(device, dtype)
     check_scheduler(scheduler)
     try:
-        pipeline = diffusers.StableDiffusionPipeline.from_pretrained(
-            resolve_source(source),
-            **dtype_argument(DTYPES[dtype]),
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        path = resolve_source(source)
+        sdxl = diffusers.DiffusionPipeline.load_config(path).get("_class_name") == "StableDiffusionXLPipeline"
+        pipeline_class = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
+        sd_only = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
+        pipeline = pipeline_class.from_pretrained(path, **dtype_argument(DTYPES[dtype]), **sd_only)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(
             f"model={source!r} could not be loaded as a Stable Diffusion pipeline: {error}\n"
