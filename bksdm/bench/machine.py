@@ -31,13 +31,22 @@ def best_seconds(work: Callable[[], object], device: torch.device, repeats: int)
 def matmul_flop_per_s(
     device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5
 ) -> float:
-    """FLOP/s of a square ``size`` x ``size`` matmul (2 size^3 FLOPs) in ``dtype``; ``size`` None: 4096 on a
-    CPU, 8192 on a GPU (large enough to reach the peak, small enough to take well under a second)."""
-    size = size or (8192 if device.type == "cuda" else 4096)
+    """FLOP/s of a square ``size`` x ``size`` matmul (2 size^3 FLOPs) in ``dtype``. ``size`` None: doubled
+    from 256 until one call takes a tenth of a second, at most 4096 on a CPU and 8192 on a GPU (large
+    enough to reach the peak). A dtype without fast kernels stops early: bf16 on a CPU without AVX-512
+    runs near 1 GFLOP/s, where one 4096 matmul would take two minutes."""
+    if size is None:
+        largest, size = (8192 if device.type == "cuda" else 4096), 256
+        while size < largest and best_seconds(_matmul(device, dtype, size), device, 1) < 0.1:
+            size *= 2
+    return 2 * size**3 / best_seconds(_matmul(device, dtype, size), device, repeats)
+
+
+def _matmul(device: torch.device, dtype: torch.dtype, size: int) -> Callable[[], object]:
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
-    return 2 * size**3 / best_seconds(lambda: torch.matmul(a, b, out=out), device, repeats)
+    return lambda: torch.matmul(a, b, out=out)
 
 
 def memory_bytes_per_s(
