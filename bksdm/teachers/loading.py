@@ -2,7 +2,7 @@
 
 ``source`` is a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``; offline, it must be in the
 local HF cache), a local folder in diffusers layout (``model_index.json`` plus ``unet/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``, ``scheduler/``), ``builtin:miniworld`` for the shipped mini-world teacher,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``; SDXL also ``text_encoder_2/``, ``tokenizer_2/``), ``builtin:miniworld`` for the shipped mini-world teacher,
 or ``builtin:toy`` for the offline toy pipeline (``builtin:sd14-random``: SD-v1.4's shapes at full width
 with random weights, for benchmarks).
 Whatever loads is checked: transformers and diffusers can hand back a degenerate tokenizer or a model
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from bksdm.miniworld.assets import teacher_path
 from bksdm.teachers.builtin import random_pipeline_path
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
+SDXL_PARTS = ("text_encoder_2", "tokenizer_2")  # SDXL's second text tower (with its pooled projection)
 
 
 def dtype_argument(dtype) -> dict:
@@ -96,6 +97,8 @@ class SDComponents:
     text_encoder: CLIPTextModel | None = None
     tokenizer: CLIPTokenizer | None = None
     noise_scheduler: DDPMScheduler | None = None
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL only
+    tokenizer_2: CLIPTokenizer | None = None  # SDXL only
 
 
 def _subfolder(part: str) -> str:
@@ -116,7 +119,11 @@ def _load(part: str, path: str, dtype: torch.dtype, revision: str | None):
         )
     if part == "text_encoder":
         return _checked(CLIPTextModel.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs))
-    if part == "tokenizer":
+    if part == "text_encoder_2":
+        return _checked(
+            CLIPTextModelWithProjection.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
+        )
+    if part in ("tokenizer", "tokenizer_2"):
         return CLIPTokenizer.from_pretrained(path, **kwargs)
     # training noise: the teacher's own beta schedule, as DDPM (its inference scheduler may be PNDM/DDIM)
     return DDPMScheduler.from_pretrained(path, **kwargs)
@@ -144,7 +151,8 @@ def load_components(
 
     Args:
         source: hub id, local diffusers folder, or ``builtin:toy``.
-        parts: any of ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``noise_scheduler``.
+        parts: any of ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``noise_scheduler``, and for an
+            SDXL source ``text_encoder_2`` and ``tokenizer_2``.
         dtype: dtype of the loaded models (the tokenizer and scheduler have none).
         revision: hub revision (branch, tag or commit); None for the default branch.
 
@@ -152,9 +160,9 @@ def load_components(
         ComponentError: a part is unknown, cannot be loaded, or loads degenerate.
     """
     parts = list(parts)
-    unknown = [p for p in parts if p not in PARTS]
+    unknown = [p for p in parts if p not in PARTS + SDXL_PARTS]
     if unknown:
-        raise ComponentError(f"unknown component(s) {unknown}: accepted are {list(PARTS)}")
+        raise ComponentError(f"unknown component(s) {unknown}: accepted are {list(PARTS + SDXL_PARTS)}")
     path = resolve_source(source)
     components = SDComponents(source=source)
     for part in parts:
@@ -169,10 +177,11 @@ def load_components(
                 f"a local folder in diffusers layout, or one of {[f'builtin:{n}' for n in BUILTINS]}."
             ) from error
         setattr(components, part, loaded)
-    if components.tokenizer is not None:
-        check_tokenizer(components.tokenizer, source)
-    if components.tokenizer is not None and components.text_encoder is not None:
-        _check_text_pair(components.tokenizer, components.text_encoder, source)
+    for tokenizer, encoder in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+        if getattr(components, tokenizer) is not None:
+            check_tokenizer(getattr(components, tokenizer), source)
+        if getattr(components, tokenizer) is not None and getattr(components, encoder) is not None:
+            _check_text_pair(getattr(components, tokenizer), getattr(components, encoder), source)
     return components
 
 
