@@ -2,8 +2,8 @@
 
 ``source`` is a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``; offline, it must be in the
 local HF cache), a local folder in diffusers layout (``model_index.json`` plus ``unet/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``, ``scheduler/``; SDXL also ``text_encoder_2/``, ``tokenizer_2/``), ``builtin:miniworld`` for the shipped mini-world teacher,
-or ``builtin:toy`` for the offline toy pipeline (``builtin:sd14-random``: SD-v1.4's shapes at full width
+``text_encoder/``, ``tokenizer/``, ``scheduler/``; SDXL also ``text_encoder_2/``, ``tokenizer_2/``),
+``builtin:miniworld`` for the shipped mini-world teacher, or ``builtin:toy`` for the offline toy pipeline (``builtin:sd14-random``: SD-v1.4's shapes at full width
 with random weights, for benchmarks).
 Whatever loads is checked: transformers and diffusers can hand back a degenerate tokenizer or a model
 with randomly initialised tensors instead of failing, and training on those is worse than an error.
