@@ -91,7 +91,8 @@ def test_bad_sources_and_parts_are_named(tmp_path):
         load_components("builtin:toy", parts=["safety_checker"])
     with pytest.raises(
         ComponentError,
-        match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:toy', 'builtin:sd14-random', 'builtin:miniworld'\]",
+        match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:toy', 'builtin:sd14-random', 'builtin:sdxl-toy', "
+        r"'builtin:miniworld'\]",
     ):
         load_components("builtin:huge")
     with pytest.raises(ComponentError, match=r"(?s)could not load the unet of '.*nowhere'.*Accepted sources"):
