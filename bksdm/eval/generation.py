@@ -418,16 +418,16 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", schedu
     import diffusers
 
     from bksdm.teachers.frozen import DTYPES
-    from bksdm.teachers.loading import dtype_argument, resolve_source
+    from bksdm.teachers.loading import dtype_argument, pipeline_class, resolve_source
 
     device, dtype = resolve_device_dtype(device, dtype)
     check_scheduler(scheduler)
     try:
         path = resolve_source(source)
-        sdxl = diffusers.DiffusionPipeline.load_config(path).get("_class_name") == "StableDiffusionXLPipeline"
-        pipeline_class = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
-        sd_only = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
-        pipeline = pipeline_class.from_pretrained(path, **dtype_argument(DTYPES[dtype]), **sd_only)
+        loader = pipeline_class(path)
+        sd_only = {"safety_checker": None, "requires_safety_checker": False}
+        sd_only = sd_only if loader is diffusers.StableDiffusionPipeline else {}
+        pipeline = loader.from_pretrained(path, **dtype_argument(DTYPES[dtype]), **sd_only)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(
             f"model={source!r} could not be loaded as a Stable Diffusion pipeline: {error}\n"

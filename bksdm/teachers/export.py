@@ -9,7 +9,7 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 
 from bksdm.eval.sampling import check_sampling, model_sampling, write_sampling
-from bksdm.teachers.loading import dtype_argument, resolve_source
+from bksdm.teachers.loading import dtype_argument, pipeline_class, resolve_source
 from bksdm.teachers.single_file import save_single_file
 from bksdm.training.atomic import atomic_directory
 
@@ -42,16 +42,13 @@ def save_student_pipeline(
 
     defaults = {**model_sampling(teacher_source, revision)[0], **check_sampling(sampling or {}, "sampling")}
     source = resolve_source(teacher_source)
-    # the teacher's own pipeline class: StableDiffusionPipeline, or StableDiffusionXLPipeline for SDXL
-    pipeline_class = getattr(
-        diffusers, diffusers.DiffusionPipeline.load_config(source, revision=revision)["_class_name"]
-    )
+    loader = pipeline_class(source, revision)  # the teacher's own: StableDiffusionXLPipeline for SDXL
     sd_only = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    pipeline = pipeline_class.from_pretrained(
+    pipeline = loader.from_pretrained(
         source,
         unet=student,
         revision=revision,
-        **(sd_only if pipeline_class is diffusers.StableDiffusionPipeline else {}),
+        **(sd_only if loader is diffusers.StableDiffusionPipeline else {}),
         **dtype_argument(student.dtype),  # one precision throughout (a teacher may store its parts in fp16)
     )
     with atomic_directory(folder) as staging:

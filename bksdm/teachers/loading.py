@@ -87,6 +87,17 @@ def resolve_source(source: str) -> str:
     return source
 
 
+def pipeline_class(path: str, revision: str | None = None):
+    """The diffusers pipeline class a resolved source (``resolve_source``) loads as: StableDiffusionXLPipeline
+    when its ``model_index.json`` says so (SDXL teachers and their students), else StableDiffusionPipeline."""
+    import diffusers  # the pipeline classes pull in transformers' image processors: only when asked
+
+    index = diffusers.DiffusionPipeline.load_config(path, revision=revision)
+    if index.get("_class_name") == "StableDiffusionXLPipeline":
+        return diffusers.StableDiffusionXLPipeline
+    return diffusers.StableDiffusionPipeline
+
+
 @dataclass
 class SDComponents:
     """The loaded parts of one Stable Diffusion source; parts that were not asked for are None."""

@@ -41,6 +41,8 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
     """(name, argv) of every check, in order: later ones use the student the first one exports."""
     train = [sys.executable, "-m", "bksdm.train"]
     student = scratch / "default" / "student"
+    evaluate = [sys.executable, "-m", "bksdm.evaluate", "eval=standin", f"model={student}",
+                f"prompts={scratch / 'captions.json'}", f"real={scratch / 'real'}"]  # fmt: skip
     return [
         ("train_default_512px", [*train, *TRAIN_512, f"hydra.run.dir={scratch / 'default'}"]),
         (
@@ -79,13 +81,7 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
         (
             "evaluate_tiny",
             [
-                sys.executable,
-                "-m",
-                "bksdm.evaluate",
-                "eval=standin",
-                f"model={student}",
-                f"prompts={scratch / 'captions.json'}",
-                f"real={scratch / 'real'}",
+                *evaluate,
                 "num_images=10",
                 "generator_device=cuda",  # the paper's latents
                 "num_inference_steps=5",
@@ -96,13 +92,7 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
         (
             "generation_rate_512px",  # the paper's sampling: 25 PNDM steps, guidance 7.5, fp16
             [
-                sys.executable,
-                "-m",
-                "bksdm.evaluate",
-                "eval=standin",
-                f"model={student}",
-                f"prompts={scratch / 'captions.json'}",
-                f"real={scratch / 'real'}",
+                *evaluate,
                 "num_images=64",
                 "batch_size=16",
                 f"out={scratch / 'rate'}",

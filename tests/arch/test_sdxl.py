@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from helpers.paths import CONF, teacher_preset
+from helpers.paths import arch_removal, teacher_preset
 from helpers.sdxl import narrow_sdxl
-from omegaconf import OmegaConf
 
 from bksdm.arch import build_student, student_config, student_weight_map, unit_map
 from bksdm.arch.__main__ import main
@@ -24,10 +23,6 @@ COUNTS = {
     "koala_700m": 782_822_724,
 }
 SDXL_PARAMS = 2_567_463_684
-
-
-def arch_removal(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF / "arch" / f"{name}.yaml").removal)
 
 
 def params(config: dict) -> int:

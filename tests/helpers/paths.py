@@ -11,3 +11,8 @@ CONF = ROOT / "conf"
 def teacher_preset(name: str) -> dict:
     """The U-Net config embedded in a shipped teacher preset."""
     return OmegaConf.to_container(OmegaConf.load(CONF / "teacher" / f"{name}.yaml").unet_config)
+
+
+def arch_removal(name: str) -> dict:
+    """The removal spec of a shipped arch config (``conf/arch/<name>.yaml``)."""
+    return OmegaConf.to_container(OmegaConf.load(CONF / "arch" / f"{name}.yaml").removal)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-from helpers.paths import CONF
-from omegaconf import OmegaConf
+from helpers.paths import arch_removal
 
 from bksdm.arch import build_student
 from bksdm.teachers.export import SINGLE_FILE, save_student_pipeline
@@ -44,17 +43,13 @@ def test_the_toy_has_sdxls_topology(teacher):
     assert draw(teacher).shape == (1, 128, 128, 3)
 
 
-def removal(arch: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF / "arch" / f"{arch}.yaml").removal)
-
-
 def test_every_sdxl_student_builds_from_the_toy_and_runs(teacher):
     added = {
         "text_embeds": torch.randn(1, 16),
         "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]]),
     }
     for arch in SDXL_ARCHS:
-        student = build_student(teacher.unet, removal(arch)).eval()
+        student = build_student(teacher.unet, arch_removal(arch)).eval()
         with torch.no_grad():
             out = student(torch.randn(1, 4, 16, 16), 500, torch.randn(1, 77, 48), added_cond_kwargs=added)
         assert out.sample.shape == (1, 4, 16, 16), arch
@@ -63,7 +58,7 @@ def test_every_sdxl_student_builds_from_the_toy_and_runs(teacher):
 # the export does not depend on the arch beyond the U-Net's config: no mid block, and a ResNet-only one
 @pytest.mark.parametrize("arch", ["koala_700m", "ssd_1b"])
 def test_an_sdxl_student_exports_a_folder_diffusers_draws_with(teacher, tmp_path, arch):
-    student = build_student(teacher.unet, removal(arch)).eval()
+    student = build_student(teacher.unet, arch_removal(arch)).eval()
     folder = save_student_pipeline(student, "builtin:sdxl-toy", tmp_path / "student")
     loaded = StableDiffusionXLPipeline.from_pretrained(folder)
     in_memory = StableDiffusionXLPipeline(**{**teacher.components, "unet": student})
