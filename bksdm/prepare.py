@@ -32,8 +32,9 @@ def prepare(cfg: DictConfig):
     import torch
 
     from bksdm.data.encode import encoder_record, write_image_shards, write_latent_shards
+    from bksdm.teachers.conditioning import takes_added_conditioning
     from bksdm.teachers.frozen import DTYPES
-    from bksdm.teachers.loading import load_components
+    from bksdm.teachers.loading import load_components, teacher_unet_config
 
     with config_checks():
         if cfg.mode not in MODES:
@@ -51,10 +52,14 @@ def prepare(cfg: DictConfig):
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
-    parts = ["vae", "tokenizer"] + (["text_encoder"] if cfg.text_embeddings else [])
+    sdxl = takes_added_conditioning(teacher_unet_config(cfg.teacher.source, revision=cfg.teacher.revision))
+    towers = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")][: 1 + sdxl]  # SDXL: two
+    towers = towers if cfg.text_embeddings else []
+    parts = ["vae", *(part for tower in towers for part in tower)]
     teacher = load_components(cfg.teacher.source, parts, DTYPES[cfg.dtype], cfg.teacher.revision)
     vae = teacher.vae.to(device)
-    text_encoder = teacher.text_encoder.to(device) if teacher.text_encoder is not None else None
+    if sdxl and cfg.dtype == "float16" and vae.config.get("force_upcast", True):
+        vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as FrozenTeacher.freeze decides for training
     record = encoder_record(
         cfg.teacher.source,
         cfg.teacher.revision,
@@ -68,8 +73,8 @@ def prepare(cfg: DictConfig):
         cfg.out,
         vae,
         record,
-        tokenizer=teacher.tokenizer,
-        text_encoder=text_encoder,
+        tokenizers=[getattr(teacher, tokenizer) for tokenizer, _ in towers],
+        text_encoders=[getattr(teacher, encoder).to(device) for _, encoder in towers],
         batch_size=cfg.batch_size,
         shard_size=cfg.shard_size,
         latent_dtype=cfg.latent_dtype,

@@ -259,3 +259,65 @@ def test_a_folder_without_captions_is_refused_before_anything_is_written(tmp_pat
             prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'shards'}", f"mode={mode}")
         )
     assert not (tmp_path / "shards").exists()
+
+
+def test_sdxl_latent_shards_hold_the_sizes_and_both_towers_and_train_as_on_the_fly(tmp_path):
+    write_folder(tmp_path / "data", good=3, with_bad=False)
+    report = prepare(prepare_config(
+        "teacher=sdxl_toy", f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'latents'}", "mode=latents",
+        "text_embeddings=true", "latent_dtype=float32",
+    ))  # fmt: skip
+    samples = list(
+        shard_samples(
+            report.shards, decode=functools.partial(decode_latent_sample, random_flip=False),
+            resampled=False, shuffle_buffer=0,
+        )
+    )  # fmt: skip
+    assert samples[0]["text_embeds"].shape == (77, 48) and samples[0]["pooled_text_embeds"].shape == (16,)
+
+    from bksdm.data.folder import CaptionedImageFolder
+
+    images = CaptionedImageFolder(tmp_path / "data", resolution=128, random_flip=False)
+    by_caption = {item["caption"]: item for item in (images[i] for i in range(len(images)))}
+    captions = [s["caption"] for s in samples]
+    assert all(
+        torch.equal(s[key], by_caption[s["caption"]][key])
+        for s in samples
+        for key in ("original_size", "crop_top_left")
+    )
+    keys = ("pixel_values", "original_size", "crop_top_left")
+    image_batch = {key: torch.stack([by_caption[c][key] for c in captions]) for key in keys}
+    stored = (
+        "latent_mean",
+        "latent_std",
+        "text_embeds",
+        "pooled_text_embeds",
+        "original_size",
+        "crop_top_left",
+    )
+    latent_batch = {key: torch.stack([s[key] for s in samples]) for key in stored}
+    module = DistillModule(
+        teacher_source="builtin:sdxl-toy", removal={"layers_per_block": 1}, taps=[["up_blocks.2", "up_blocks.2"]],
+        loss=DistillLoss(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+    )  # fmt: skip
+    losses = []
+    for batch in (image_batch, latent_batch):
+        torch.manual_seed(123)  # the same latent sample, noise and timesteps on both paths
+        with torch.no_grad():
+            losses.append(module.step({**batch, "caption": captions}, module.device)[0])
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+
+    overrides = [o for o in FAST if o != "data=synthetic"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            *overrides, "teacher=sdxl_toy", "arch=vega", "data=latents", f"data.urls={report.shards}",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ])  # fmt: skip
+    module = train_app.train(cfg)
+    assert module.trainer.global_step == 1
+    assert (
+        module.frozen.vae is None
+        and module.frozen.text_encoder is None
+        and module.frozen.text_encoder_2 is None
+    )
+    assert list((tmp_path / "run" / "samples").glob("*.png"))  # the grid loads both towers to draw

@@ -9,14 +9,14 @@ utilisation figures).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from diffusers import AutoencoderKL
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from bksdm.arch.report import TEXT_TOKENS, VAE_SCALE
+from bksdm.arch.report import TEXT_TOKENS, VAE_SCALE, sdxl_added_conditioning
 from bksdm.arch.student import empty_unet, plain_config
 
 
@@ -26,17 +26,19 @@ def _context_width(config: Mapping) -> int:
 
 
 def unet_flops(config: Mapping, latent_size: int, batch_size: int, backward: bool) -> int:
-    """FLOPs of one U-Net call on a (batch, 4, latent, latent) input with a 77-token context, plus its
-    backward (input and weight gradients) when ``backward``."""
+    """FLOPs of one U-Net call on a (batch, 4, latent, latent) input with a 77-token context (and SDXL's
+    added conditioning where the U-Net takes it), plus its backward (input and weight gradients) when
+    ``backward``."""
     config = plain_config(config)
     unet = empty_unet(config).requires_grad_(backward)
     with torch.device("meta"):
         sample = torch.empty(batch_size, config.get("in_channels", 4), latent_size, latent_size)
         context = torch.empty(batch_size, TEXT_TOKENS, _context_width(config))
         timesteps = torch.zeros(batch_size, dtype=torch.long)
+        added = sdxl_added_conditioning(config, batch_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.set_grad_enabled(backward):
-        out = unet(sample, timesteps, context).sample
+        out = unet(sample, timesteps, context, added_cond_kwargs=added).sample
         if backward:
             out.sum().backward()
     return counter.get_total_flops()
@@ -53,8 +55,10 @@ def vae_encode_flops(config: Mapping, resolution: int, batch_size: int) -> int:
 
 
 def text_encode_flops(config: CLIPTextConfig, batch_size: int) -> int:
+    """One text tower's FLOPs; SDXL's second (``CLIPTextModelWithProjection``) with its projection."""
+    projected = "CLIPTextModelWithProjection" in (config.architectures or [])
     with torch.device("meta"):
-        encoder = CLIPTextModel(config)
+        encoder = (CLIPTextModelWithProjection if projected else CLIPTextModel)(config)
         ids = torch.zeros(batch_size, TEXT_TOKENS, dtype=torch.long)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -68,17 +72,18 @@ def step_flops(
     resolution: int,
     batch_size: int,
     vae: Mapping | None = None,
-    text_encoder: CLIPTextConfig | None = None,
+    text_encoders: Sequence[CLIPTextConfig] = (),
 ) -> dict[str, int]:
     """FLOPs per optimizer step by part (``teacher_forward``, ``student_forward_backward``,
-    ``vae_encode``, ``text_encode``) and their ``total``. A part whose config is None is not run."""
+    ``vae_encode``, ``text_encode``: all text towers) and their ``total``. A part whose config is None (no
+    text tower: empty) is not run."""
     latent = resolution // VAE_SCALE
     parts = {"student_forward_backward": unet_flops(student, latent, batch_size, backward=True)}
     if teacher is not None:
         parts["teacher_forward"] = unet_flops(teacher, latent, batch_size, backward=False)
     if vae is not None:
         parts["vae_encode"] = vae_encode_flops(vae, resolution, batch_size)
-    if text_encoder is not None:
-        parts["text_encode"] = text_encode_flops(text_encoder, batch_size)
+    if text_encoders:
+        parts["text_encode"] = sum(text_encode_flops(config, batch_size) for config in text_encoders)
     parts["total"] = sum(parts.values())
     return parts

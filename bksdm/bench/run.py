@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch import student_config
+from bksdm.arch.report import sdxl_added_conditioning
 from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
 from bksdm.bench.machine import probe_machine
@@ -109,12 +110,12 @@ def settings(cfg: DictConfig, device: torch.device) -> dict:
     }
 
 
-def count_flops(cfg: DictConfig, resolution: int, vae=None, text_encoder=None) -> dict[str, int]:
+def count_flops(cfg: DictConfig, resolution: int, vae=None, text_encoders=()) -> dict[str, int]:
     teacher = teacher_config(cfg)
     student = student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
     images = cfg.bench.batch_size * cfg.trainer.accumulate_grad_batches
     needs_teacher = instantiate(cfg.loss).needs_teacher
-    return step_flops(teacher if needs_teacher else None, student, resolution, images, vae, text_encoder)
+    return step_flops(teacher if needs_teacher else None, student, resolution, images, vae, text_encoders)
 
 
 def bench_device(cfg: DictConfig) -> torch.device:
@@ -142,7 +143,7 @@ def step_shape(cfg: DictConfig, module) -> StepShape:
     running = count_params(frozen.unet) if module.loss.needs_teacher else 0
     if not cfg.bench.pre_encoded:
         running += count_params(frozen.vae.encoder) + count_params(frozen.vae.quant_conv)
-        running += count_params(frozen.text_encoder)
+        running += count_params(frozen.text_encoder) + count_params(frozen.text_encoder_2)
     return StepShape(
         student_params=count_params(module.student),
         frozen_params=running,
@@ -161,12 +162,14 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
     bench = cfg.bench
     L.seed_everything(cfg.seed, verbose=False)
     total_steps = bench.warmup_steps + bench.steps + bench.breakdown_steps
+    added = sdxl_added_conditioning(teacher_config(cfg), 1)
     data = FixedBatches(
         bench.batch_size,
         resolution,
         total_steps * cfg.trainer.accumulate_grad_batches,
         teacher_config(cfg)["cross_attention_dim"],
         bench.pre_encoded,
+        pooled_width=added["text_embeds"].shape[1] if added is not None else None,
     )
     timer = StepTimer(bench.warmup_steps, bench.steps)
     phases = PhaseTimer(start_step=bench.warmup_steps + bench.steps)
@@ -186,13 +189,11 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
         module = build_module(cfg, pre_encoded=data.pre_encoded, device=trainer.strategy.root_device)
         trainer.fit(module, datamodule=data)
     device = module.device
-    vae, text_encoder = module.frozen.vae, module.frozen.text_encoder
-    flops = count_flops(
-        cfg,
-        resolution,
-        vae.config if vae is not None else None,
-        text_encoder.config if text_encoder is not None else None,
-    )
+    vae = module.frozen.vae
+    text_encoders = [
+        m.config for m in (module.frozen.text_encoder, module.frozen.text_encoder_2) if m is not None
+    ]
+    flops = count_flops(cfg, resolution, vae.config if vae is not None else None, text_encoders)
     traffic = step_bytes(step_shape(cfg, module))
     dtypes = part_dtypes(cfg, device)
     images = bench.batch_size * cfg.trainer.accumulate_grad_batches * trainer.world_size
@@ -329,7 +330,7 @@ def benchmark(cfg: DictConfig) -> dict:
 def _count_only(cfg: DictConfig, resolution: int) -> dict[str, int]:
     """FLOPs per step from configs alone; a mode that encodes its inputs needs the teacher's VAE and
     text-encoder configs, read from its source (config files only)."""
-    vae = text_encoder = None
+    vae, text_encoders = None, []
     if not cfg.bench.pre_encoded:
         from diffusers import AutoencoderKL
         from transformers import CLIPTextConfig
@@ -338,7 +339,13 @@ def _count_only(cfg: DictConfig, resolution: int) -> dict[str, int]:
 
         source = resolve_source(cfg.teacher.source)
         vae = AutoencoderKL.load_config(source, subfolder="vae", revision=cfg.teacher.revision)
-        text_encoder = CLIPTextConfig.from_pretrained(
-            source, subfolder="text_encoder", revision=cfg.teacher.revision
+        towers = (
+            ["text_encoder", "text_encoder_2"]
+            if sdxl_added_conditioning(teacher_config(cfg), 1)
+            else ["text_encoder"]
         )
-    return count_flops(cfg, resolution, vae, text_encoder)
+        text_encoders = [
+            CLIPTextConfig.from_pretrained(source, subfolder=tower, revision=cfg.teacher.revision)
+            for tower in towers
+        ]
+    return count_flops(cfg, resolution, vae, text_encoders)

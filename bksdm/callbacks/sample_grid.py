@@ -11,7 +11,6 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from bksdm.arch.spec import removal_name
 from bksdm.eval.labelled_grid import labelled_grid
 from bksdm.teachers.pipeline import frozen_pipeline
 from bksdm.training.fsdp import whole_module
@@ -65,8 +64,7 @@ class SampleGrid(L.Callback):
             pipeline.register_modules(unet=unet)
             columns.append(self._images(pipeline, pl_module))
         step = trainer.global_step
-        student_name = removal_name(pl_module.removal_spec)
-        title = f"step {step}: teacher {pl_module.frozen.source}, student {student_name}"
+        title = f"step {step}: teacher {pl_module.frozen.source}, student {pl_module.student_name}"
         grid = labelled_grid(columns, ["teacher", "student"], self.prompts, title, self.min_cell)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"step_{step:07d}.png"

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from bksdm.arch import student_config
 from bksdm.arch.report import VAE_SCALE, check_latent_size
 from bksdm.cli.value_types import check_value_types
-from bksdm.distill.taps import check_tap_pairs, paper_tap_pairs, parse_tap_pairs
+from bksdm.distill.taps import check_tap_pairs, resolve_tap_pairs
 from bksdm.teachers.frozen import resolve_frozen_dtype
 from bksdm.teachers.loading import teacher_unet_config
 from bksdm.training.resume import wandb_run_id
@@ -68,13 +68,11 @@ def check_model_config(
         student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
     except ValueError as error:
         raise ValueError(f"arch={cfg.arch.name} does not fit teacher={cfg.teacher.name}: {error}") from error
-    if teacher.get("addition_embed_type") is not None:
+    if teacher.get("addition_embed_type") not in (None, "text_time"):
         raise ValueError(
-            f"teacher={cfg.teacher.name}'s U-Net takes added conditioning (addition_embed_type="
-            f"{teacher['addition_embed_type']!r}: SDXL's pooled text embedding and size and crop ids), which "
-            "bksdm's distillation step does not feed yet; accepted are SD-v1/v2 teachers (sd14, sd15, sd21, "
-            f"sd21base, ...). Its students' blocks and counts: python -m bksdm.arch teacher={cfg.teacher.name} "
-            f"arch={cfg.arch.name}"
+            f"teacher={cfg.teacher.name}'s U-Net takes added conditioning of type "
+            f"{teacher['addition_embed_type']!r}, which bksdm's distillation step does not feed: accepted are "
+            "none (SD-v1/v2) and 'text_time' (SDXL's pooled text embedding and size and crop ids)"
         )
     if resolution is not None:
         try:
@@ -97,14 +95,14 @@ def check_taps(cfg: DictConfig, teacher: dict) -> None:
     """The feature-KD tap pairs exist on both U-Nets and agree in shape (on meta models: no weights)."""
     removal = OmegaConf.to_container(cfg.arch.removal)
     try:
-        check_tap_pairs(
-            teacher, student_config(teacher, removal), parse_tap_pairs(tap_pairs(cfg)), teacher["sample_size"]
-        )
+        pairs = resolve_tap_pairs(tap_pairs_setting(cfg), teacher, removal)
+        check_tap_pairs(teacher, student_config(teacher, removal), pairs, teacher["sample_size"])
     except (KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) else str(error)
         hint = (
-            "arch.taps=auto derives the pairs from the removal spec (the paper's rule)"
-            if cfg.arch.taps != "auto"
+            "arch.taps=auto derives the pairs from the removal spec (the paper's rule; arch.taps=koala: "
+            "self-attention features)"
+            if not isinstance(cfg.arch.taps, str)
             else "set arch.taps to [teacher module, student module] pairs"
         )
         raise ValueError(
@@ -139,12 +137,10 @@ def teacher_config(cfg: DictConfig) -> dict:
     )
 
 
-def tap_pairs(cfg: DictConfig) -> list:
-    """The arch config's tap pairs; ``auto`` applies the paper's rule to the removal spec."""
-    if cfg.arch.taps == "auto":
-        pairs = paper_tap_pairs(teacher_config(cfg), OmegaConf.to_container(cfg.arch.removal))
-        return [[p.teacher, p.student] for p in pairs]  # plain lists: they are saved as hyperparameters
-    return OmegaConf.to_container(cfg.arch.taps)
+def tap_pairs_setting(cfg: DictConfig) -> str | list:
+    """``arch.taps`` as the module takes it: a rule's name (``auto``, ``koala``) or plain pair lists."""
+    taps = cfg.arch.taps
+    return taps if isinstance(taps, str) else OmegaConf.to_container(taps)
 
 
 def make_logger(cfg: DictConfig, output_dir: Path):

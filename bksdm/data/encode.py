@@ -2,8 +2,9 @@
 
 A latent shard sample holds the teacher VAE's latent *distribution* (mean and std, so training still
 samples, as on the fly) of the center-cropped image and of its mirror image (so random flipping keeps its
-meaning: a flipped sample is the encoding of the flipped image, not a flipped latent), the caption, and
-optionally the text encoder's output. Its ``json`` member records what made it (teacher source and
+meaning: a flipped sample is the encoding of the flipped image, not a flipped latent), the caption, where
+the crop came from (SDXL is conditioned on it), and optionally the text encoder's output (for SDXL both
+towers' context and the pooled embedding). Its ``json`` member records what made it (teacher source and
 revision, resolution, crop, scaling factor); training checks that against its teacher.
 """
 
@@ -24,6 +25,7 @@ import webdataset as wds
 from bksdm.data.folder import read_sample
 from bksdm.data.skips import SKIP_KINDS, describe_skips, is_skip
 from bksdm.data.transforms import ImageTransform, open_image
+from bksdm.teachers.conditioning import encode_captions
 
 LATENT_FORMAT = 1
 
@@ -125,45 +127,51 @@ def write_latent_shards(
     out: str | Path,
     vae,
     record: dict,
-    tokenizer=None,
-    text_encoder=None,
+    tokenizers: Sequence = (),
+    text_encoders: Sequence = (),
     batch_size: int = 16,
     shard_size: int = 1000,
     latent_dtype: str = "float16",
 ) -> WriteReport:
-    """Encode (key, image bytes, caption, extension) items with the teacher's VAE (and text encoder) into shards.
+    """Encode (key, image bytes, caption, extension) items with the teacher's VAE (and text encoders, one
+    or SDXL's two, with their tokenizers; none: no text embeddings) into shards.
 
     Each sample: ``mean.npy``/``std.npy`` (4, h, w) of the center crop, ``mean_flip.npy``/``std_flip.npy``
-    of its mirror (when ``record["mirrored"]``), ``txt``, optionally ``emb.npy`` (77, D), and ``json`` =
-    ``record``.
+    of its mirror (when ``record["mirrored"]``), ``txt``, ``size.json`` (``original_size`` and
+    ``crop_top_left``, and ``crop_top_left_flip`` of the mirror, as ``ImageTransform.sample`` gives them),
+    optionally ``emb.npy`` (77, D) and for SDXL ``pooled.npy`` (P,), and ``json`` = ``record``.
     """
     transform = ImageTransform(record["resolution"], center_crop=True, random_flip=False)
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
+    mirrored = record.get("mirrored", True)
     report, start = WriteReport(), time.perf_counter()
     store = np.float16 if latent_dtype == "float16" else np.float32
 
     def flush(batch: list, sink: wds.ShardWriter) -> None:
-        pixels = torch.stack([pixels for _, pixels, _ in batch]).to(device, dtype)
-        mirrored = record.get("mirrored", True)
-        both = vae.encode(torch.cat([pixels, pixels.flip(-1)]) if mirrored else pixels).latent_dist
+        crops = [crop for _, image_crops, _ in batch for crop in image_crops[:1]]
+        crops += [crop for _, image_crops, _ in batch for crop in image_crops[1:]]  # the mirrors after
+        pixels = torch.stack([crop["pixel_values"] for crop in crops]).to(device, dtype)
+        both = vae.encode(pixels).latent_dist
         n = len(batch)
-        embeddings = None
-        if text_encoder is not None:
-            ids = tokenizer(
-                [caption for _, _, caption in batch],
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(device)
-            embeddings = text_encoder(ids)[0]
-        for i, (key, _, caption) in enumerate(batch):
+        embeddings = pooled = None
+        if text_encoders:
+            embeddings, pooled = encode_captions(
+                tokenizers, text_encoders, [caption for *_, caption in batch]
+            )
+        for i, (key, (crop, *mirror), caption) in enumerate(batch):
+            sizes = {
+                "original_size": crop["original_size"].tolist(),
+                "crop_top_left": crop["crop_top_left"].tolist(),
+            }
+            if mirror:
+                sizes["crop_top_left_flip"] = mirror[0]["crop_top_left"].tolist()
             sample = {
                 "__key__": key,
                 "mean.npy": _npy(both.mean[i], store),
                 "std.npy": _npy(both.std[i], store),
                 "txt": caption,
+                "size.json": json.dumps(sizes),
                 "json": json.dumps(record),
             }
             if mirrored:
@@ -171,6 +179,8 @@ def write_latent_shards(
                 sample["std_flip.npy"] = _npy(both.std[n + i], store)
             if embeddings is not None:
                 sample["emb.npy"] = _npy(embeddings[i], store)
+            if pooled is not None:
+                sample["pooled.npy"] = _npy(pooled[i], store)
             sink.write(sample)
         report.written += n
         batch.clear()
@@ -182,7 +192,9 @@ def write_latent_shards(
                 report.skipped[item["skipped"]] += 1
                 continue
             key, data, caption, _ = item
-            pending.append((key, transform(open_image(data)), caption))
+            image = open_image(data)
+            mirror = [transform.sample(image, flip=True)] if mirrored else []
+            pending.append((key, [transform.sample(image, flip=False), *mirror], caption))
             if len(pending) == batch_size:
                 flush(pending, sink)
         if pending:

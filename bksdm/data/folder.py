@@ -60,7 +60,8 @@ def list_captioned_images(root: str | Path) -> list[tuple[Path, str | None]]:
 class CaptionedImageFolder(Dataset):
     """Captioned images of a folder (see ``list_captioned_images``) as training samples.
 
-    Item: ``{"pixel_values": (3, resolution, resolution) in [-1, 1], "caption": str}``, or a skip marker
+    Item: ``{"pixel_values": (3, resolution, resolution) in [-1, 1], "caption": str}`` with the crop's
+    ``original_size`` and ``crop_top_left`` (``ImageTransform.sample``), or a skip marker
     for a missing, unreadable, truncated or too small image, or a missing or empty caption.
     """
 
@@ -87,9 +88,9 @@ class CaptionedImageFolder(Dataset):
             return sample
         _, image, caption = sample
         if sample_seed is None:
-            return {"pixel_values": self.transform(image), "caption": caption}
+            return {**self.transform.sample(image), "caption": caption}
         return {
-            "pixel_values": self.transform(image, random.Random(sample_seed)),
+            **self.transform.sample(image, random.Random(sample_seed)),
             "caption": caption,
             "sample_seed": sample_seed,
         }

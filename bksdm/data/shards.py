@@ -174,7 +174,7 @@ def decode_sample(sample: dict, transform: ImageTransform, min_size: int = 0) ->
     if min(image.size) < min_size:
         return skip("too_small")
     return {
-        "pixel_values": transform(image),
+        **transform.sample(image),
         "caption": caption,
         "key": sample["__key__"],
         "url": _url(sample),
@@ -261,7 +261,9 @@ def _array(data: bytes) -> torch.Tensor:
 
 def decode_latent_sample(sample: dict, random_flip: bool = True, rng: random.Random | None = None) -> dict:
     """A pre-encoded shard sample -> ``latent_mean``/``latent_std`` (4, h, w) (of the mirror image with
-    probability 0.5 when ``random_flip``), ``caption`` and, when stored, ``text_embeds`` (77, D)."""
+    probability 0.5 when ``random_flip``), ``caption`` and, when stored, ``original_size`` and
+    ``crop_top_left`` (2,) (of the crop the latents are of), ``text_embeds`` (77, D) and
+    ``pooled_text_embeds`` (P,) (SDXL)."""
     if "skipped" in sample:
         return sample
     if "mean.npy" not in sample or "std.npy" not in sample:
@@ -276,8 +278,14 @@ def decode_latent_sample(sample: dict, random_flip: bool = True, rng: random.Ran
         "latent_std": _array(sample[f"std{suffix}.npy"]),
         "caption": caption,
     }
+    if "size.json" in sample:
+        sizes = json.loads(sample["size.json"])
+        out["original_size"] = torch.tensor(sizes["original_size"])
+        out["crop_top_left"] = torch.tensor(sizes[f"crop_top_left{suffix}"])
     if "emb.npy" in sample:
         out["text_embeds"] = _array(sample["emb.npy"])
+    if "pooled.npy" in sample:
+        out["pooled_text_embeds"] = _array(sample["pooled.npy"])
     return out
 
 

@@ -65,9 +65,9 @@ class SyntheticCaptions(Dataset):
         index, sample_seed = item_key(key)
         image, caption = self.draw(index)
         if sample_seed is None:
-            return {"pixel_values": self.transform(image), "caption": caption}
+            return {**self.transform.sample(image), "caption": caption}
         return {
-            "pixel_values": self.transform(image, random.Random(sample_seed)),
+            **self.transform.sample(image, random.Random(sample_seed)),
             "caption": caption,
             "sample_seed": sample_seed,
         }

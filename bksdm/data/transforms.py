@@ -17,7 +17,8 @@ class ImageTransform:
     """Resize the shorter side to ``resolution`` (bicubic), crop a square, maybe flip, scale to [-1, 1].
 
     Any PIL mode (grayscale, palette, CMYK, with alpha) is converted to RGB first; alpha is composited
-    on white. Returns a float tensor (3, resolution, resolution).
+    on white. Calling it returns the float tensor (3, resolution, resolution); ``sample`` also says where
+    the crop came from, which SDXL is conditioned on.
     """
 
     def __init__(self, resolution: int, center_crop: bool = True, random_flip: bool = True):
@@ -26,8 +27,19 @@ class ImageTransform:
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        return self.sample(image, rng)["pixel_values"]
+
+    def sample(
+        self, image: Image.Image, rng: random.Random | None = None, flip: bool | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``pixel_values`` (3, resolution, resolution) in [-1, 1], ``original_size`` (2,) the image's
+        (height, width) before resizing, and ``crop_top_left`` (2,) the crop's (top, left) offset in pixels
+        of the resized image, as the diffusers SDXL training script records them: flipping comes before
+        cropping there, so a flipped image's offset is measured in the mirrored image. ``flip``: whether
+        to mirror the crop; None: at random when ``random_flip``."""
         rng = rng or random
         image = to_rgb(image)
+        original_size = torch.tensor([image.height, image.width])
         scale = self.resolution / min(image.size)
         size = (
             max(self.resolution, round(image.width * scale)),
@@ -40,9 +52,16 @@ class ImageTransform:
         else:
             left, top = rng.randint(0, spare_x), rng.randint(0, spare_y)
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
-        if self.random_flip and rng.random() < 0.5:
+        if flip is None:
+            flip = self.random_flip and rng.random() < 0.5
+        if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return image_to_unit(image)
+            left = spare_x - left
+        return {
+            "pixel_values": image_to_unit(image),
+            "original_size": original_size,
+            "crop_top_left": torch.tensor([top, left]),
+        }
 
 
 def uint8_to_unit(pixels: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from lightning.pytorch.utilities import rank_zero_info
 
-from bksdm.arch import build_student, resolve_removal
+from bksdm.arch import PAPER_REMOVALS, build_student, removal_name, resolve_removal
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.distill.ema import StudentEMA
 from bksdm.distill.gemm_conv import use_gemm_convolutions
@@ -19,23 +19,24 @@ from bksdm.distill.guard import StepGuard, skips_on_device
 from bksdm.distill.losses import DistillLoss
 from bksdm.distill.speed import SpeedSettings, compile_in_place, resolve_auto, set_attention, to_channels_last
 from bksdm.distill.step import DistillStep
-from bksdm.distill.taps import check_tap_pairs, paper_tap_pairs, parse_tap_pairs
+from bksdm.distill.taps import check_tap_pairs, resolve_tap_pairs
+from bksdm.teachers.conditioning import takes_added_conditioning
 from bksdm.teachers.frozen import DTYPES, FrozenTeacher, resolve_frozen_dtype
-from bksdm.teachers.loading import load_components
+from bksdm.teachers.loading import load_components, teacher_unet_config
 from bksdm.training.fsdp import gradient_shard_group
 from bksdm.training.host_sync import ranks_agree, ranks_agree_each
 from bksdm.training.rng import restore_rng_states, rng_states
 
 
 class DistillModule(L.LightningModule):
-    """BK-SDM knowledge distillation of a block-removed student from a frozen SD teacher
+    """BK-SDM knowledge distillation of a block-removed student from a frozen SD-v1/v2 or SDXL teacher
     (``conf/distill/default.yaml``).
 
     Args:
         teacher_source: hub id, diffusers folder or ``builtin:*``.
         removal: the student's removal spec (``base``/``small``/``tiny`` or a mapping).
-        taps: (teacher path, student path) pairs for feature KD, or ``auto``: the paper's rule applied
-            to the removal spec.
+        taps: (teacher path, student path) pairs for feature KD, or a rule applied to the removal spec:
+            ``auto`` (the paper's block outputs) or ``koala`` (self-attention features, ``koala_tap_pairs``).
         loss: the weighted objective.
         optimizer: ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW, lr=5e-5)``).
         lr_scheduler: ``optimizer -> LRScheduler`` or None for a constant learning rate.
@@ -51,11 +52,15 @@ class DistillModule(L.LightningModule):
         caption_dropout: probability of replacing a caption by the empty prompt (classifier-free guidance);
             0 as in the paper.
         load_vae: False when the data brings pre-encoded latents (``data=latents``): no VAE in memory.
-        load_text_encoder: False when the data brings text embeddings: no text encoder in memory.
+        load_text_encoder: False when the data brings text embeddings: no text encoder (SDXL: neither
+            tower) in memory.
         nonfinite_patience: a step whose loss or gradients are NaN or infinite is skipped and counted;
             this many in a row stop the run, naming the step and the last finite loss terms. With an
             optimizer that can skip a step on the device (fused AdamW) the check costs no host sync and
             the stop comes at the next logging step; with others it is made on the host every step.
+        student_name: what summaries and sample grids call a student that is not one of the paper's (the
+            arch config's name, e.g. ``koala_700m``); the paper's are named by their spec, and a changed
+            paper spec is ``custom(...)``.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class DistillModule(L.LightningModule):
         load_vae: bool = True,
         load_text_encoder: bool = True,
         nonfinite_patience: int = 5,
+        student_name: str | None = None,
     ):
         super().__init__()
         frozen_dtype = resolve_frozen_dtype(frozen_dtype, "cuda" if torch.cuda.is_available() else "cpu")
@@ -93,10 +99,15 @@ class DistillModule(L.LightningModule):
         self.guard = StepGuard(nonfinite_patience)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
 
-        wanted = ["unet", "tokenizer", "noise_scheduler"]
-        wanted += ["vae"] * load_vae + ["text_encoder"] * load_text_encoder
+        sdxl = takes_added_conditioning(teacher_unet_config(teacher_source, revision=revision))
+        wanted = ["unet", "tokenizer", "noise_scheduler"] + ["tokenizer_2"] * sdxl + ["vae"] * load_vae
+        if load_text_encoder:
+            wanted += ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"]
         parts = load_components(teacher_source, parts=wanted, revision=revision)
         self.removal_spec = resolve_removal(removal)
+        self.student_name = removal_name(self.removal_spec)  # a paper name only where the spec is the paper's
+        if student_name and student_name not in PAPER_REMOVALS and self.student_name.startswith("custom("):
+            self.student_name = student_name
         # the student is copied from the fp32 teacher before the teacher drops to its low precision
         self.student = build_student(parts.unet, removal, dtype=torch.float32)
         if gradient_checkpointing:
@@ -115,11 +126,9 @@ class DistillModule(L.LightningModule):
 
         if not loss.needs_features:
             tap_pairs = []
-        elif taps == "auto":
-            tap_pairs = paper_tap_pairs(self.frozen.unet.config, self.removal_spec)
         else:
-            tap_pairs = parse_tap_pairs(taps)
-        # the checkpoint records what was tapped, with ``auto`` resolved
+            tap_pairs = resolve_tap_pairs(taps, self.frozen.unet.config, self.removal_spec)
+        # the checkpoint records what was tapped, with a rule (``auto``, ``koala``) resolved
         self.hparams["taps"] = [[p.teacher, p.student] for p in tap_pairs]
         # paths and shapes are checked now, before any data is touched
         teacher_config = self.frozen.unet.config

@@ -4,7 +4,8 @@
     schedule -> teacher forward (frozen, taps recording) -> student forward (taps recording) -> loss
 
 Shapes: B images per micro-batch, latents (B, 4, h, w) with h = w = resolution / 8, text context
-(B, 77, D). Backward, the gradient guard, the optimizer and the EMA follow in ``DistillModule``; nothing
+(B, 77, D); an SDXL teacher also takes the pooled text (B, P) and six size ids (B, 6) per image
+(``bksdm.teachers.conditioning``). Backward, the gradient guard, the optimizer and the EMA follow in ``DistillModule``; nothing
 here knows of Lightning.
 """
 
@@ -17,10 +18,14 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
+from bksdm.arch.report import VAE_SCALE
 from bksdm.distill.losses import DistillLoss
 from bksdm.distill.randomness import SampleRandomness
 from bksdm.distill.taps import FeatureTaps, TapPair
+from bksdm.teachers.conditioning import Conditioning, added_conditioning, size_ids
 from bksdm.teachers.frozen import FrozenTeacher
+
+SIZE_KEYS = ("original_size", "crop_top_left")  # where each crop came from (ImageTransform.sample)
 
 
 class DistillStep:
@@ -54,21 +59,22 @@ class DistillStep:
         """The loss (0-dim, fp32, with autograd through the student) and its detached terms by name
         (``loss_task``, ``loss_kd_out``, ``loss_kd_feat``, ``kd_feat/<tap>``)."""
         randomness = SampleRandomness(batch.get("sample_seed"), device)  # each sample's own generator
-        latents, context = self.encode(batch, device, randomness)
+        latents, conditioning = self.encode(batch, device, randomness)
         noisy, timesteps, target = self.add_noise(latents, randomness)
         teacher_pred, teacher_features = None, {}
         if self.loss.needs_teacher:
-            teacher_pred, teacher_features = self.teacher_forward(noisy, timesteps, context)
-        student_pred, student_features = self.student_forward(noisy, timesteps, context)
+            teacher_pred, teacher_features = self.teacher_forward(noisy, timesteps, conditioning)
+        student_pred, student_features = self.student_forward(noisy, timesteps, conditioning)
         return self.objective(student_pred, target, teacher_pred, student_features, teacher_features)
 
     # 1. encode ----------------------------------------------------------------------------------------
     def encode(
         self, batch: Mapping[str, Any], device: torch.device, randomness: SampleRandomness | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents (B, 4, h, w), scaled by the VAE's factor, and text context (B, 77, D), encoded once
-        with the frozen parts or taken pre-encoded from the batch (``latent_mean`` and ``latent_std``,
-        ``text_embeds``); returned as ordinary fp32 tensors usable by autograd."""
+    ) -> tuple[torch.Tensor, Conditioning]:
+        """Latents (B, 4, h, w), scaled by the VAE's factor, and the conditioning (text context (B, 77, D);
+        for SDXL also pooled text and size ids), encoded once with the frozen parts or taken pre-encoded
+        from the batch (``latent_mean`` and ``latent_std``, ``text_embeds`` and ``pooled_text_embeds``);
+        returned as ordinary fp32 tensors usable by autograd."""
         frozen = self.frozen.to(device)
         randomness = randomness or SampleRandomness(None, device)
         captions = list(batch["caption"])
@@ -81,24 +87,33 @@ class DistillStep:
             latents = (mean + std * randomness.randn(mean.shape)) * frozen.latent_scale
         else:
             with frozen.compute():
-                pixels = batch["pixel_values"].to(device, frozen.dtype)  # (B, 3, H, W) in [-1, 1]
+                pixels = batch["pixel_values"].to(device, frozen.vae_dtype)  # (B, 3, H, W) in [-1, 1]
                 posterior = frozen.vae.encode(pixels).latent_dist  # sampled as DiagonalGaussian.sample does
                 noise = randomness.randn(posterior.mean.shape, posterior.mean.dtype)
                 latents = (posterior.mean + posterior.std * noise) * frozen.latent_scale
             # an ordinary copy (inference tensors cannot be saved for backward), in the standard layout
             latents = latents.float().clone(memory_format=torch.contiguous_format)
         if "text_embeds" in batch:
-            return latents, batch["text_embeds"].to(device, torch.float32)
-        ids = frozen.tokenizer(
-            captions,
-            padding="max_length",
-            max_length=frozen.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)  # (B, 77)
-        with frozen.compute():
-            context = frozen.text_encoder(ids)[0]
-        return latents, context.float().clone()
+            context = batch["text_embeds"].to(device, torch.float32)
+            pooled = batch.get("pooled_text_embeds")
+            pooled = pooled.to(device, torch.float32) if pooled is not None else None
+        else:
+            with frozen.compute():
+                context, pooled = frozen.encode_text(captions)
+            context, pooled = context.float().clone(), pooled.float().clone() if pooled is not None else None
+        if not frozen.sdxl:
+            return latents, Conditioning(context)
+        missing = [key for key in SIZE_KEYS if key not in batch] + ["pooled_text_embeds"] * (pooled is None)
+        if missing:
+            raise ValueError(
+                f"the SDXL teacher {frozen.source!r} is conditioned on each image's original size and crop and "
+                f"on the pooled text embedding, and the batch has no {missing}: the image data sources "
+                "record the sizes; latent shards must be written by `python -m bksdm.prepare` with this "
+                "teacher (text_embeddings=true stores the pooled embedding too)"
+            )
+        target_size = tuple(VAE_SCALE * side for side in latents.shape[-2:])  # (height, width) in pixels
+        ids = size_ids(batch["original_size"].to(device), batch["crop_top_left"].to(device), target_size)
+        return latents, Conditioning(context, added_conditioning(pooled, ids.float()))
 
     # 2. noise and timesteps ---------------------------------------------------------------------------
     def add_noise(
@@ -122,25 +137,27 @@ class DistillStep:
 
     # 3. teacher forward -------------------------------------------------------------------------------
     def teacher_forward(
-        self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The teacher's prediction (B, 4, h, w) and tapped features by module path, computed without
         autograd in its low precision."""
         frozen = self.frozen.to(noisy.device)
         teacher_taps, _ = self.hook_taps()
         with frozen.compute(), teacher_taps.recording() as features:
-            prediction = frozen.unet(noisy.to(frozen.dtype), timesteps, context.to(frozen.dtype)).sample
+            prediction = frozen.unet(
+                noisy.to(frozen.dtype), timesteps, **conditioning.unet_kwargs(frozen.dtype)
+            ).sample
         # inference tensors cannot be saved for backward: hand out ordinary copies
         return prediction.clone(), {path: feature.clone() for path, feature in features.items()}
 
     # 4. student forward -------------------------------------------------------------------------------
     def student_forward(
-        self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The student's prediction (B, 4, h, w) and tapped features, with autograd."""
         _, student_taps = self.hook_taps()
         with student_taps.recording() as features:
-            prediction = self.student(noisy, timesteps, context).sample
+            prediction = self.student(noisy, timesteps, **conditioning.unet_kwargs()).sample
         return prediction, features
 
     # 5. loss ------------------------------------------------------------------------------------------

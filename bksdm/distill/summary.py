@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bksdm.arch.report import unit_fates
-from bksdm.arch.spec import removal_name
 
 
 def startup_summary(module, teacher_name: str, batch_size: int, accumulation: int, world_size: int) -> str:
@@ -17,7 +16,7 @@ def startup_summary(module, teacher_name: str, batch_size: int, accumulation: in
     lines = [
         f"teacher  {teacher_name} ({module.hparams.teacher_source}): U-Net {teacher_params:,} params, "
         f"{module.hparams.frozen_dtype}, frozen",
-        f"student  {removal_name(spec)}: U-Net {student_params:,} params ({student_params / teacher_params:.1%} "
+        f"student  {module.student_name}: U-Net {student_params:,} params ({student_params / teacher_params:.1%} "
         f"of the teacher), initialised from the teacher",
         f"removed  {len(removed)} units: {', '.join(removed)}",
         f"loss     w_task={loss.w_task:g} w_out={loss.w_out:g} w_feat={loss.w_feat:g} "

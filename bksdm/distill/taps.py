@@ -16,8 +16,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bksdm.arch.report import sdxl_added_conditioning
 from bksdm.arch.spec import RemovalSpec, resolve_removal
-from bksdm.arch.student import empty_unet, plain_config, student_config, teacher_layers_per_block
+from bksdm.arch.student import (
+    empty_unet,
+    plain_config,
+    stack_depths,
+    student_config,
+    teacher_layers_per_block,
+    unit_map,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,49 @@ def paper_tap_pairs(teacher_config: Mapping, removal: str | Mapping | RemovalSpe
     for i in range(kept):
         pairs.append(TapPair(f"up_blocks.{i + spec.drop_innermost_stages}", f"up_blocks.{i}"))
     return pairs
+
+
+def koala_tap_pairs(teacher_config: Mapping, removal: str | Mapping | RemovalSpec) -> list[TapPair]:
+    """KOALA's taps (``taps: koala``): self-attention features at every stage. KOALA found the
+    self-attention outputs the features that matter most for distilling SDXL, and did not publish which
+    layers it tapped; here, in every block with attention (down, mid and up), the self-attention (``attn1``,
+    (B, h*w, C)) of the last transformer layer of the block's last stack, paired with the last layer of
+    the teacher stack that stack was copied from: the two stacks' ends, as block outputs pair block ends.
+    """
+    spec = resolve_removal(removal)
+    units = unit_map(teacher_config, spec)
+    teacher_depths = stack_depths(plain_config(teacher_config))
+    last_stacks: dict[str, tuple[str, int]] = {}  # block -> its last stack and that stack's depth
+    for stack, depth in stack_depths(student_config(teacher_config, spec)).items():
+        last_stacks[stack.rsplit(".attentions.", 1)[0]] = (stack, depth)
+    pairs = []
+    for stack, depth in last_stacks.values():
+        teacher_stack = stack if stack.startswith("mid_block.") else units[stack]
+        pairs.append(
+            TapPair(
+                f"{teacher_stack}.transformer_blocks.{teacher_depths[teacher_stack] - 1}.attn1",
+                f"{stack}.transformer_blocks.{depth - 1}.attn1",
+            )
+        )
+    return pairs
+
+
+TAP_RULES = {"auto": paper_tap_pairs, "koala": koala_tap_pairs}  # ``taps:`` names a rule or lists pairs
+
+
+def resolve_tap_pairs(
+    taps: str | Sequence, teacher_config: Mapping, removal: str | Mapping | RemovalSpec
+) -> list[TapPair]:
+    """The pairs ``taps`` asks for: a rule's name (``auto``: the paper's block outputs, ``koala``:
+    self-attention features) applied to the removal spec, or the pairs themselves."""
+    if isinstance(taps, str):
+        if taps not in TAP_RULES:
+            raise ValueError(
+                f"taps={taps!r}: accepted are a rule, one of {list(TAP_RULES)}, or a list of "
+                "[teacher module, student module] pairs"
+            )
+        return TAP_RULES[taps](teacher_config, removal)
+    return parse_tap_pairs(taps)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -168,11 +219,12 @@ def check_tap_pairs(
     with torch.device("meta"):
         sample = torch.empty(1, teacher.config.in_channels, latent_size, latent_size)
         context = torch.empty(1, 77, context_width if isinstance(context_width, int) else context_width[0])
+        added = sdxl_added_conditioning(teacher.config, 1)
     with torch.no_grad():
         with teacher_taps.recording() as teacher_features:
-            teacher(sample, 0, context)
+            teacher(sample, 0, context, added_cond_kwargs=added)
         with student_taps.recording() as student_features:
-            student(sample, 0, context)
+            student(sample, 0, context, added_cond_kwargs=added)
     for pair in pairs:
         t, s = tuple(teacher_features[pair.teacher].shape), tuple(student_features[pair.student].shape)
         if t != s:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from bksdm.teachers.conditioning import encode_captions, takes_added_conditioning
 from bksdm.teachers.loading import SDComponents, resolve_source
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -29,7 +30,7 @@ def resolve_frozen_dtype(name: str, device: torch.device | str) -> str:
 
 @dataclass
 class FrozenTeacher:
-    """The teacher's U-Net, VAE, text encoder, tokenizer and noise schedule, frozen.
+    """The teacher's U-Net, VAE, text encoder(s), tokenizer(s) and noise schedule, frozen.
 
     Held outside nn.Module registration on purpose: they are not parameters of the LightningModule, so
     they stay out of the optimizer, out of checkpoints (they are reloaded from ``source``) and out of
@@ -47,6 +48,9 @@ class FrozenTeacher:
     revision: str | None = None
     inference_mode: bool = True  # False: called plainly, as the reference implementation does
     device: torch.device | None = None  # where the models are now; None: not placed yet
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's second tower (None: pre-encoded)
+    tokenizer_2: CLIPTokenizer | None = None  # SDXL only
+    vae_dtype: torch.dtype | None = None  # the VAE's: ``dtype``, or float32 for SDXL's where that is fp16
 
     @classmethod
     def freeze(
@@ -58,7 +62,9 @@ class FrozenTeacher:
         inference_mode: bool = True,
     ) -> FrozenTeacher:
         """Frozen parts from loaded ones: no gradients, eval mode, cast to ``dtype`` (in place: copy a
-        student from the U-Net first)."""
+        student from the U-Net first). An SDXL teacher's VAE stays in float32 where ``dtype`` is float16
+        and its config says ``force_upcast`` (SDXL's VAE overflows in fp16; the fp16-fixed one says
+        false), as StableDiffusionXLPipeline decides."""
         latent_scale = (
             parts.vae.config.scaling_factor
             if parts.vae is not None
@@ -66,16 +72,41 @@ class FrozenTeacher:
                 "scaling_factor"
             ]
         )
-        for model in filter(None, (parts.unet, parts.vae, parts.text_encoder)):
+        vae_dtype = dtype
+        if (
+            takes_added_conditioning(parts.unet.config)
+            and dtype == torch.float16
+            and parts.vae is not None
+            and parts.vae.config.get("force_upcast", True)
+        ):
+            vae_dtype = torch.float32
+        for model in filter(None, (parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2)):
             # nn.Module.to, not diffusers' override: that one warns about fp32-only modules SD has none of
-            torch.nn.Module.to(model.requires_grad_(False).eval(), dtype=dtype)
+            torch.nn.Module.to(
+                model.requires_grad_(False).eval(), dtype=vae_dtype if model is parts.vae else dtype
+            )
         return cls(
             parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.noise_scheduler, dtype,
-            latent_scale, source, revision, inference_mode,
+            latent_scale, source, revision, inference_mode, text_encoder_2=parts.text_encoder_2,
+            tokenizer_2=parts.tokenizer_2, vae_dtype=vae_dtype,
         )  # fmt: skip
 
+    @property
+    def sdxl(self) -> bool:
+        """Whether the U-Net takes SDXL's added conditioning (two text towers, pooled text, size ids)."""
+        return takes_added_conditioning(self.unet.config)
+
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(context (B, 77, D), pooled (B, P) or None for SD-v1/v2) of ``captions``, in ``dtype`` on the
+        frozen parts' device; call inside ``compute()``."""
+        tokenizers, encoders = [self.tokenizer], [self.text_encoder]
+        if self.sdxl:
+            tokenizers.append(self.tokenizer_2)
+            encoders.append(self.text_encoder_2)
+        return encode_captions(tokenizers, encoders, captions)
+
     def models(self) -> list[torch.nn.Module]:
-        return [m for m in (self.unet, self.vae, self.text_encoder) if m is not None]
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
 
     def to(self, device: torch.device) -> FrozenTeacher:
         """Moves the models to ``device`` (once: a no-op when they are there)."""

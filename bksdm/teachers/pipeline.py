@@ -3,6 +3,8 @@ evaluation callbacks draw with during training."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers import UNet2DConditionModel
 
@@ -11,27 +13,65 @@ from bksdm.teachers.loading import load_components
 
 
 def frozen_pipeline(frozen: FrozenTeacher, unet: UNet2DConditionModel, device: torch.device):
-    """A StableDiffusionPipeline around ``unet`` with the frozen VAE, text encoder and tokenizer (loaded
-    from the teacher for the occasion when training keeps them out of memory) and a PNDM scheduler with
-    the teacher's betas (the paper's sampler)."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    """A pipeline around ``unet`` with the frozen VAE, text encoder(s) and tokenizer(s) (loaded from the
+    teacher for the occasion when training keeps them out of memory): for SD-v1/v2 a
+    StableDiffusionPipeline with a PNDM scheduler of the teacher's betas (the paper's sampler), for SDXL a
+    StableDiffusionXLPipeline with SDXL's own Euler scheduler."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     frozen.to(device)
-    vae, text_encoder = frozen.vae, frozen.text_encoder
-    missing = [name for name, part in (("vae", vae), ("text_encoder", text_encoder)) if part is None]
+    parts = {"vae": frozen.vae, "text_encoder": frozen.text_encoder}
+    if frozen.sdxl:
+        parts["text_encoder_2"] = frozen.text_encoder_2
+    missing = [name for name, part in parts.items() if part is None]
     if missing:
         loaded = load_components(frozen.source, missing, frozen.dtype, frozen.revision)
-        vae = vae or loaded.vae.to(device)
-        text_encoder = text_encoder or loaded.text_encoder.to(device)
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=frozen.tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(frozen.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        for name in missing:
+            dtype = frozen.vae_dtype if name == "vae" else frozen.dtype
+            parts[name] = getattr(loaded, name).to(device, dtype)
+    if frozen.vae_dtype != frozen.dtype:
+        parts["vae"] = _decoding_in_own_dtype(parts["vae"], frozen.vae_dtype)
+    if frozen.sdxl:
+        pipeline = StableDiffusionXLPipeline(
+            **parts,
+            tokenizer=frozen.tokenizer,
+            tokenizer_2=frozen.tokenizer_2,
+            unet=unet,
+            scheduler=EulerDiscreteScheduler.from_config(frozen.noise_scheduler.config),
+            add_watermarker=False,
+        )
+    else:
+        pipeline = StableDiffusionPipeline(
+            **parts,
+            tokenizer=frozen.tokenizer,
+            unet=unet,
+            scheduler=PNDMScheduler.from_config(frozen.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def _decoding_in_own_dtype(vae, dtype: torch.dtype):
+    """The VAE with its ``decode`` run outside autocast, in ``dtype``: sampling autocasts to the frozen
+    dtype (``FrozenTeacher.sampling_precision``), which would run SDXL's float32 VAE in float16, where it
+    overflows. diffusers' pipeline has no other hook for this, hence the wrapped method (once per VAE)."""
+    if getattr(vae.decode, "in_own_dtype", False):
+        return vae
+    decode = vae.decode
+
+    @functools.wraps(decode)
+    def decode_in_own_dtype(latents, *args, **kwargs):
+        with torch.autocast(latents.device.type, enabled=False):
+            return decode(latents.to(dtype), *args, **kwargs)
+
+    decode_in_own_dtype.in_own_dtype = True
+    vae.decode = decode_in_own_dtype
+    return vae

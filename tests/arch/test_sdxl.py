@@ -144,15 +144,24 @@ def test_cli_reports_an_sdxl_student_offline(monkeypatch, capsys):
     assert report["spec"]["reverse_transformer_layers_per_block"] == [[5, 5], [2, 2], [1, 1]]
 
 
-def test_training_from_an_sdxl_teacher_is_refused_with_what_works(tmp_path):
+def test_sdxl_training_composes_and_other_added_conditioning_is_refused(tmp_path):
     from helpers.train_config import config
 
     from bksdm.cli.train_setup import check_config
 
+    check_config(config("teacher=sdxl", "arch=koala_700m", "data=synthetic", output_dir=tmp_path))
     with pytest.raises(
-        ValueError, match=r"teacher=sdxl's U-Net takes added conditioning .* python -m bksdm.arch"
+        ValueError, match=r"added conditioning of type 'image'.*accepted are none .* 'text_time'"
     ):
-        check_config(config("teacher=sdxl", "arch=koala_700m", "data=synthetic", output_dir=tmp_path))
+        check_config(
+            config(
+                "teacher=sdxl",
+                "arch=koala_700m",
+                "data=synthetic",
+                "teacher.unet_config.addition_embed_type=image",
+                output_dir=tmp_path,
+            )
+        )
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Image folders, transforms and bad samples: skipped, counted exactly, never fatal, never silent."""
 
 import functools
+import random
 from collections import Counter
 
 import pytest
@@ -53,6 +54,20 @@ def test_transform_resizes_the_shorter_side_crops_and_flips():
     assert ImageTransform(64, random_flip=False)(transparent).min() == 1.0  # alpha composited on white
     with pytest.raises(ValueError, match="resolution=100 must be a positive multiple of 8"):
         ImageTransform(100)
+
+
+def test_the_transform_records_where_each_crop_came_from_as_sdxls_training_script_does():
+    image = Image.new("RGB", (300, 100))  # resized to 192 x 64: 128 spare pixels across
+    random_crop = ImageTransform(64, center_crop=False, random_flip=False)
+    sample = random_crop.sample(image, rng=random.Random(3))
+    left = random.Random(3).randint(0, 128)
+    assert sample["original_size"].tolist() == [100, 300] and sample["crop_top_left"].tolist() == [0, left]
+    # a mirrored crop's offset is measured in the mirrored image (diffusers flips before it crops)
+    mirrored = random_crop.sample(image, rng=random.Random(3), flip=True)
+    assert mirrored["crop_top_left"].tolist() == [0, 128 - left]
+    torch.testing.assert_close(mirrored["pixel_values"], sample["pixel_values"].flip(-1))
+    centre = ImageTransform(64).sample(Image.new("RGB", (64, 90)), flip=False)
+    assert centre["original_size"].tolist() == [90, 64] and centre["crop_top_left"].tolist() == [13, 0]
 
 
 def test_collate_drops_markers_and_counts_them_by_kind():

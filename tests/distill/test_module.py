@@ -19,11 +19,12 @@ def output_gap(module) -> float:
     """MSE between student and teacher predictions on fixed held-out noisy latents and captions."""
     g = torch.Generator().manual_seed(99)
     batch = {"pixel_values": torch.rand(4, 3, 128, 128, generator=g) * 2 - 1, "caption": ["a red circle"] * 4}
-    latents, context = module.step.encode(batch, module.device)
+    latents, conditioning = module.step.encode(batch, module.device)
     noisy = latents + torch.randn(latents.shape, generator=g)
     timesteps = torch.tensor([50, 300, 600, 900])
-    teacher, _ = module.step.teacher_forward(noisy, timesteps, context)
-    return torch.nn.functional.mse_loss(module.student(noisy, timesteps, context).sample, teacher).item()
+    teacher, _ = module.step.teacher_forward(noisy, timesteps, conditioning)
+    student = module.student(noisy, timesteps, conditioning.context).sample
+    return torch.nn.functional.mse_loss(student, teacher).item()
 
 
 def state(model):
@@ -144,8 +145,12 @@ def test_caption_dropout_encodes_the_empty_prompt():
     empty = {"pixel_values": batch["pixel_values"], "caption": ["", ""]}
     dropped = make_module(caption_dropout=1.0)
     kept = make_module(caption_dropout=0.0)
-    torch.testing.assert_close(dropped.step.encode(batch, "cpu")[1], kept.step.encode(empty, "cpu")[1])
-    assert not torch.allclose(kept.step.encode(batch, "cpu")[1], kept.step.encode(empty, "cpu")[1])
+
+    def context(module, batch):
+        return module.step.encode(batch, "cpu")[1].context
+
+    torch.testing.assert_close(context(dropped, batch), context(kept, empty))
+    assert not torch.allclose(context(kept, batch), context(kept, empty))
 
 
 def test_frozen_parts_run_in_the_configured_precision():
@@ -157,10 +162,11 @@ def test_frozen_parts_run_in_the_configured_precision():
         == torch.bfloat16
     )
     assert module.student.dtype == torch.float32
-    latents, context = module.step.encode(
+    latents, conditioning = module.step.encode(
         {"pixel_values": torch.zeros(1, 3, 128, 128), "caption": ["x"]}, "cpu"
     )
-    assert latents.dtype == context.dtype == torch.float32 and latents.shape == (1, 4, 16, 16)
+    assert latents.dtype == conditioning.context.dtype == torch.float32 and latents.shape == (1, 4, 16, 16)
+    assert conditioning.added is None  # SD-v1: no added conditioning
 
 
 @pytest.mark.parametrize("frozen_dtype", ["float16", "bfloat16"])
@@ -176,11 +182,11 @@ def test_under_bf16_autocast_the_frozen_parts_compute_in_their_own_dtype(frozen_
                 )
     batch = {"pixel_values": torch.zeros(1, 3, 128, 128), "caption": ["x"]}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        latents, context = module.step.encode(batch, module.device)
-        prediction, _ = module.step.teacher_forward(latents, torch.tensor([10]), context)
+        latents, conditioning = module.step.encode(batch, module.device)
+        prediction, _ = module.step.teacher_forward(latents, torch.tensor([10]), conditioning)
     dtype = getattr(torch, frozen_dtype)
     assert seen == {(dtype, dtype)}
-    assert prediction.dtype == dtype and latents.dtype == context.dtype == torch.float32
+    assert prediction.dtype == dtype and latents.dtype == conditioning.context.dtype == torch.float32
 
 
 def test_frozen_dtype_auto_is_bf16_on_a_cpu_and_fp16_on_cuda():

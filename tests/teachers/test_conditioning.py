@@ -1,12 +1,12 @@
-"""SDXL's conditioning for a training step (bksdm.teachers.sdxl_conditioning), equal to what
-StableDiffusionXLPipeline computes for the same captions and sizes."""
+"""A teacher's conditioning for a training step (bksdm.teachers.conditioning), equal to what
+StableDiffusionPipeline and StableDiffusionXLPipeline compute for the same captions and sizes."""
 
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
+from bksdm.teachers.conditioning import added_conditioning, encode_captions, size_ids
 from bksdm.teachers.loading import resolve_source
-from bksdm.teachers.sdxl_conditioning import added_conditioning, encode_captions, size_ids
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,15 @@ def test_the_size_ids_are_the_pipelines(pipeline):
         size_ids(torch.zeros(2, 2), torch.zeros(3, 2), (1024, 1024))
 
 
-def test_one_tower_is_refused(pipeline):
-    with pytest.raises(ValueError, match="needs two tokenizers and two text encoders, got 1 and 1"):
-        encode_captions([pipeline.tokenizer], [pipeline.text_encoder], ["x"])
+def test_one_tower_is_sd_v1s_last_hidden_state_and_three_are_refused(pipeline):
+    from diffusers import StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(resolve_source("builtin:toy"))
+    context, pooled = encode_captions([sd.tokenizer], [sd.text_encoder], ["a red square", ""])
+    expected, _ = sd.encode_prompt(["a red square", ""], "cpu", 1, do_classifier_free_guidance=False)
+    assert pooled is None and torch.equal(context, expected)
+    with pytest.raises(ValueError, match=r"one tokenizer and text encoder .* or two of each .* got 3 and 3"):
+        encode_captions([pipeline.tokenizer] * 3, [pipeline.text_encoder] * 3, ["x"])
 
 
 def test_load_components_loads_sdxls_second_tower_checked(pipeline):
