@@ -21,7 +21,8 @@ def test_every_gpu_check_composes(tmp_path):
         line.split('"check": "')[1].split('"')[0] for line in done.stdout.splitlines() if '"check"' in line
     ]
     assert names == ["train_default_512px", "train_16_mixed", "train_gradient_checkpointing", "generate",
-                     "evaluate_tiny", "generation_rate_512px", "bench_512px_batch64"]  # fmt: skip
+                     "evaluate_tiny", "generation_rate_512px", "bench_512px_batch64", "train_sdxl_toy",
+                     "bench_sdxl_1024px"]  # fmt: skip
     assert not (tmp_path / "results.jsonl").exists()  # composing records nothing
 
 

@@ -8,7 +8,8 @@ in diffusers layout to a cache folder and then loaded like any other teacher, wi
 The same builder makes ``builtin:sd14-random``: SD-v1.4's shapes at full width, random weights, so that
 ``python -m bksdm.bench`` can time the real model's step without a download, and ``builtin:sdxl-toy``:
 SDXL's topology (two text encoders, added size and crop conditioning, three U-Net stages with SDXL's
-transformer depths) at narrow widths, a StableDiffusionXLPipeline folder.
+transformer depths) at narrow widths, a StableDiffusionXLPipeline folder; ``builtin:sdxl-random`` is that
+at SDXL-base-1.0's full widths, random weights, for benchmarks.
 """
 
 from __future__ import annotations
@@ -115,6 +116,40 @@ SDXL_TOY_TEXT_WIDTHS = (
     {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
 )
 SDXL_POOLED_WIDTH = 16
+
+# SDXL-base-1.0 at full width with random weights (``builtin:sdxl-random``, 2.57B-parameter U-Net; 7 GB in
+# fp16 on disk): its U-Net config (the embedded one of conf/teacher/sdxl.yaml, checked in the tests),
+# SD's VAE widths at SDXL's scale, CLIP ViT-L's text tower and OpenCLIP ViT-bigG's with its 1280-wide
+# pooled projection (over the byte-level vocabulary, as sd14-random's).
+SDXL_UNET_CONFIG = {
+    "sample_size": 128,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [320, 640, 1280],
+    "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20],
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+SDXL_VAE_CONFIG = {**SD14_VAE_CONFIG, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_TEXT_WIDTHS = (
+    SD14_TEXT_WIDTHS,
+    {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
+     "hidden_act": "gelu"},
+)  # fmt: skip
+SDXL_SHAPES = {  # U-Net, VAE, text towers, pooled width, stored dtype
+    "sdxl-toy": (
+        SDXL_TOY_UNET_CONFIG,
+        SDXL_TOY_VAE_CONFIG,
+        SDXL_TOY_TEXT_WIDTHS,
+        SDXL_POOLED_WIDTH,
+        torch.float32,
+    ),
+    "sdxl-random": (SDXL_UNET_CONFIG, SDXL_VAE_CONFIG, SDXL_TEXT_WIDTHS, 1280, torch.float16),
+}
 # SDXL-base-1.0's scheduler_config.json (Euler, "leading" spacing), its training schedule SD's
 SDXL_SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
@@ -202,10 +237,10 @@ def build_random_pipeline(seed: int = 0, shape: str = "toy"):
     # and training never need
     from diffusers import StableDiffusionPipeline
 
-    if shape == "sdxl-toy":
-        return build_random_sdxl_pipeline(seed)
+    if shape in SDXL_SHAPES:
+        return build_random_sdxl_pipeline(seed, shape)
     if shape not in SHAPES:
-        raise ValueError(f"unknown builtin pipeline shape {shape!r}: accepted are {[*SHAPES, 'sdxl-toy']}")
+        raise ValueError(f"unknown builtin pipeline shape {shape!r}: accepted are {[*SHAPES, *SDXL_SHAPES]}")
     unet_config, vae_config, text_widths, _ = SHAPES[shape]
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -225,28 +260,33 @@ def build_random_pipeline(seed: int = 0, shape: str = "toy"):
     )
 
 
-def build_random_sdxl_pipeline(seed: int = 0):
-    """The SDXL-shaped toy pipeline (a StableDiffusionXLPipeline) in memory, from ``seed``."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+def random_sdxl_models(seed: int = 0, shape: str = "sdxl-toy") -> dict[str, torch.nn.Module]:
+    """The U-Net, VAE and both text towers of an SDXL ``shape`` with random weights from ``seed``."""
     from transformers import CLIPTextModelWithProjection
 
+    unet_config, vae_config, (first, second), pooled_width, _ = SDXL_SHAPES[shape]
     tokenizer = build_tokenizer()
-    first, second = SDXL_TOY_TEXT_WIDTHS
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(text_encoder_config(tokenizer, first))
         second_config = text_encoder_config(tokenizer, second)
-        second_config.projection_dim = SDXL_POOLED_WIDTH
+        second_config.projection_dim = pooled_width
         text_encoder_2 = CLIPTextModelWithProjection(second_config)
-        vae = AutoencoderKL(**SDXL_TOY_VAE_CONFIG)
-        unet = UNet2DConditionModel(**SDXL_TOY_UNET_CONFIG)
+        vae = AutoencoderKL(**vae_config)
+        unet = UNet2DConditionModel(**unet_config)
+    models = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    return {name: model.eval() for name, model in models.items()}
+
+
+def build_random_sdxl_pipeline(seed: int = 0, shape: str = "sdxl-toy"):
+    """The SDXL-shaped toy pipeline (a StableDiffusionXLPipeline) in memory, from ``seed``;
+    ``shape="sdxl-random"``: the same at SDXL's full widths."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
     return StableDiffusionXLPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        text_encoder_2=text_encoder_2.eval(),
-        tokenizer=tokenizer,
+        **random_sdxl_models(seed, shape),
+        tokenizer=build_tokenizer(),
         tokenizer_2=build_tokenizer(),
-        unet=unet.eval(),
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
@@ -273,7 +313,7 @@ def random_pipeline_path(seed: int = 0, root: str | os.PathLike | None = None, s
     if not (target / "model_index.json").is_file():
         with atomic_directory(target, overwrite=False) as staging:
             pipeline = build_random_pipeline(seed, shape)
-            stored = SHAPES[shape][3] if shape in SHAPES else torch.float32
+            stored = SHAPES[shape][3] if shape in SHAPES else SDXL_SHAPES[shape][4]
             for component in pipeline.components.values():
                 if isinstance(component, torch.nn.Module):
                     torch.nn.Module.to(component, stored)  # stored precision; loading casts as asked

@@ -41,6 +41,7 @@ BUILTINS = {
     "toy": random_pipeline_path,
     "sd14-random": functools.partial(random_pipeline_path, shape="sd14-random"),
     "sdxl-toy": functools.partial(random_pipeline_path, shape="sdxl-toy"),
+    "sdxl-random": functools.partial(random_pipeline_path, shape="sdxl-random"),
     "miniworld": teacher_path,  # shipped with the package, trained by python -m bksdm.miniworld
 }
 _TOKENIZER_PROBE = "a photo of an astronaut riding a horse on mars"

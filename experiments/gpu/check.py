@@ -112,6 +112,28 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
                 "bench.steps=10",
             ],
         ),
+        (
+            "train_sdxl_toy",  # SDXL's conditioning with fp16 frozen parts, its VAE kept fp32, the grid
+            [
+                *train,
+                "teacher=sdxl_toy",
+                "arch=koala_700m",
+                "data=synthetic",
+                "trainer.max_steps=3",
+                f"hydra.run.dir={scratch / 'sdxl'}",
+            ],
+        ),
+        (
+            "bench_sdxl_1024px",  # SDXL-base shapes (built once, 7 GB), KOALA-700M, 1024 px, batch 8
+            [
+                sys.executable,
+                "-m",
+                "bksdm.bench",
+                "preset=gpu_sdxl",
+                "bench.warmup_steps=2",
+                "bench.steps=10",
+            ],
+        ),
     ]
 
 

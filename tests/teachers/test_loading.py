@@ -92,7 +92,7 @@ def test_bad_sources_and_parts_are_named(tmp_path):
     with pytest.raises(
         ComponentError,
         match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:toy', 'builtin:sd14-random', 'builtin:sdxl-toy', "
-        r"'builtin:miniworld'\]",
+        r"'builtin:sdxl-random', 'builtin:miniworld'\]",
     ):
         load_components("builtin:huge")
     with pytest.raises(ComponentError, match=r"(?s)could not load the unet of '.*nowhere'.*Accepted sources"):

@@ -67,3 +67,30 @@ def test_an_sdxl_student_exports_a_folder_diffusers_draws_with(teacher, tmp_path
         str(folder / SINGLE_FILE), config=str(folder), subfolder="unet"
     )
     assert all(torch.equal(t, student.state_dict()[k]) for k, t in single.state_dict().items())
+
+
+def test_sdxl_random_has_sdxl_base_shapes_at_full_width():
+    from helpers.paths import CONF
+    from omegaconf import OmegaConf
+
+    from bksdm.teachers.builtin import random_sdxl_models
+
+    with torch.device("meta"):  # shapes only: the 3.5B parameters are not allocated
+        models = random_sdxl_models(shape="sdxl-random")
+    sdxl = OmegaConf.to_container(OmegaConf.load(CONF / "teacher" / "sdxl.yaml").unet_config)
+    config = models["unet"].config
+
+    def plain(value):
+        return list(value) if isinstance(value, tuple | list) else value
+
+    assert {k: plain(config[k]) for k in sdxl} == sdxl
+
+    def params(model):
+        return sum(p.numel() for p in model.parameters())
+
+    assert params(models["unet"]) == 2_567_463_684 and params(models["vae"]) == 83_653_863
+    # the towers' widths are CLIP ViT-L's and OpenCLIP ViT-bigG's (over the byte-level vocabulary)
+    first, second = models["text_encoder"].config, models["text_encoder_2"].config
+    widths = (first.hidden_size, first.num_hidden_layers, second.hidden_size, second.num_hidden_layers)
+    assert widths == (768, 12, 1280, 32) and second.projection_dim == 1280
+    assert models["vae"].config.scaling_factor == 0.13025 and models["vae"].config.force_upcast
