@@ -104,11 +104,12 @@ class PeriodicEval(EveryNSteps):
         student = whole_module(pl_module.exported_student(), rank0_only=False)
         pipeline = frozen_pipeline(pl_module.frozen, student, pl_module.device)
         mine = list(range(trainer.global_rank, len(self.captions), trainer.world_size))
-        paths = generate_images(
-            pipeline, self.captions, self.dirpath / f"step_{step:07d}", seed=self.seed, generator_device=self.draw_on,
-            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-            batch_size=self.batch_size, progress=False, indices=mine,
-        )  # fmt: skip
+        with pl_module.frozen.sampling_precision(pl_module.device):  # a low-precision VAE and text tower
+            paths = generate_images(
+                pipeline, self.captions, self.dirpath / f"step_{step:07d}", seed=self.seed,
+                generator_device=self.draw_on, num_inference_steps=self.num_inference_steps,
+                guidance_scale=self.guidance_scale, batch_size=self.batch_size, progress=False, indices=mine,
+            )  # fmt: skip
         self.scores.reset()
         clip_scores = []
         for start in range(0, len(mine), self.batch_size):

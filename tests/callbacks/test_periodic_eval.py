@@ -30,6 +30,7 @@ def test_periodic_eval_fires_on_schedule_logs_and_keeps_the_best_checkpoint(tmp_
     module = DistillModule(
         teacher_source="builtin:toy", removal="small", taps=[], loss=DistillLoss(1.0, 1.0, 0.0),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+        frozen_dtype="bfloat16",  # the CPU default (auto): an fp32 student drawn between bf16 parts
     )  # fmt: skip
     trainer = cpu_trainer(
         tmp_path, max_steps=5, logger=CSVLogger(tmp_path, name="csv", version=""), callbacks=[callback]

@@ -140,3 +140,24 @@ def test_an_sdxl_student_trains_through_the_app_and_loads_in_plain_diffusers(tmp
     )
     assert all(torch.equal(t, loaded.unet.state_dict()[k]) for k, t in single.state_dict().items())
     assert (tmp_path / "samples").is_dir() and any((tmp_path / "samples").glob("*.png"))
+
+
+def test_periodic_evaluation_draws_an_sdxl_student_with_the_frozen_parts(tmp_path):
+    from helpers.eval_data import coco_json, write_real
+
+    from bksdm.callbacks.periodic_eval import PeriodicEval
+    from bksdm.eval.extractors import StandInCLIP, StandInInception
+
+    write_real(tmp_path / "real")
+    callback = PeriodicEval(
+        prompts=str(coco_json(tmp_path / "captions.json")), real=str(tmp_path / "real"), features=StandInInception(),
+        clip=StandInCLIP(), dirpath=tmp_path / "eval", num_images=2, every_n_steps=1, num_inference_steps=2,
+        batch_size=2, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    module = sdxl_module(
+        "vega", frozen_dtype="bfloat16"
+    )  # the CPU default: a bf16 VAE and towers, fp32 student
+    trainer = cpu_trainer(tmp_path, max_steps=1, callbacks=[callback])
+    trainer.fit(module, datamodule=SyntheticDataModule(num_samples=4, resolution=64, batch_size=1))
+    assert [r["step"] for r in callback.history] == [1] and callback.history[0]["fid"] >= 0
+    assert len(list((tmp_path / "eval" / "step_0000001").glob("*.png"))) == 2
