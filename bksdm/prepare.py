@@ -56,7 +56,8 @@ def prepare(cfg: DictConfig):
     towers = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")][: 1 + sdxl]  # SDXL: two
     towers = towers if cfg.text_embeddings else []
     parts = ["vae", *(part for tower in towers for part in tower)]
-    teacher = load_components(cfg.teacher.source, parts, DTYPES[cfg.dtype], cfg.teacher.revision)
+    vae_source = cfg.teacher.get("vae_source")
+    teacher = load_components(cfg.teacher.source, parts, DTYPES[cfg.dtype], cfg.teacher.revision, vae_source)
     vae = teacher.vae.to(device)
     if sdxl and cfg.dtype == "float16" and vae.config.get("force_upcast", True):
         vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as FrozenTeacher.freeze decides for training
@@ -67,6 +68,7 @@ def prepare(cfg: DictConfig):
         vae.config.scaling_factor,
         cfg.text_embeddings,
         cfg.mirrored,
+        vae_source,
     )
     return write_latent_shards(
         items,

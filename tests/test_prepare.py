@@ -321,3 +321,19 @@ def test_sdxl_latent_shards_hold_the_sizes_and_both_towers_and_train_as_on_the_f
         and module.frozen.text_encoder_2 is None
     )
     assert list((tmp_path / "run" / "samples").glob("*.png"))  # the grid loads both towers to draw
+
+
+def test_latents_of_another_vae_record_it_and_training_checks_it(tmp_path):
+    from bksdm.teachers.loading import resolve_source
+
+    write_folder(tmp_path / "data", good=1, with_bad=False)
+    vae_source = resolve_source("builtin:toy")  # a pipeline folder: its vae/ is taken
+    report = prepare(prepare_config(
+        f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'latents'}", "mode=latents", f"+teacher.vae_source={vae_source}",
+    ))  # fmt: skip
+    assert first_record(report.shards)["vae"] == vae_source
+    LatentDataModule(report.shards, teacher="builtin:toy", resolution=128, vae_source=vae_source)
+    with pytest.raises(
+        ValueError, match=r"made with \{.*'vae': '.*'\}, but this run trains with \{.*'vae': None\}"
+    ):
+        LatentDataModule(report.shards, teacher="builtin:toy", resolution=128)

@@ -227,7 +227,8 @@ class LatentDataModule(ShardDataModule):
 
     Training needs no VAE (and no text encoder when the shards hold text embeddings): ``pre_encoded`` tells
     the module what it may leave unloaded. The shards' record must match the teacher being trained
-    (source, revision, resolution), else the run stops before loading it.
+    (source, revision, resolution, and the VAE's source when it is not the teacher's), else the run stops
+    before loading it.
     """
 
     def __init__(
@@ -244,6 +245,7 @@ class LatentDataModule(ShardDataModule):
         random_flip: bool = True,
         seed: int = 0,
         max_consecutive_bad: int = 256,
+        vae_source: str | None = None,
     ):
         super().__init__(
             urls, resolution, batch_size, num_workers, epoch_samples, resampled, shuffle_buffer,
@@ -251,6 +253,8 @@ class LatentDataModule(ShardDataModule):
         )  # fmt: skip
         self.record = first_record(self.urls)
         expected = {"teacher": teacher, "revision": revision, "resolution": resolution}
+        if vae_source is not None or self.record.get("vae") is not None:
+            expected["vae"] = vae_source
         found = {key: self.record.get(key) for key in expected}
         if found != expected:
             raise ValueError(

@@ -106,10 +106,12 @@ def encoder_record(
     scaling_factor: float,
     text_embeddings: bool,
     mirrored: bool = True,
+    vae_source: str | None = None,
 ) -> dict:
     """What made a latent shard; training compares it with its own teacher (and ``mirrored``, whether the
-    mirror images were encoded too, with its ``random_flip``)."""
-    return {
+    mirror images were encoded too, with its ``random_flip``; ``vae``, only when the VAE was not the
+    teacher's, where it came from)."""
+    record = {
         "format": LATENT_FORMAT,
         "teacher": source,
         "revision": revision,
@@ -119,6 +121,9 @@ def encoder_record(
         "text_embeddings": text_embeddings,
         "mirrored": mirrored,
     }
+    if vae_source is not None:
+        record["vae"] = vae_source
+    return record
 
 
 @torch.no_grad()

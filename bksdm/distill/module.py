@@ -61,6 +61,8 @@ class DistillModule(L.LightningModule):
         student_name: what summaries and sample grids call a student that is not one of the paper's (the
             arch config's name, e.g. ``koala_700m``); the paper's are named by their spec, and a changed
             paper spec is ``custom(...)``.
+        vae_source: the VAE from elsewhere (``teacher.vae_source``: e.g. an fp16-fixed SDXL VAE, which then
+            stays in fp16 with fp16 frozen parts); None: the teacher's.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class DistillModule(L.LightningModule):
         load_text_encoder: bool = True,
         nonfinite_patience: int = 5,
         student_name: str | None = None,
+        vae_source: str | None = None,
     ):
         super().__init__()
         frozen_dtype = resolve_frozen_dtype(frozen_dtype, "cuda" if torch.cuda.is_available() else "cpu")
@@ -103,7 +106,7 @@ class DistillModule(L.LightningModule):
         wanted = ["unet", "tokenizer", "noise_scheduler"] + ["tokenizer_2"] * sdxl + ["vae"] * load_vae
         if load_text_encoder:
             wanted += ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"]
-        parts = load_components(teacher_source, parts=wanted, revision=revision)
+        parts = load_components(teacher_source, parts=wanted, revision=revision, vae_source=vae_source)
         self.removal_spec = resolve_removal(removal)
         self.student_name = removal_name(self.removal_spec)  # a paper name only where the spec is the paper's
         if student_name and student_name not in PAPER_REMOVALS and self.student_name.startswith("custom("):
@@ -113,7 +116,12 @@ class DistillModule(L.LightningModule):
         if gradient_checkpointing:
             self.student.enable_gradient_checkpointing()
         self.frozen = FrozenTeacher.freeze(
-            parts, DTYPES[frozen_dtype], teacher_source, revision, self.speed.frozen_inference_mode
+            parts,
+            DTYPES[frozen_dtype],
+            teacher_source,
+            revision,
+            self.speed.frozen_inference_mode,
+            vae_source,
         )
         for model in (self.student, self.frozen.unet, self.frozen.vae):
             if model is not None:

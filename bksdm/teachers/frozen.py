@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from bksdm.teachers.conditioning import encode_captions, takes_added_conditioning
-from bksdm.teachers.loading import SDComponents, resolve_source
+from bksdm.teachers.loading import SDComponents, vae_config
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FROZEN_DTYPES = ("auto", *DTYPES)
@@ -51,6 +51,7 @@ class FrozenTeacher:
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's second tower (None: pre-encoded)
     tokenizer_2: CLIPTokenizer | None = None  # SDXL only
     vae_dtype: torch.dtype | None = None  # the VAE's: ``dtype``, or float32 for SDXL's where that is fp16
+    vae_source: str | None = None  # where the VAE comes from when not ``source`` (an fp16-fixed SDXL VAE)
 
     @classmethod
     def freeze(
@@ -60,6 +61,7 @@ class FrozenTeacher:
         source: str,
         revision: str | None = None,
         inference_mode: bool = True,
+        vae_source: str | None = None,
     ) -> FrozenTeacher:
         """Frozen parts from loaded ones: no gradients, eval mode, cast to ``dtype`` (in place: copy a
         student from the U-Net first). An SDXL teacher's VAE stays in float32 where ``dtype`` is float16
@@ -68,9 +70,7 @@ class FrozenTeacher:
         latent_scale = (
             parts.vae.config.scaling_factor
             if parts.vae is not None
-            else AutoencoderKL.load_config(resolve_source(source), subfolder="vae", revision=revision)[
-                "scaling_factor"
-            ]
+            else vae_config(source, revision, vae_source)["scaling_factor"]
         )
         vae_dtype = dtype
         if (
@@ -88,7 +88,7 @@ class FrozenTeacher:
         return cls(
             parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.noise_scheduler, dtype,
             latent_scale, source, revision, inference_mode, text_encoder_2=parts.text_encoder_2,
-            tokenizer_2=parts.tokenizer_2, vae_dtype=vae_dtype,
+            tokenizer_2=parts.tokenizer_2, vae_dtype=vae_dtype, vae_source=vae_source,
         )  # fmt: skip
 
     @property

@@ -117,8 +117,8 @@ def _subfolder(part: str) -> str:
     return "scheduler" if part == "noise_scheduler" else part
 
 
-def _load(part: str, path: str, dtype: torch.dtype, revision: str | None):
-    kwargs = {"subfolder": _subfolder(part), "revision": revision}
+def _load(part: str, path: str, dtype: torch.dtype, revision: str | None, subfolder: str | None):
+    kwargs = {"subfolder": subfolder, "revision": revision}
     if part == "unet":
         return _checked(
             UNet2DConditionModel.from_pretrained(
@@ -141,6 +141,23 @@ def _load(part: str, path: str, dtype: torch.dtype, revision: str | None):
     return DDPMScheduler.from_pretrained(path, **kwargs)
 
 
+def _vae_subfolder(path: str) -> str | None:
+    """``vae`` for a pipeline's VAE, None for a bare VAE (its config.json at the top)."""
+    try:
+        AutoencoderKL.load_config(path, subfolder="vae")
+        return "vae"
+    except (OSError, ValueError):
+        return None
+
+
+def vae_config(source: str, revision: str | None = None, vae_source: str | None = None) -> dict:
+    """The config of the VAE ``load_components`` would load (no weights read)."""
+    if vae_source is not None:
+        path = resolve_source(vae_source)
+        return dict(AutoencoderKL.load_config(path, subfolder=_vae_subfolder(path)))
+    return dict(AutoencoderKL.load_config(resolve_source(source), subfolder="vae", revision=revision))
+
+
 def _checked(loaded):
     model, info = loaded
     missing = sorted(k for k in info.get("missing_keys") or [] if not k.endswith("position_ids"))
@@ -158,6 +175,7 @@ def load_components(
     parts: Iterable[str] = PARTS,
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
+    vae_source: str | None = None,
 ) -> SDComponents:
     """Load the asked-for parts of a Stable Diffusion source (see the module docstring).
 
@@ -167,6 +185,8 @@ def load_components(
             SDXL source ``text_encoder_2`` and ``tokenizer_2``.
         dtype: dtype of the loaded models (the tokenizer and scheduler have none).
         revision: hub revision (branch, tag or commit); None for the default branch.
+        vae_source: where the VAE comes from instead (e.g. an fp16-fixed SDXL VAE): a bare VAE's hub id
+            or folder (its config.json at the top), or a pipeline's (with ``vae/``); its default branch.
 
     Raises:
         ComponentError: a part is unknown, cannot be loaded, or loads degenerate.
@@ -179,12 +199,17 @@ def load_components(
     components = SDComponents(source=source)
     for part in parts:
         try:
-            loaded = _load(part, path, dtype, revision)
+            if part == "vae" and vae_source is not None:
+                vae_path = resolve_source(vae_source)
+                loaded = _load(part, vae_path, dtype, None, _vae_subfolder(vae_path))
+            else:
+                loaded = _load(part, path, dtype, revision, _subfolder(part))
         except ComponentError as error:
             raise ComponentError(f"{part} of {source!r}: {error}") from error
         except (OSError, ValueError) as error:
+            origin = vae_source if part == "vae" and vae_source is not None else source
             raise ComponentError(
-                f"could not load the {part} of {source!r} (subfolder {_subfolder(part)!r}): {error}\n"
+                f"could not load the {part} of {origin!r} (subfolder {_subfolder(part)!r}): {error}\n"
                 "Accepted sources: a hub id (offline: only if it is in the local Hugging Face cache), "
                 f"a local folder in diffusers layout, or one of {[f'builtin:{n}' for n in BUILTINS]}."
             ) from error

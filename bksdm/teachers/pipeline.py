@@ -30,7 +30,7 @@ def frozen_pipeline(frozen: FrozenTeacher, unet: UNet2DConditionModel, device: t
         parts["text_encoder_2"] = frozen.text_encoder_2
     missing = [name for name, part in parts.items() if part is None]
     if missing:
-        loaded = load_components(frozen.source, missing, frozen.dtype, frozen.revision)
+        loaded = load_components(frozen.source, missing, frozen.dtype, frozen.revision, frozen.vae_source)
         for name in missing:
             dtype = frozen.vae_dtype if name == "vae" else frozen.dtype
             parts[name] = getattr(loaded, name).to(device, dtype)

@@ -161,3 +161,23 @@ def test_periodic_evaluation_draws_an_sdxl_student_with_the_frozen_parts(tmp_pat
     trainer.fit(module, datamodule=SyntheticDataModule(num_samples=4, resolution=64, batch_size=1))
     assert [r["step"] for r in callback.history] == [1] and callback.history[0]["fid"] >= 0
     assert len(list((tmp_path / "eval" / "step_0000001").glob("*.png"))) == 2
+
+
+def test_an_fp16_fixed_vae_from_its_own_folder_replaces_the_teachers_and_stays_fp16(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from bksdm.teachers.builtin import SDXL_TOY_VAE_CONFIG
+    from bksdm.teachers.loading import ComponentError
+
+    torch.manual_seed(1)
+    fixed = AutoencoderKL(**{**SDXL_TOY_VAE_CONFIG, "force_upcast": False})  # what the fp16 fix says
+    fixed.save_pretrained(tmp_path / "sdxl-vae-fp16-fix")  # a bare VAE: config.json at the top
+    folder = str(tmp_path / "sdxl-vae-fp16-fix")
+    cfg = config("teacher=sdxl_toy", f"teacher.vae_source={folder}", "data=latents", output_dir=tmp_path)
+    assert cfg.distill.vae_source == cfg.data.vae_source == folder  # training and its latents agree
+    module = sdxl_module(frozen_dtype="float16", vae_source=cfg.distill.vae_source)
+    assert module.frozen.vae.dtype == module.frozen.vae_dtype == torch.float16
+    weights = fixed.state_dict()
+    assert all(torch.equal(t, weights[k].half()) for k, t in module.frozen.vae.state_dict().items())
+    with pytest.raises(ComponentError, match=r"could not load the vae of '/nowhere'"):
+        sdxl_module(vae_source="/nowhere")

@@ -139,7 +139,7 @@ def test_weights_missing_from_a_checkpoint_are_not_silently_random(tiny_copy, pa
 def test_teacher_presets_hold_only_settings_that_are_read():
     # a key no code reads looks like an override and does nothing (prediction_type did: the target
     # comes from the teacher's scheduler config)
-    read = {"name", "source", "revision", "resolution", "unet_config", "sampling"}
+    read = {"name", "source", "revision", "vae_source", "resolution", "unet_config", "sampling"}
     for preset in sorted((CONF / "teacher").glob("*.yaml")):
         assert set(OmegaConf.load(preset)) <= read, preset.name
 
