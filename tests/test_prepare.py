@@ -93,6 +93,20 @@ def test_latent_shards_of_another_teacher_are_refused(tmp_path):
         LatentDataModule(report.shards, teacher="builtin:toy", resolution=256)
 
 
+def losses_on_both_paths(teacher, removal, tap, image_batch, latent_batch) -> list[tuple]:
+    """(loss, terms) of one step on each batch, with the same latent sample, noise and timesteps."""
+    module = DistillModule(
+        teacher_source=teacher, removal=removal, taps=[[tap, tap]], loss=DistillLoss(),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+    )  # fmt: skip
+    losses = []
+    for batch in (image_batch, latent_batch):
+        torch.manual_seed(123)
+        with torch.no_grad():
+            losses.append(module.step(batch, module.device))
+    return losses
+
+
 def test_pre_encoded_latents_give_the_same_loss_as_encoding_on_the_fly(tmp_path):
     write_folder(tmp_path / "data", good=4, with_bad=False)
     report = prepare(prepare_config(
@@ -118,16 +132,7 @@ def test_pre_encoded_latents_give_the_same_loss_as_encoding_on_the_fly(tmp_path)
         "latent_std": torch.stack([s["latent_std"] for s in latent_samples]),
         "caption": captions,
     }
-    module = DistillModule(
-        teacher_source="builtin:toy", removal="small", taps=[["up_blocks.3", "up_blocks.3"]],
-        loss=DistillLoss(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-    )  # fmt: skip
-    losses = []
-    for batch in (image_batch, latent_batch):
-        torch.manual_seed(123)  # the same latent sample, noise and timesteps on both paths
-        with torch.no_grad():
-            loss, terms = module.step(batch, module.device)
-        losses.append((loss, terms))
+    losses = losses_on_both_paths("builtin:toy", "small", "up_blocks.3", image_batch, latent_batch)
     torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)
     for name, value in losses[0][1].items():
         torch.testing.assert_close(losses[1][1][name], value, rtol=1e-5, atol=1e-6)
@@ -296,16 +301,11 @@ def test_sdxl_latent_shards_hold_the_sizes_and_both_towers_and_train_as_on_the_f
         "crop_top_left",
     )
     latent_batch = {key: torch.stack([s[key] for s in samples]) for key in stored}
-    module = DistillModule(
-        teacher_source="builtin:sdxl-toy", removal={"layers_per_block": 1}, taps=[["up_blocks.2", "up_blocks.2"]],
-        loss=DistillLoss(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-    )  # fmt: skip
-    losses = []
-    for batch in (image_batch, latent_batch):
-        torch.manual_seed(123)  # the same latent sample, noise and timesteps on both paths
-        with torch.no_grad():
-            losses.append(module.step({**batch, "caption": captions}, module.device)[0])
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    image_batch["caption"] = latent_batch["caption"] = captions
+    losses = losses_on_both_paths(
+        "builtin:sdxl-toy", {"layers_per_block": 1}, "up_blocks.2", image_batch, latent_batch
+    )
+    torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)
 
     overrides = [o for o in FAST if o != "data=synthetic"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
