@@ -7,13 +7,11 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bksdm.cli import app
 from bksdm.cli.help import EntryHelp
-from bksdm.eval.ranks import is_rank_zero, rank_and_size
 
 HELP = EntryHelp(
     command="python -m bksdm.evaluate",
@@ -32,6 +30,9 @@ def evaluate(cfg: DictConfig) -> dict:
     ``metrics.md`` (the protocol's table) under ``cfg.out``, and, with ``wandb.mode`` set, logs them to a
     W&B run; returns the scores. With ``devices`` above 1 (or under ``torchrun``), one process per device
     shares the work (``start_ranks``); every rank returns the scores, rank 0 writes them."""
+    # here, not at the top: --help and --cfg job need no torch
+    from bksdm.eval.ranks import is_rank_zero, rank_and_size
+
     protocol = instantiate(cfg.eval, _recursive_=False)  # extractors are built when scoring starts
     prepared = protocol.prepare(cfg)  # a bad setting stops here, before any process starts
     start_ranks(cfg.devices, cfg.device)
@@ -78,6 +79,8 @@ def start_ranks(devices: int | str, device: str) -> None:
         devices, num_nodes = per_node, int(os.environ["WORLD_SIZE"]) // per_node
     elif devices == 1:
         return
+    import torch
+
     accelerator = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device)
     if accelerator.type not in ("cpu", "cuda") or accelerator.index is not None:
         raise ConfigError(

@@ -6,10 +6,8 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
-from bksdm.arch.report import render_report, report_dict
 from bksdm.cli import ConfigError, app
 from bksdm.cli.help import EntryHelp
-from bksdm.teachers.loading import teacher_unet_config
 
 FORMATS = ("table", "json")
 
@@ -27,6 +25,10 @@ HELP = EntryHelp(
 
 @app("arch_report", HELP)
 def main(cfg: DictConfig) -> None:
+    # here, not at the top: --help and --cfg job need neither torch nor diffusers
+    from bksdm.arch.report import render_report, report_dict
+    from bksdm.teachers.loading import teacher_unet_config
+
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} is not accepted: use one of {list(FORMATS)}")
     if not isinstance(cfg.resolution, int) or cfg.resolution % 8:
