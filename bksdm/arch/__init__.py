@@ -10,7 +10,8 @@ _HOMES = {
     "bksdm.arch.report": ("UnitCost", "render_report", "report_dict", "unet_cost", "unit_names"),
     "bksdm.arch.spec": ("PAPER_REMOVALS", "RemovalSpec", "removal_name", "resolve_removal"),
     "bksdm.arch.student": (
-        "build_student", "check_teacher_topology", "student_config", "student_weight_map", "unit_map", "weight_map",
+        "build_student", "check_teacher_topology", "student_config", "student_weight_map", "unit_map",
+        "weight_map",
     ),
 }  # fmt: skip
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}

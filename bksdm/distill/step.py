@@ -5,8 +5,8 @@
 
 Shapes: B images per micro-batch, latents (B, 4, h, w) with h = w = resolution / 8, text context
 (B, 77, D); an SDXL teacher also takes the pooled text (B, P) and six size ids (B, 6) per image
-(``bksdm.teachers.conditioning``). Backward, the gradient guard, the optimizer and the EMA follow in ``DistillModule``; nothing
-here knows of Lightning.
+(``bksdm.teachers.conditioning``). Backward, the gradient guard, the optimizer and the EMA follow in
+``DistillModule``; nothing here knows of Lightning.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ class DistillStep:
         missing = [key for key in SIZE_KEYS if key not in batch] + ["pooled_text_embeds"] * (pooled is None)
         if missing:
             raise ValueError(
-                f"the SDXL teacher {frozen.source!r} is conditioned on each image's original size and crop and "
-                f"on the pooled text embedding, and the batch has no {missing}: the image data sources "
+                f"the SDXL teacher {frozen.source!r} is conditioned on each image's original size and crop "
+                f"and on the pooled text embedding, and the batch has no {missing}: the image data sources "
                 "record the sizes; latent shards must be written by `python -m bksdm.prepare` with this "
                 "teacher (text_embeddings=true stores the pooled embedding too)"
             )
