@@ -31,16 +31,23 @@ def prepare(cfg: DictConfig):
     # here, not at the top: composing alone (--cfg job) needs no torch
     import torch
 
+    from bksdm.arch.depth import is_transformer
     from bksdm.data.encode import encoder_record, write_image_shards, write_latent_shards
     from bksdm.teachers.conditioning import takes_added_conditioning
     from bksdm.teachers.frozen import DTYPES
-    from bksdm.teachers.loading import load_components, teacher_unet_config
+    from bksdm.teachers.loading import load_components, teacher_denoiser_config
 
     with config_checks():
         if cfg.mode not in MODES:
             raise ValueError(f"mode={cfg.mode!r} is not accepted: use one of {list(MODES)}")
         if cfg.dtype not in DTYPES:
             raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
+        denoiser = teacher_denoiser_config(cfg.teacher.source, revision=cfg.teacher.revision)
+        if cfg.mode == "latents" and is_transformer(denoiser):
+            raise ValueError(
+                f"mode=latents with teacher={cfg.teacher.name}: pre-encoding for transformer teachers (FLUX, SD3, "
+                "PixArt) is not built yet; mode=images shards serve every teacher"
+            )
         # the data source lists its items: a folder is listed now (no caption, no shard)
         source = instantiate(cfg.data)
         items = source.shard_items()
@@ -52,7 +59,7 @@ def prepare(cfg: DictConfig):
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
-    sdxl = takes_added_conditioning(teacher_unet_config(cfg.teacher.source, revision=cfg.teacher.revision))
+    sdxl = takes_added_conditioning(denoiser)
     towers = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")][: 1 + sdxl]  # SDXL: two
     towers = towers if cfg.text_embeddings else []
     parts = ["vae", *(part for tower in towers for part in tower)]

@@ -181,6 +181,12 @@ def test_bad_prepare_settings_are_named(tmp_path):
         prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "mode=jpeg"))
     with pytest.raises(ConfigError, match="is not a folder"):
         prepare(prepare_config(f"data.root={tmp_path / 'nowhere'}", f"out={tmp_path / 'x'}"))
+    with pytest.raises(ValueError, match=r"mode=latents with teacher=flux_toy: pre-encoding for transformer"):
+        prepare(
+            prepare_config(
+                f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "teacher=flux_toy", "mode=latents"
+            )
+        )
     assert not (tmp_path / "x").exists()  # nothing written for a bad source
 
 

@@ -14,11 +14,11 @@ FORMATS = ("table", "json")
 
 HELP = EntryHelp(
     command="python -m bksdm.arch",
-    summary="What a student keeps and removes of its teacher's U-Net, with parameters and MACs per unit\n"
-    "(configs only: no weights are loaded).",
+    summary="What a student keeps and removes of its teacher's U-Net (or of a FLUX, SD3 or PixArt transformer's\n"
+    "blocks), with parameters and MACs per unit (configs only: no weights are loaded).",
     settings=("resolution", "format"),
     examples=("python -m bksdm.arch teacher=sd14 arch=tiny", "python -m bksdm.arch teacher=sd21base format=json",
-              "python -m bksdm.arch teacher=sdxl arch=ssd_1b"),
+              "python -m bksdm.arch teacher=sdxl arch=ssd_1b", "python -m bksdm.arch teacher=flux_dev arch=flux_mini"),
     more="Manual: docs/architecture.md",
 )  # fmt: skip
 
@@ -26,8 +26,9 @@ HELP = EntryHelp(
 @app("arch_report", HELP)
 def main(cfg: DictConfig) -> None:
     # here, not at the top: --help and --cfg job need neither torch nor diffusers
+    from bksdm.arch.depth import is_transformer
     from bksdm.arch.report import render_report, report_dict
-    from bksdm.teachers.loading import teacher_unet_config
+    from bksdm.teachers.loading import teacher_denoiser_config
 
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} is not accepted: use one of {list(FORMATS)}")
@@ -35,14 +36,34 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError(
             f"resolution={cfg.resolution!r} must be a pixel size divisible by 8 (SD's VAE factor)"
         )
-    embedded = cfg.teacher.unet_config
-    teacher = teacher_unet_config(
+    embedded = cfg.teacher.get("transformer_config") or cfg.teacher.get("unet_config")
+    teacher = teacher_denoiser_config(
         cfg.teacher.source,
         OmegaConf.to_container(embedded, resolve=True) if embedded is not None else None,
         cfg.teacher.revision,
     )
     removal = OmegaConf.to_container(cfg.arch.removal, resolve=True)
     latent = cfg.resolution // 8
+    if is_transformer(teacher):
+        from bksdm.arch.depth_report import depth_report_dict, render_depth_report
+
+        if latent % 2:
+            raise ConfigError(
+                f"resolution={cfg.resolution!r}: a transformer's 2x2 patches need a multiple of 16"
+            )
+        try:
+            if cfg.format == "json":
+                report = {"teacher": cfg.teacher.name, "resolution": cfg.resolution,
+                          **depth_report_dict(teacher, removal, latent, cfg.arch.name)}  # fmt: skip
+                print(json.dumps(report))
+            else:
+                title = f"{cfg.teacher.name} ({cfg.teacher.source}), {cfg.resolution} px"
+                print(render_depth_report(teacher, removal, latent, title, cfg.arch.name))
+        except ValueError as error:
+            raise ConfigError(
+                f"arch={cfg.arch.name} does not fit teacher={cfg.teacher.name}: {error}"
+            ) from error
+        return
     if cfg.format == "json":
         print(
             json.dumps(

@@ -40,6 +40,11 @@ _SIGNATURE_FIELDS = {
 }
 
 
+def is_transformer(config: Mapping) -> bool:
+    """Whether a denoiser config is one of a transformer family's (FLUX, SD3, PixArt), not a U-Net's."""
+    return config.get("_class_name") in STACKS or any(field in config for field in _SIGNATURE_FIELDS)
+
+
 def family(config: Mapping) -> str:
     """The diffusers class of a transformer config (its ``_class_name``, or told by the fields only that
     class has), checked to be one depth removal knows."""
@@ -47,6 +52,16 @@ def family(config: Mapping) -> str:
     if name not in STACKS:
         raise ValueError(f"a transformer teacher of class {name!r}: accepted are {sorted(STACKS)}")
     return name
+
+
+def empty_transformer(config: Mapping) -> torch.nn.Module:
+    """A transformer of ``config``'s family on the meta device (no weights): for counts and shape checks."""
+    import diffusers
+
+    with torch.device("meta"):
+        return getattr(diffusers, family(config)).from_config(
+            {k: v for k, v in dict(config).items() if k != "_class_name"}
+        )
 
 
 def kept_blocks(teacher_config: Mapping, stacks: Mapping[str, object]) -> dict[str, list[int]]:
@@ -170,4 +185,4 @@ def build_depth_student(teacher: torch.nn.Module, stacks: Mapping[str, object]) 
             )
         state[key] = teacher_state[teacher_key]
     student.load_state_dict(state)
-    return student.to(teacher.dtype)
+    return torch.nn.Module.to(student, teacher.dtype)  # not diffusers' override, which warns needlessly

@@ -2,7 +2,8 @@
 
 The counter is torch's FlopCounterMode, as in the architecture report: two FLOPs per multiply-accumulate
 of every matmul, convolution and attention product. Counted are the teacher's forward, the student's
-forward and backward, and, when the step encodes its own inputs, the VAE encoder and the text encoder.
+forward and backward (U-Nets and FLUX, SD3 and PixArt transformers), and, when the step encodes its own
+inputs, the VAE encoder and the text encoder.
 Gradient checkpointing's recomputed forward is not counted (model FLOPs, the usual convention for
 utilisation figures).
 """
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from diffusers import AutoencoderKL
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from bksdm.arch.report import TEXT_TOKENS, VAE_SCALE, sdxl_added_conditioning
 from bksdm.arch.student import empty_unet, plain_config
@@ -44,6 +45,35 @@ def unet_flops(config: Mapping, latent_size: int, batch_size: int, backward: boo
     return counter.get_total_flops()
 
 
+def transformer_flops(config: Mapping, latent_size: int, batch_size: int, backward: bool) -> int:
+    """FLOPs of one call of a FLUX, SD3 or PixArt transformer on a (batch, C, latent, latent) input with
+    its pipeline's default text length (``bksdm.arch.depth_report.TEXT_TOKENS``), plus its backward when
+    ``backward``."""
+    from bksdm.arch.depth import empty_transformer, family
+    from bksdm.arch.depth_report import TEXT_TOKENS
+    from bksdm.teachers.denoiser_call import TRANSFORMER_PIPELINES, denoise, example_inputs
+
+    name = family(config)
+    model = empty_transformer(config)
+    with torch.device("meta"):
+        inputs = example_inputs({**config, "_class_name": name}, latent_size, batch_size, TEXT_TOKENS[name])
+    model.requires_grad_(backward)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.set_grad_enabled(backward):
+        out = denoise(model, TRANSFORMER_PIPELINES[name], *inputs)
+        if backward:
+            out.sum().backward()
+    return counter.get_total_flops()
+
+
+def denoiser_flops(config: Mapping, latent_size: int, batch_size: int, backward: bool) -> int:
+    """``unet_flops`` or ``transformer_flops``, by the config's kind."""
+    from bksdm.arch.depth import is_transformer
+
+    counter = transformer_flops if is_transformer(config) else unet_flops
+    return counter(config, latent_size, batch_size, backward)
+
+
 def vae_encode_flops(config: Mapping, resolution: int, batch_size: int) -> int:
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(dict(config))
@@ -54,12 +84,19 @@ def vae_encode_flops(config: Mapping, resolution: int, batch_size: int) -> int:
     return counter.get_total_flops()
 
 
-def text_encode_flops(config: CLIPTextConfig, batch_size: int) -> int:
-    """One text tower's FLOPs; SDXL's second (``CLIPTextModelWithProjection``) with its projection."""
-    projected = "CLIPTextModelWithProjection" in (config.architectures or [])
+def text_encode_flops(config, batch_size: int, t5_tokens: int = 512) -> int:
+    """One text tower's FLOPs: a CLIP tower on 77 tokens (SDXL's and SD3's ``CLIPTextModelWithProjection``
+    with its projection), a T5 encoder on ``t5_tokens``."""
+    import transformers
+
+    if config.model_type == "t5":
+        cls, tokens = transformers.T5EncoderModel, t5_tokens
+    else:
+        projected = "CLIPTextModelWithProjection" in (config.architectures or [])
+        cls, tokens = (CLIPTextModelWithProjection if projected else CLIPTextModel), TEXT_TOKENS
     with torch.device("meta"):
-        encoder = (CLIPTextModelWithProjection if projected else CLIPTextModel)(config)
-        ids = torch.zeros(batch_size, TEXT_TOKENS, dtype=torch.long)
+        encoder = cls(config)
+        ids = torch.zeros(batch_size, tokens, dtype=torch.long)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         encoder(ids)
@@ -72,18 +109,21 @@ def step_flops(
     resolution: int,
     batch_size: int,
     vae: Mapping | None = None,
-    text_encoders: Sequence[CLIPTextConfig] = (),
+    text_encoders: Sequence = (),
+    t5_tokens: int = 512,
 ) -> dict[str, int]:
     """FLOPs per optimizer step by part (``teacher_forward``, ``student_forward_backward``,
     ``vae_encode``, ``text_encode``: all text towers) and their ``total``. A part whose config is None (no
     text tower: empty) is not run."""
     latent = resolution // VAE_SCALE
-    parts = {"student_forward_backward": unet_flops(student, latent, batch_size, backward=True)}
+    parts = {"student_forward_backward": denoiser_flops(student, latent, batch_size, backward=True)}
     if teacher is not None:
-        parts["teacher_forward"] = unet_flops(teacher, latent, batch_size, backward=False)
+        parts["teacher_forward"] = denoiser_flops(teacher, latent, batch_size, backward=False)
     if vae is not None:
         parts["vae_encode"] = vae_encode_flops(vae, resolution, batch_size)
     if text_encoders:
-        parts["text_encode"] = sum(text_encode_flops(config, batch_size) for config in text_encoders)
+        parts["text_encode"] = sum(
+            text_encode_flops(config, batch_size, t5_tokens) for config in text_encoders
+        )
     parts["total"] = sum(parts.values())
     return parts

@@ -14,10 +14,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch import student_config
+from bksdm.arch.depth import depth_student_config, empty_transformer, is_transformer
 from bksdm.arch.report import sdxl_added_conditioning
 from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
 from bksdm.bench.machine import probe_machine
+from bksdm.bench.memory_plan import denoiser_activation_bytes, memory_plan
 from bksdm.bench.phases import PhaseTimer
 from bksdm.bench.roofline import StepShape, roofline, step_bytes
 from bksdm.bench.timer import HostSyncEveryStep, StepTimer
@@ -26,6 +28,7 @@ from bksdm.cli.train_setup import build_module, check_model_config, check_precis
 from bksdm.cli.value_types import check_value_types
 from bksdm.teachers.frozen import DTYPES, resolve_frozen_dtype
 from bksdm.teachers.loading import check_available_offline
+from bksdm.teachers.transformer_text import TEXT_PARTS, text_length
 from bksdm.training.memory import release_host_memory
 
 MODES = ("fast", "reference", "both")
@@ -74,6 +77,12 @@ def check_bench_config(cfg: DictConfig) -> int:
     check_value_types(cfg)
     check_precision(cfg)
     check_model_config(cfg, resolution, resolution_key="bench.resolution")
+    if bench.pre_encoded and not bench.count_only and is_transformer(teacher_config(cfg)):
+        raise ValueError(
+            f"bench.pre_encoded=true with teacher={cfg.teacher.name}: transformer teachers encode their "
+            "captions each step for now (no pre-encoded text embeddings): accepted are bench.pre_encoded=false, "
+            "or bench.count_only=true (FLOPs and memory from configs)"
+        )
     if not bench.count_only:  # counting needs the configs only, which the presets embed
         check_available_offline(cfg.teacher.source, cfg.teacher.revision)
     return resolution
@@ -110,12 +119,26 @@ def settings(cfg: DictConfig, device: torch.device) -> dict:
     }
 
 
-def count_flops(cfg: DictConfig, resolution: int, vae=None, text_encoders=()) -> dict[str, int]:
+def student_of(cfg: DictConfig, teacher: dict) -> dict:
+    """The student's config: block removal from a U-Net, depth pruning of a transformer."""
+    removal = OmegaConf.to_container(cfg.arch.removal)
+    return (
+        depth_student_config(teacher, removal)
+        if is_transformer(teacher)
+        else student_config(teacher, removal)
+    )
+
+
+def count_flops(
+    cfg: DictConfig, resolution: int, vae=None, text_encoders=(), t5_tokens: int = 512
+) -> dict[str, int]:
     teacher = teacher_config(cfg)
-    student = student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
+    student = student_of(cfg, teacher)
     images = cfg.bench.batch_size * cfg.trainer.accumulate_grad_batches
     needs_teacher = instantiate(cfg.loss).needs_teacher
-    return step_flops(teacher if needs_teacher else None, student, resolution, images, vae, text_encoders)
+    return step_flops(
+        teacher if needs_teacher else None, student, resolution, images, vae, text_encoders, t5_tokens
+    )
 
 
 def bench_device(cfg: DictConfig) -> torch.device:
@@ -140,10 +163,10 @@ def count_params(model) -> int:
 def step_shape(cfg: DictConfig, module) -> StepShape:
     """What the step touches, from the built module (``bksdm.bench.roofline``)."""
     frozen = module.frozen
-    running = count_params(frozen.unet) if module.loss.needs_teacher else 0
+    running = count_params(frozen.denoiser) if module.loss.needs_teacher else 0
     if not cfg.bench.pre_encoded:
         running += count_params(frozen.vae.encoder) + count_params(frozen.vae.quant_conv)
-        running += count_params(frozen.text_encoder) + count_params(frozen.text_encoder_2)
+        running += sum(map(count_params, (frozen.text_encoder, frozen.text_encoder_2, frozen.text_encoder_3)))
     return StepShape(
         student_params=count_params(module.student),
         frozen_params=running,
@@ -190,10 +213,16 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
         trainer.fit(module, datamodule=data)
     device = module.device
     vae = module.frozen.vae
-    text_encoders = [
-        m.config for m in (module.frozen.text_encoder, module.frozen.text_encoder_2) if m is not None
-    ]
-    flops = count_flops(cfg, resolution, vae.config if vae is not None else None, text_encoders)
+    frozen = module.frozen
+    towers = (frozen.text_encoder, frozen.text_encoder_2, frozen.text_encoder_3)
+    text_encoders = [m.config for m in towers if m is not None]
+    # a transformer family's last text tower is its T5
+    t5_tokens = (
+        text_length(frozen.family, getattr(frozen, TEXT_PARTS[frozen.family][-1][0]))
+        if frozen.is_transformer
+        else 0
+    )
+    flops = count_flops(cfg, resolution, vae.config if vae is not None else None, text_encoders, t5_tokens)
     traffic = step_bytes(step_shape(cfg, module))
     dtypes = part_dtypes(cfg, device)
     images = bench.batch_size * cfg.trainer.accumulate_grad_batches * trainer.world_size
@@ -293,7 +322,12 @@ def benchmark(cfg: DictConfig) -> dict:
         resolution = check_bench_config(cfg)
     modes = ["fast", "reference"] if cfg.bench.mode == "both" else [cfg.bench.mode]
     if cfg.bench.count_only:
-        result = {"flops_per_step": {mode: _count_only(mode_config(cfg, mode), resolution) for mode in modes}}
+        result = {
+            "flops_per_step": {mode: _count_only(mode_config(cfg, mode), resolution) for mode in modes},
+            "memory_gib": {mode: count_memory(mode_config(cfg, mode), resolution) for mode in modes},
+        }
+        for mode, plan in result["memory_gib"].items():
+            print(render_memory(mode, plan))
         print(json.dumps(result))
         return result
     device = bench_device(cfg)
@@ -327,25 +361,72 @@ def benchmark(cfg: DictConfig) -> dict:
     return result
 
 
+GPU_MEMORY_GIB = {"80 GB": 79.6, "141 GB": 139.8}  # what an H100 80GB and an H200 report as total
+
+
+def count_memory(cfg: DictConfig, resolution: int) -> dict[str, float]:
+    """The step's memory per device in GiB by part (``bksdm.bench.memory_plan``), from configs alone."""
+    teacher = teacher_config(cfg)
+    student = student_of(cfg, teacher)
+    frozen_dtype = DTYPES[resolve_frozen_dtype(cfg.distill.frozen_dtype, "cuda")]  # as on a GPU
+    compute = DTYPES[COMPUTE_DTYPES.get(str(cfg.trainer.precision), "float32")]
+    latent = resolution // 8
+    activations = denoiser_activation_bytes(
+        student, latent, cfg.bench.batch_size, compute, bool(cfg.distill.gradient_checkpointing)
+    )
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    devices = cfg.trainer.get("devices", 1)
+    shards = devices if "fsdp" in strategy and isinstance(devices, int) else 1
+    return memory_plan(
+        frozen_params=_meta_params(teacher) if instantiate(cfg.loss).needs_teacher else 0,
+        frozen_bytes=frozen_dtype.itemsize,
+        student_params=_meta_params(student),
+        activation_bytes=activations,
+        mixed_precision=str(cfg.trainer.precision).endswith("-mixed"),
+        ema=cfg.distill.ema_decay is not None,
+        shards=shards,
+    )
+
+
+def render_memory(mode: str, plan: dict[str, float]) -> str:
+    parts = ", ".join(f"{name} {gib:.1f}" for name, gib in plan.items() if name != "total")
+    fits = ", ".join(
+        f"{'fits' if plan['total'] <= gib else 'does not fit'} on {name}"
+        for name, gib in GPU_MEMORY_GIB.items()
+    )
+    return f"memory per device ({mode}, GiB): {parts}; total {plan['total']:.1f}: {fits}"
+
+
+def _meta_params(config: dict) -> int:
+    from bksdm.arch.student import empty_unet, plain_config
+
+    return count_params(
+        empty_transformer(config) if is_transformer(config) else empty_unet(plain_config(config))
+    )
+
+
 def _count_only(cfg: DictConfig, resolution: int) -> dict[str, int]:
     """FLOPs per step from configs alone; a mode that encodes its inputs needs the teacher's VAE and
     text-encoder configs, read from its source (config files only)."""
-    vae, text_encoders = None, []
+    vae, text_encoders, t5_tokens = None, [], 512
     if not cfg.bench.pre_encoded:
         from diffusers import AutoencoderKL
-        from transformers import CLIPTextConfig
+        from transformers import AutoConfig
 
-        from bksdm.teachers.loading import resolve_source
+        from bksdm.teachers.loading import pipeline_family, resolve_source
+        from bksdm.teachers.transformer_text import TEXT_LENGTHS, TEXT_PARTS
 
         source = resolve_source(cfg.teacher.source)
         vae = AutoencoderKL.load_config(source, subfolder="vae", revision=cfg.teacher.revision)
-        towers = (
-            ["text_encoder", "text_encoder_2"]
-            if sdxl_added_conditioning(teacher_config(cfg), 1)
-            else ["text_encoder"]
-        )
+        family = pipeline_family(source, cfg.teacher.revision)
+        if family in TEXT_PARTS:
+            towers, t5_tokens = [encoder for _, encoder in TEXT_PARTS[family]], TEXT_LENGTHS[family]
+        elif sdxl_added_conditioning(teacher_config(cfg), 1):
+            towers = ["text_encoder", "text_encoder_2"]
+        else:
+            towers = ["text_encoder"]
         text_encoders = [
-            CLIPTextConfig.from_pretrained(source, subfolder=tower, revision=cfg.teacher.revision)
+            AutoConfig.from_pretrained(source, subfolder=tower, revision=cfg.teacher.revision)
             for tower in towers
         ]
-    return count_flops(cfg, resolution, vae, text_encoders)
+    return count_flops(cfg, resolution, vae, text_encoders, t5_tokens)

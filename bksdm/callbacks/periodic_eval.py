@@ -20,7 +20,7 @@ from bksdm.callbacks.schedule import EveryNSteps
 from bksdm.eval.generation import generate_images, resolve_generator_device
 from bksdm.eval.prompts import load_prompts
 from bksdm.eval.scoring import ImageScores, load_scored, real_embeddings, real_statistics
-from bksdm.teachers.pipeline import frozen_pipeline
+from bksdm.teachers.pipeline import denoiser_part, frozen_pipeline
 from bksdm.training.fsdp import whole_module
 
 
@@ -138,7 +138,8 @@ class PeriodicEval(EveryNSteps):
         import wandb
 
         shown = mine[: self.table_prompts]
-        pipeline.register_modules(unet=pl_module.frozen.unet)  # the student's images are drawn by now
+        # the student's images are drawn by now
+        pipeline.register_modules(**{denoiser_part(pl_module.frozen): pl_module.frozen.denoiser})
         teacher_paths = generate_images(  # drawn once: the folder keeps them for later evaluations
             pipeline, self.captions, self.dirpath / "teacher", seed=self.seed, generator_device=self.draw_on,
             num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from bksdm.eval.labelled_grid import labelled_grid
-from bksdm.teachers.pipeline import frozen_pipeline
+from bksdm.teachers.pipeline import call_settings, denoiser_part, frozen_pipeline
 from bksdm.training.fsdp import whole_module
 
 
@@ -21,7 +21,8 @@ class SampleGrid(L.Callback):
     draw each prompt with the teacher (left) and the student (right) from the same seed and save the
     grid as ``<dirpath>/step_<global step>.png``: the step in the title, "teacher" and "student" above
     the columns, each prompt above its row, images of less than ``min_cell`` pixels enlarged (nearest
-    neighbour). The same image goes to the loggers.
+    neighbour). The same image goes to the loggers. ``resolution``: the images' side in pixels (the
+    training data's); None: the pipeline's default (FLUX's is 1024 px whatever the model).
     """
 
     def __init__(
@@ -33,12 +34,14 @@ class SampleGrid(L.Callback):
         guidance_scale: float = 7.5,
         seed: int = 1234,
         min_cell: int = 256,
+        resolution: int | None = None,
     ):
         if not prompts:
             raise ValueError("SampleGrid needs at least one prompt")
         self.dirpath, self.prompts = Path(dirpath), list(prompts)
         self.every_n_steps, self.num_inference_steps = every_n_steps, num_inference_steps
         self.guidance_scale, self.seed, self.min_cell = guidance_scale, seed, min_cell
+        self.resolution = resolution
         self._last_step = -1
         self.saved: list[Path] = []
 
@@ -58,10 +61,10 @@ class SampleGrid(L.Callback):
         if not trainer.is_global_zero:
             return None
         # built (and missing parts loaded) once
-        pipeline = frozen_pipeline(pl_module.frozen, pl_module.frozen.unet, pl_module.device)
+        pipeline = frozen_pipeline(pl_module.frozen, pl_module.frozen.denoiser, pl_module.device)
         columns = []
-        for unet in (pl_module.frozen.unet, student):
-            pipeline.register_modules(unet=unet)
+        for denoiser in (pl_module.frozen.denoiser, student):
+            pipeline.register_modules(**{denoiser_part(pl_module.frozen): denoiser})
             columns.append(self._images(pipeline, pl_module))
         step = trainer.global_step
         title = f"step {step}: teacher {pl_module.frozen.source}, student {pl_module.student_name}"
@@ -86,6 +89,8 @@ class SampleGrid(L.Callback):
                     guidance_scale=self.guidance_scale,
                     generator=generator,
                     output_type="np",
+                    **({"height": self.resolution, "width": self.resolution} if self.resolution else {}),
+                    **call_settings(pipeline),
                 )
             images.append(out.images[0])
         return np.stack(images)

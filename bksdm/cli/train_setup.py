@@ -10,11 +10,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch import student_config
+from bksdm.arch.depth import depth_student_config, is_transformer
 from bksdm.arch.report import VAE_SCALE, check_latent_size
 from bksdm.cli.value_types import check_value_types
 from bksdm.distill.taps import check_tap_pairs, resolve_tap_pairs
 from bksdm.teachers.frozen import resolve_frozen_dtype
-from bksdm.teachers.loading import teacher_unet_config
+from bksdm.teachers.loading import teacher_denoiser_config
 from bksdm.training.resume import wandb_run_id
 
 DATA_LOCATIONS = {
@@ -64,6 +65,9 @@ def check_model_config(
     """The student fits the teacher, images of ``resolution`` pixels fit the U-Net, and the step's
     switches are valid."""
     teacher = teacher_config(cfg)
+    if is_transformer(teacher):
+        check_transformer_config(cfg, teacher, resolution, resolution_key)
+        return
     try:
         student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
     except ValueError as error:
@@ -91,12 +95,50 @@ def check_model_config(
         check_taps(cfg, teacher)
 
 
+def check_transformer_config(
+    cfg: DictConfig, teacher: dict, resolution: int | None, resolution_key: str = "data.resolution"
+) -> None:
+    """A transformer teacher's student keeps blocks the teacher has, and images of ``resolution`` pixels
+    make whole patches (VAE 8x, then 2x2 patches: multiples of 16 px) within SD3's position table."""
+    try:
+        depth_student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
+    except ValueError as error:
+        raise ValueError(
+            f"arch={cfg.arch.name} does not fit teacher={cfg.teacher.name}: {error} (a transformer student's "
+            "removal lists the teacher blocks each stack keeps: docs/transformers.md)"
+        ) from error
+    if resolution is not None:
+        side = 2 * VAE_SCALE
+        largest = teacher.get("pos_embed_max_size", 0) * teacher.get("patch_size", 2) * VAE_SCALE or None
+        if resolution % side or (largest and resolution > largest):
+            raise ValueError(
+                f"{resolution_key}={resolution} cannot go through teacher={cfg.teacher.name}'s transformer: "
+                f"accepted are multiples of {side} pixels"
+                + (f" up to {largest}" if largest else "")
+                + f" (the teacher was trained at {cfg.teacher.resolution})"
+            )
+    if str(cfg.data.get("_target_", "")).endswith("LatentDataModule"):
+        raise ValueError(
+            f"data=latents with teacher={cfg.teacher.name}: pre-encoded inputs for transformer teachers are not "
+            "built yet (docs/transformers.md); accepted are image sources (data=laion_folder, webdataset, "
+            "synthetic), which encode each step"
+        )
+    check_fused_clipping(cfg)
+    instantiate(cfg.speed)
+    if cfg.get("loss") and cfg.loss.get("w_feat"):
+        check_taps(cfg, teacher)
+
+
 def check_taps(cfg: DictConfig, teacher: dict) -> None:
-    """The feature-KD tap pairs exist on both U-Nets and agree in shape (on meta models: no weights)."""
+    """The feature-KD tap pairs exist on both denoisers and agree in shape (on meta models: no weights)."""
     removal = OmegaConf.to_container(cfg.arch.removal)
     try:
         pairs = resolve_tap_pairs(tap_pairs_setting(cfg), teacher, removal)
-        check_tap_pairs(teacher, student_config(teacher, removal), pairs, teacher["sample_size"])
+        if is_transformer(teacher):
+            latent = (cfg.data.get("resolution") or cfg.teacher.resolution) // VAE_SCALE
+            check_tap_pairs(teacher, depth_student_config(teacher, removal), pairs, latent)
+        else:
+            check_tap_pairs(teacher, student_config(teacher, removal), pairs, teacher["sample_size"])
     except (KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) else str(error)
         hint = (
@@ -127,18 +169,20 @@ def check_fused_clipping(cfg: DictConfig) -> None:
 
 
 def teacher_config(cfg: DictConfig) -> dict:
-    """The teacher U-Net's config: embedded in the teacher preset, else read from its source (the
-    config file only, no weights)."""
-    embedded = cfg.teacher.unet_config
-    return teacher_unet_config(
+    """The teacher denoiser's config (U-Net or transformer): embedded in the teacher preset
+    (``unet_config``, ``transformer_config``), else read from its source (the config file only, no
+    weights)."""
+    embedded = cfg.teacher.get("transformer_config") or cfg.teacher.get("unet_config")
+    return teacher_denoiser_config(
         cfg.teacher.source,
         OmegaConf.to_container(embedded) if embedded is not None else None,
         cfg.teacher.revision,
     )
 
 
-def tap_pairs_setting(cfg: DictConfig) -> str | list:
-    """``arch.taps`` as the module takes it: a rule's name (``auto``, ``koala``) or plain pair lists."""
+def tap_pairs_setting(cfg: DictConfig) -> str | list | dict:
+    """``arch.taps`` as the module takes it: a rule's name (``auto``, ``koala``), plain pair lists, or a
+    rule with weights."""
     taps = cfg.arch.taps
     return taps if isinstance(taps, str) else OmegaConf.to_container(taps)
 

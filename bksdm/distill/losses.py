@@ -60,10 +60,12 @@ class DistillLoss(nn.Module):
         """Total loss and its terms.
 
         Args:
-            student_pred: the student's prediction, (B, C, h, w).
+            student_pred: the student's prediction, (B, C, h, w); (B, 2C, h, w) for a learned-variance
+                model (PixArt), whose first C channels the task term compares with the target.
             target: the scheduler's target of the same shape (needed when w_task > 0).
             teacher_pred: the teacher's prediction (needed when w_out > 0).
-            feature_pairs: (name, student feature, teacher feature) per tap pair (needed when w_feat > 0).
+            feature_pairs: (name, student feature, teacher feature[, weight]) per tap pair (needed when
+                w_feat > 0); the feature term is the weighted sum (weight 1 where none is given).
 
         Returns:
             ``(loss, terms)``: terms holds ``loss_task``, ``loss_kd_out``, ``loss_kd_feat`` (unweighted)
@@ -72,7 +74,8 @@ class DistillLoss(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         total = student_pred.new_zeros((), dtype=torch.float32)
         if self.w_task > 0:
-            terms["loss_task"] = _mse(student_pred, _required(target, "target", "w_task"))
+            target = _required(target, "target", "w_task")
+            terms["loss_task"] = _mse(task_prediction(student_pred, target), target)
             total = total + self.w_task * terms["loss_task"]
         if self.w_out > 0:
             terms["loss_kd_out"] = _mse(student_pred, _required(teacher_pred, "teacher_pred", "w_out"))
@@ -83,15 +86,22 @@ class DistillLoss(nn.Module):
                     "loss.w_feat > 0 needs feature pairs, got none: declare taps in the arch config"
                 )
             feature_total = total.new_zeros(())
-            for name, student_feature, teacher_feature in feature_pairs:
+            for name, student_feature, teacher_feature, *weight in feature_pairs:
                 term = _mse(student_feature, teacher_feature)
                 if self.feature_reduction == "normalized":
                     term = term / teacher_feature.detach().float().pow(2).mean().clamp_min(1e-8)
                 terms[f"kd_feat/{name}"] = term
-                feature_total = feature_total + term
+                feature_total = feature_total + (weight[0] if weight else 1.0) * term
             terms["loss_kd_feat"] = feature_total
             total = total + self.w_feat * feature_total
         return total, {k: v.detach() for k, v in terms.items()}
+
+
+def task_prediction(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The part of a prediction the task target is for: all of it, or the noise half (the first C
+    channels) of a learned-variance prediction (PixArt: 2C channels, noise then variance), whose variance
+    half only output KD trains, as in the pipelines that sample it."""
+    return prediction[:, : target.shape[1]] if prediction.shape[1] != target.shape[1] else prediction
 
 
 def _mse(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from diffusers import UNet2DConditionModel
 from lightning.pytorch.utilities import rank_zero_info
 
 from bksdm.arch import PAPER_REMOVALS, build_student, removal_name, resolve_removal
+from bksdm.arch.depth import build_depth_student, is_transformer
 from bksdm.data.skips import SkipTally, describe_skips
 from bksdm.distill.ema import StudentEMA
 from bksdm.distill.gemm_conv import use_gemm_convolutions
@@ -22,19 +22,21 @@ from bksdm.distill.step import DistillStep
 from bksdm.distill.taps import check_tap_pairs, resolve_tap_pairs
 from bksdm.teachers.conditioning import takes_added_conditioning
 from bksdm.teachers.frozen import DTYPES, FrozenTeacher, resolve_frozen_dtype
-from bksdm.teachers.loading import load_components, teacher_unet_config
+from bksdm.teachers.loading import load_components, pipeline_family, resolve_source, teacher_denoiser_config
+from bksdm.teachers.transformer_text import TEXT_PARTS
 from bksdm.training.fsdp import gradient_shard_group
 from bksdm.training.host_sync import ranks_agree, ranks_agree_each
 from bksdm.training.rng import restore_rng_states, rng_states
 
 
 class DistillModule(L.LightningModule):
-    """BK-SDM knowledge distillation of a block-removed student from a frozen SD-v1/v2 or SDXL teacher
-    (``conf/distill/default.yaml``).
+    """BK-SDM knowledge distillation of a block-removed student from a frozen SD-v1/v2 or SDXL teacher, or of
+    a depth-pruned transformer from a FLUX, SD3 or PixArt teacher (``conf/distill/default.yaml``).
 
     Args:
         teacher_source: hub id, diffusers folder or ``builtin:*``.
-        removal: the student's removal spec (``base``/``small``/``tiny`` or a mapping).
+        removal: the student's removal spec (``base``/``small``/``tiny`` or a mapping); for a transformer
+            teacher the blocks each stack keeps (``bksdm.arch.depth``).
         taps: (teacher path, student path) pairs for feature KD, or a rule applied to the removal spec:
             ``auto`` (the paper's block outputs) or ``koala`` (self-attention features, ``koala_tap_pairs``).
         loss: the weighted objective.
@@ -63,6 +65,7 @@ class DistillModule(L.LightningModule):
             paper spec is ``custom(...)``.
         vae_source: the VAE from elsewhere (``teacher.vae_source``: e.g. an fp16-fixed SDXL VAE, which then
             stays in fp16 with fp16 frozen parts); None: the teacher's.
+        flux_guidance: the guidance scale a FLUX teacher's guidance embedding and its student's are given.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class DistillModule(L.LightningModule):
         nonfinite_patience: int = 5,
         student_name: str | None = None,
         vae_source: str | None = None,
+        flux_guidance: float = 3.5,
     ):
         super().__init__()
         frozen_dtype = resolve_frozen_dtype(frozen_dtype, "cuda" if torch.cuda.is_available() else "cpu")
@@ -102,17 +106,29 @@ class DistillModule(L.LightningModule):
         self.guard = StepGuard(nonfinite_patience)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
 
-        sdxl = takes_added_conditioning(teacher_unet_config(teacher_source, revision=revision))
-        wanted = ["unet", "tokenizer", "noise_scheduler"] + ["tokenizer_2"] * sdxl + ["vae"] * load_vae
-        if load_text_encoder:
-            wanted += ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"]
-        parts = load_components(teacher_source, parts=wanted, revision=revision, vae_source=vae_source)
-        self.removal_spec = resolve_removal(removal)
-        self.student_name = removal_name(self.removal_spec)  # a paper name only where the spec is the paper's
-        if student_name and student_name not in PAPER_REMOVALS and self.student_name.startswith("custom("):
-            self.student_name = student_name
-        # the student is copied from the fp32 teacher before the teacher drops to its low precision
-        self.student = build_student(parts.unet, removal, dtype=torch.float32)
+        denoiser_config = teacher_denoiser_config(teacher_source, revision=revision)
+        self.is_transformer = is_transformer(denoiser_config)
+        parts = load_components(
+            teacher_source, self._wanted_parts(teacher_source, revision, denoiser_config, load_vae, load_text_encoder),
+            revision=revision, vae_source=vae_source,
+        )  # fmt: skip
+        if self.is_transformer:  # a depth-pruned transformer: ``removal`` lists the blocks each stack keeps
+            self.removal_spec = dict(removal)
+            self.student_name = student_name or "depth-pruned"
+            self.student = build_depth_student(parts.transformer, self.removal_spec).float()
+        else:
+            self.removal_spec = resolve_removal(removal)
+            self.student_name = removal_name(
+                self.removal_spec
+            )  # a paper name only where the spec is the paper's
+            if (
+                student_name
+                and student_name not in PAPER_REMOVALS
+                and self.student_name.startswith("custom(")
+            ):
+                self.student_name = student_name
+            # the student is copied from the fp32 teacher before the teacher drops to its low precision
+            self.student = build_student(parts.unet, removal, dtype=torch.float32)
         if gradient_checkpointing:
             self.student.enable_gradient_checkpointing()
         self.frozen = FrozenTeacher.freeze(
@@ -123,7 +139,10 @@ class DistillModule(L.LightningModule):
             self.speed.frozen_inference_mode,
             vae_source,
         )
-        for model in (self.student, self.frozen.unet, self.frozen.vae):
+        # a transformer keeps its own attention processors (FLUX's and SD3's take rotary or joint inputs)
+        for model in (
+            (self.frozen.vae,) if self.is_transformer else (self.student, self.frozen.unet, self.frozen.vae)
+        ):
             if model is not None:
                 set_attention(model, self.speed.attention)
         self.ema = (
@@ -135,17 +154,19 @@ class DistillModule(L.LightningModule):
         if not loss.needs_features:
             tap_pairs = []
         else:
-            tap_pairs = resolve_tap_pairs(taps, self.frozen.unet.config, self.removal_spec)
+            tap_pairs = resolve_tap_pairs(taps, self.frozen.denoiser.config, self.removal_spec)
         # the checkpoint records what was tapped, with a rule (``auto``, ``koala``) resolved
-        self.hparams["taps"] = [[p.teacher, p.student] for p in tap_pairs]
+        self.hparams["taps"] = [[p.teacher, p.student] + [p.weight] * (p.weight != 1) for p in tap_pairs]
         # paths and shapes are checked now, before any data is touched
-        teacher_config = self.frozen.unet.config
+        teacher_config = self.frozen.denoiser.config
         self.tap_shapes = (
-            check_tap_pairs(teacher_config, self.student.config, tap_pairs, teacher_config.sample_size)
+            check_tap_pairs(
+                teacher_config, self.student.config, tap_pairs, teacher_config.get("sample_size", 128)
+            )
             if tap_pairs
             else {}
         )
-        self.step = DistillStep(self.frozen, self.student, loss, tap_pairs, caption_dropout)
+        self.step = DistillStep(self.frozen, self.student, loss, tap_pairs, caption_dropout, flux_guidance)
         self.loss = loss  # registered (a module without parameters) so that it moves with the module
         self.step_terms: dict[str, torch.Tensor] = {}  # the last micro-batch's loss terms (detached)
         self.speedups_applied = False
@@ -166,14 +187,14 @@ class DistillModule(L.LightningModule):
         self.step.hook_taps()
         if not self.speedups_applied:  # once, now that the device is known (the module is not on it yet)
             device = self.trainer.strategy.root_device
-            frozen = [self.frozen.unet, self.frozen.vae]
+            frozen = [self.frozen.unet, self.frozen.vae]  # the convolutional ones
             nhwc = {"all": [self.student, *frozen], "frozen": frozen}
             for model in filter(None, nhwc.get(self.speed.channels_last_models(device), [])):
                 to_channels_last(model)
-            if self.speed.resolved(device)["gemm_convolutions"]:
+            if self.speed.resolved(device)["gemm_convolutions"] and not self.is_transformer:
                 use_gemm_convolutions(self.student)
             if resolve_auto(self.speed.compile, device):
-                for model in (self.student, self.frozen.unet):
+                for model in (self.student, self.frozen.denoiser):
                     compile_in_place(model)
             self.speedups_applied = True
 
@@ -264,7 +285,24 @@ class DistillModule(L.LightningModule):
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
 
-    def exported_student(self) -> UNet2DConditionModel:
+    @staticmethod
+    def _wanted_parts(
+        source: str, revision: str | None, denoiser_config: Mapping, load_vae: bool, load_text_encoder: bool
+    ) -> list[str]:
+        """The teacher parts training needs: the denoiser, the tokenizers, the training noise schedule, and
+        the VAE and text encoders unless the data brings them pre-encoded."""
+        if is_transformer(denoiser_config):
+            towers = TEXT_PARTS[pipeline_family(resolve_source(source), revision)]
+            wanted = ["transformer", "noise_scheduler"] + [tokenizer for tokenizer, _ in towers]
+            wanted += [encoder for _, encoder in towers] * load_text_encoder
+        else:
+            sdxl = takes_added_conditioning(denoiser_config)
+            wanted = ["unet", "tokenizer", "noise_scheduler"] + ["tokenizer_2"] * sdxl
+            if load_text_encoder:
+                wanted += ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"]
+        return wanted + ["vae"] * load_vae
+
+    def exported_student(self) -> torch.nn.Module:
         """The weights to export: the EMA student (averaged up to this step) when EMA is on, else the
         student itself."""
         if self.ema is None:

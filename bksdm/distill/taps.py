@@ -1,7 +1,9 @@
 """Feature taps: what named submodules of the teacher and the student output, paired for feature KD.
 
-A tap records the first element of a module's output (a block returns ``(hidden_states, skips)``) while
-a ``recording()`` window is open, exactly once per window. Hooks sit on the unwrapped model, so DDP,
+A tap records the first element of a module's output (a block returns ``(hidden_states, skips)``), or the
+element a ``[i]`` after its path names (a FLUX or SD3 block returns ``(text stream, image stream)``:
+``transformer_blocks.3[1]`` is the image stream), while a ``recording()`` window is open, exactly once per
+window. Hooks sit on the unwrapped model, so DDP,
 FSDP and ``torch.compile`` wrappers neither rename nor bypass them, and a forward recomputed by
 gradient checkpointing during backward, which runs outside the window, records nothing.
 """
@@ -30,10 +32,12 @@ from bksdm.arch.student import (
 
 @dataclass(frozen=True)
 class TapPair:
-    """One feature-KD pair: a teacher module path and the student module path that imitates it."""
+    """One feature-KD pair: a teacher tap path and the student tap path that imitates it (a module path,
+    ``[i]`` after it for the i-th element of a tuple output), and the pair's weight in the feature term."""
 
     teacher: str
     student: str
+    weight: float = 1.0
 
     @property
     def name(self) -> str:
@@ -42,19 +46,26 @@ class TapPair:
 
 
 def parse_tap_pairs(pairs: Sequence) -> list[TapPair]:
-    """``[[teacher_path, student_path], ...]`` or ``[{teacher: ..., student: ...}, ...]`` -> TapPairs."""
+    """``[[teacher_path, student_path(, weight)], ...]`` or ``[{teacher: ..., student: ...(, weight: w)},
+    ...]`` -> TapPairs."""
     parsed = []
     for pair in pairs:
         if isinstance(pair, TapPair):
             parsed.append(pair)
-        elif isinstance(pair, Mapping) and set(pair) == {"teacher", "student"}:
-            parsed.append(TapPair(str(pair["teacher"]), str(pair["student"])))
-        elif isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2:
-            parsed.append(TapPair(str(pair[0]), str(pair[1])))
+        elif isinstance(pair, Mapping) and {"teacher", "student"} <= set(pair) <= {
+            "teacher",
+            "student",
+            "weight",
+        }:
+            parsed.append(
+                TapPair(str(pair["teacher"]), str(pair["student"]), _weight(pair.get("weight", 1.0)))
+            )
+        elif isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) in (2, 3):
+            parsed.append(TapPair(str(pair[0]), str(pair[1]), _weight(pair[2] if len(pair) == 3 else 1.0)))
         else:
             raise ValueError(
                 f"tap pair {pair!r} is not accepted: write [teacher_path, student_path] or "
-                "{teacher: teacher_path, student: student_path}"
+                "{teacher: teacher_path, student: student_path}, with a weight third if not 1"
             )
     names = [p.name for p in parsed]
     if len(set(names)) != len(names):
@@ -117,22 +128,86 @@ def koala_tap_pairs(teacher_config: Mapping, removal: str | Mapping | RemovalSpe
     return pairs
 
 
+def _weight(value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"tap weight {value!r}: accepted are numbers >= 0")
+    return float(value)
+
+
+def depth_tap_pairs(teacher_config: Mapping, stacks: Mapping) -> list[TapPair]:
+    """The taps of a depth-pruned transformer student (``taps: auto`` for FLUX, SD3 and PixArt teachers):
+    every student block's output with the output of the teacher block it was copied from. FLUX's double
+    and SD3's joint blocks output a text and an image stream, both tapped (``[0]`` and ``[1]``; SD3's last
+    block has no text output); FLUX's single blocks the image tokens (``[1]``), PixArt's blocks their one
+    output. Flux-Mini's feature loss is this, with its weights (``arch=flux_mini``)."""
+    from bksdm.arch.depth import family, kept_blocks
+
+    name = family(teacher_config)
+    pairs = []
+    for stack, kept in kept_blocks(teacher_config, stacks).items():
+        for index, teacher_index in enumerate(kept):
+            student, teacher = f"{stack}.{index}", f"{stack}.{teacher_index}"
+            if name == "PixArtTransformer2DModel":
+                pairs.append(TapPair(teacher, student))
+                continue
+            text_stream = stack == "transformer_blocks" and teacher_index < teacher_config["num_layers"] - (
+                name == "SD3Transformer2DModel"
+            )
+            if text_stream:
+                pairs.append(TapPair(f"{teacher}[0]", f"{student}[0]"))
+            pairs.append(TapPair(f"{teacher}[1]", f"{student}[1]"))
+    return pairs
+
+
 TAP_RULES = {"auto": paper_tap_pairs, "koala": koala_tap_pairs}  # ``taps:`` names a rule or lists pairs
 
 
 def resolve_tap_pairs(
-    taps: str | Sequence, teacher_config: Mapping, removal: str | Mapping | RemovalSpec
+    taps: str | Sequence | Mapping, teacher_config: Mapping, removal: str | Mapping | RemovalSpec
 ) -> list[TapPair]:
-    """The pairs ``taps`` asks for: a rule's name (``auto``: the paper's block outputs, ``koala``:
-    self-attention features) applied to the removal spec, or the pairs themselves."""
-    if isinstance(taps, str):
-        if taps not in TAP_RULES:
+    """The pairs ``taps`` asks for: a rule's name (``auto``: the paper's block outputs, or every block of a
+    depth-pruned transformer; ``koala``: self-attention features) applied to the removal spec, the pairs
+    themselves, or ``{rule: <name>, weights: {<student path prefix>: weight}}`` (the longest matching prefix
+    gives a pair its weight; 1 where none matches)."""
+    from bksdm.arch.depth import is_transformer
+
+    weights: Mapping = {}
+    if isinstance(taps, Mapping):
+        if set(taps) - {"rule", "weights"} or not isinstance(taps.get("weights", {}), Mapping):
             raise ValueError(
-                f"taps={taps!r}: accepted are a rule, one of {list(TAP_RULES)}, or a list of "
+                f"taps={dict(taps)!r}: accepted keys are rule (a rule's name) and weights (a mapping)"
+            )
+        taps, weights = taps.get("rule", "auto"), taps.get("weights", {})
+    if isinstance(taps, str):
+        rules = ("auto",) if is_transformer(teacher_config) else tuple(TAP_RULES)
+        if taps not in rules:
+            raise ValueError(
+                f"taps={taps!r}: accepted are a rule, one of {list(rules)}, or a list of "
                 "[teacher module, student module] pairs"
             )
-        return TAP_RULES[taps](teacher_config, removal)
-    return parse_tap_pairs(taps)
+        if is_transformer(teacher_config):
+            pairs = depth_tap_pairs(teacher_config, removal)
+        else:
+            pairs = TAP_RULES[taps](teacher_config, removal)
+    else:
+        pairs = parse_tap_pairs(taps)
+    return [_weighted(pair, weights) for pair in pairs]
+
+
+def _weighted(pair: TapPair, weights: Mapping) -> TapPair:
+    matches = [p for p in weights if pair.student == p or pair.student.startswith((f"{p}.", f"{p}["))]
+    if not matches:
+        return pair
+    return TapPair(pair.teacher, pair.student, _weight(weights[max(matches, key=len)]))
+
+
+def split_tap_path(path: str) -> tuple[str, int | None]:
+    """``"blocks.3[1]"`` -> ``("blocks.3", 1)``; a plain module path -> ``(path, None)``."""
+    if path.endswith("]") and "[" in path:
+        module, _, index = path[:-1].rpartition("[")
+        if index.isdigit():
+            return module, int(index)
+    return path, None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -161,22 +236,30 @@ class FeatureTaps:
         modules = dict(self.model.named_modules())
         self._handles = []
         for path in self.paths:
-            if path not in modules:
-                near = difflib.get_close_matches(path, list(modules), n=3)
+            module, element = split_tap_path(path)
+            if module not in modules:
+                near = difflib.get_close_matches(module, list(modules), n=3)
                 raise KeyError(
-                    f"{side} has no module {path!r} to tap" + (f"; close names: {near}" if near else "")
+                    f"{side} has no module {module!r} to tap" + (f"; close names: {near}" if near else "")
                 )
-            self._handles.append(modules[path].register_forward_hook(self._hook(path)))
+            self._handles.append(modules[module].register_forward_hook(self._hook(path, element)))
         self._recording = False
         self.features: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
 
-    def _hook(self, path: str):
+    def _hook(self, path: str, element: int | None):
         def record(_module, _inputs, output):
             if not self._recording:
                 return
             self.calls[path] = self.calls.get(path, 0) + 1
-            self.features[path] = output[0] if isinstance(output, (tuple, list)) else output
+            if element is not None:
+                if not isinstance(output, (tuple, list)) or not -len(output) <= element < len(output):
+                    raise IndexError(
+                        f"{self.side} tap {path!r}: the module's output has no element {element}"
+                    )
+                self.features[path] = output[element]
+            else:
+                self.features[path] = output[0] if isinstance(output, (tuple, list)) else output
 
         return record
 
@@ -202,29 +285,60 @@ class FeatureTaps:
         self.remove()
 
 
+def _empty_transformer(name: str, config: Mapping) -> nn.Module:
+    import diffusers
+
+    with torch.device("meta"):
+        return getattr(diffusers, name).from_config(
+            {k: v for k, v in dict(config).items() if k != "_class_name"}
+        )
+
+
 def check_tap_pairs(
     teacher_config: Mapping, student_cfg: Mapping, pairs: Sequence[TapPair], latent_size: int
 ) -> dict[str, tuple[int, ...]]:
-    """Check on meta models that every pair exists and has equal shapes; returns name -> shape.
+    """Check on meta models (U-Nets, or transformers of the teacher's class) that every pair exists and has
+    equal shapes; returns name -> shape.
 
     Raises:
         KeyError: a path that does not exist (naming the side and the path).
         ValueError: a pair whose feature shapes differ (naming both paths and shapes).
     """
+    from bksdm.arch.depth import empty_transformer, family, is_transformer
+
     shapes = {}
-    teacher, student = empty_unet(plain_config(teacher_config)), empty_unet(student_cfg)
+    if is_transformer(teacher_config):
+        from bksdm.teachers.denoiser_call import TRANSFORMER_PIPELINES, denoise, example_inputs
+
+        name = family(teacher_config)
+        teacher, student = (
+            empty_transformer({**c, "_class_name": name}) for c in (teacher_config, student_cfg)
+        )
+        with torch.device("meta"):
+            inputs = example_inputs(teacher.config | {"_class_name": name}, latent_size)
+
+        def call(model):
+            denoise(model, TRANSFORMER_PIPELINES[name], *inputs)
+    else:
+        teacher, student = empty_unet(plain_config(teacher_config)), empty_unet(student_cfg)
+        context_width = teacher.config.cross_attention_dim
+        with torch.device("meta"):
+            sample = torch.empty(1, teacher.config.in_channels, latent_size, latent_size)
+            context = torch.empty(
+                1, 77, context_width if isinstance(context_width, int) else context_width[0]
+            )
+            added = sdxl_added_conditioning(teacher.config, 1)
+
+        def call(model):
+            model(sample, 0, context, added_cond_kwargs=added)
+
     teacher_taps = FeatureTaps(teacher, [p.teacher for p in pairs], "teacher")
     student_taps = FeatureTaps(student, [p.student for p in pairs], "student")
-    context_width = teacher.config.cross_attention_dim
-    with torch.device("meta"):
-        sample = torch.empty(1, teacher.config.in_channels, latent_size, latent_size)
-        context = torch.empty(1, 77, context_width if isinstance(context_width, int) else context_width[0])
-        added = sdxl_added_conditioning(teacher.config, 1)
     with torch.no_grad():
         with teacher_taps.recording() as teacher_features:
-            teacher(sample, 0, context, added_cond_kwargs=added)
+            call(teacher)
         with student_taps.recording() as student_features:
-            student(sample, 0, context, added_cond_kwargs=added)
+            call(student)
     for pair in pairs:
         t, s = tuple(teacher_features[pair.teacher].shape), tuple(student_features[pair.student].shape)
         if t != s:

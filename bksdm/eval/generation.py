@@ -353,7 +353,7 @@ def check_resolution(source: str, resolution: int | None) -> None:
     if resolution is None:
         return
     from bksdm.arch.report import VAE_SCALE, check_latent_size
-    from bksdm.teachers.loading import teacher_unet_config
+    from bksdm.teachers.loading import teacher_denoiser_config
 
     if (
         isinstance(resolution, bool)
@@ -367,7 +367,7 @@ def check_resolution(source: str, resolution: int | None) -> None:
         )
 
     try:
-        config = teacher_unet_config(source)
+        config = teacher_denoiser_config(source)
     except Exception:  # no config at hand before loading (a hub id not cached yet): the load says
         return
     try:

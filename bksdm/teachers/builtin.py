@@ -237,10 +237,16 @@ def build_random_pipeline(seed: int = 0, shape: str = "toy"):
     # and training never need
     from diffusers import StableDiffusionPipeline
 
+    from bksdm.teachers.builtin_transformers import TRANSFORMER_SHAPES, build_transformer_pipeline
+
     if shape in SDXL_SHAPES:
         return build_random_sdxl_pipeline(seed, shape)
+    if shape in TRANSFORMER_SHAPES:
+        return build_transformer_pipeline(seed, shape)
     if shape not in SHAPES:
-        raise ValueError(f"unknown builtin pipeline shape {shape!r}: accepted are {[*SHAPES, *SDXL_SHAPES]}")
+        raise ValueError(
+            f"unknown builtin pipeline shape {shape!r}: accepted are {[*SHAPES, *SDXL_SHAPES, *TRANSFORMER_SHAPES]}"
+        )
     unet_config, vae_config, text_widths, _ = SHAPES[shape]
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -313,7 +319,10 @@ def random_pipeline_path(seed: int = 0, root: str | os.PathLike | None = None, s
     if not (target / "model_index.json").is_file():
         with atomic_directory(target, overwrite=False) as staging:
             pipeline = build_random_pipeline(seed, shape)
-            stored = SHAPES[shape][3] if shape in SHAPES else SDXL_SHAPES[shape][4]
+            from bksdm.teachers.builtin_transformers import STORED_DTYPES
+
+            shapes = {**SHAPES, **SDXL_SHAPES}  # each entry's last item is its stored dtype
+            stored = shapes[shape][-1] if shape in shapes else STORED_DTYPES.get(shape, torch.float32)
             for component in pipeline.components.values():
                 if isinstance(component, torch.nn.Module):
                     torch.nn.Module.to(component, stored)  # stored precision; loading casts as asked

@@ -1,5 +1,5 @@
-"""What a teacher's U-Net is conditioned on, in plain torch: the text context of SD-v1/v2's one CLIP tower,
-or SDXL's two towers with its added conditioning.
+"""What a teacher's denoiser is conditioned on, in plain torch: the text context of SD-v1/v2's one CLIP tower,
+or SDXL's two towers with its added conditioning (the transformer families' text: ``transformer_text``).
 
 SDXL reads its captions through two CLIP text towers: the U-Net's cross-attention context is both towers'
 penultimate hidden states side by side (B, 77, D1 + D2), and its added conditioning is the second tower's
@@ -77,19 +77,23 @@ def added_conditioning(pooled: torch.Tensor, ids: torch.Tensor) -> dict[str, tor
 
 @dataclass
 class Conditioning:
-    """What one batch's U-Net calls are conditioned on: the text context (B, 77, D) and, for SDXL, the
-    added conditioning (``text_embeds`` (B, P), ``time_ids`` (B, 6))."""
+    """What one batch's denoiser calls are conditioned on: the text context (B, T, D); for SDXL the added
+    conditioning (``text_embeds`` (B, P), ``time_ids`` (B, 6)); for FLUX and SD3 the pooled text (B, P); for
+    PixArt the context's attention mask (B, T); for FLUX the guidance scale (B,) its embedding takes."""
 
     context: torch.Tensor
     added: dict[str, torch.Tensor] | None = None
+    pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    guidance: torch.Tensor | None = None
 
     def unet_kwargs(self, dtype: torch.dtype | None = None) -> dict:
         """The keyword arguments of a ``UNet2DConditionModel`` call, cast to ``dtype`` if given."""
-
-        def cast(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor if dtype is None else tensor.to(dtype)
-
-        kwargs: dict = {"encoder_hidden_states": cast(self.context)}
+        kwargs: dict = {"encoder_hidden_states": _cast(self.context, dtype)}
         if self.added is not None:
-            kwargs["added_cond_kwargs"] = {name: cast(value) for name, value in self.added.items()}
+            kwargs["added_cond_kwargs"] = {name: _cast(value, dtype) for name, value in self.added.items()}
         return kwargs
+
+
+def _cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    return tensor if dtype is None or tensor is None else tensor.to(dtype)

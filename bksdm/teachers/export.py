@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from diffusers import UNet2DConditionModel
 
 from bksdm.eval.sampling import check_sampling, model_sampling, write_sampling
@@ -17,16 +18,17 @@ SINGLE_FILE = "student_unet.safetensors"  # the U-Net in the original layout, be
 
 
 def save_student_pipeline(
-    student: UNet2DConditionModel,
+    student: torch.nn.Module,
     teacher_source: str,
     folder: str | Path,
     revision: str | None = None,
     sampling: Mapping | None = None,
     single_file: bool = True,
 ) -> Path:
-    """Write ``folder`` as the teacher's pipeline (StableDiffusionPipeline, or StableDiffusionXLPipeline for
-    an SDXL teacher): its VAE, text encoders, tokenizers and inference scheduler, as stored at
-    ``teacher_source``, with the student U-Net in ``unet/``, and
+    """Write ``folder`` as the teacher's pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline for
+    an SDXL teacher, FluxPipeline, StableDiffusion3Pipeline or PixArtSigmaPipeline for a transformer one): its
+    VAE, text encoders, tokenizers and inference scheduler, as stored at ``teacher_source``, with the
+    student U-Net in ``unet/`` (a transformer in ``transformer/``), and
     ``sampling.json``: the guidance scale and step count ``python -m bksdm.generate`` and ``evaluate``
     draw it with by default. A student is drawn as its teacher is: ``sampling`` (the teacher preset's
     ``sampling:`` block) over the teacher folder's own ``sampling.json``, else Stable Diffusion's.
@@ -36,7 +38,7 @@ def save_student_pipeline(
     U-Net with ``UNet2DConditionModel.from_pretrained(folder, subfolder="unet")``. ``single_file``: the
     U-Net also as ``SINGLE_FILE`` in the original checkpoint layout (``bksdm.teachers.single_file``), for
     the tools that load one file (``UNet2DConditionModel.from_single_file(file, config=folder,
-    subfolder="unet")``, ComfyUI's U-Net loader).
+    subfolder="unet")``, ComfyUI's U-Net loader); transformers are saved in diffusers layout only.
     """
     import diffusers  # the pipelines pull in transformers' image processors: only here
 
@@ -44,20 +46,21 @@ def save_student_pipeline(
     source = resolve_source(teacher_source)
     loader = pipeline_class(source, revision)  # the teacher's own: StableDiffusionXLPipeline for SDXL
     sd_only = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    transformer = not isinstance(student, UNet2DConditionModel)
     pipeline = loader.from_pretrained(
         source,
-        unet=student,
+        **{"transformer" if transformer else "unet": student},
         revision=revision,
         **(sd_only if loader is diffusers.StableDiffusionPipeline else {}),
         **dtype_argument(student.dtype),  # one precision throughout (a teacher may store its parts in fp16)
     )
     with atomic_directory(folder) as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)
-        for tokenizer in ("tokenizer", "tokenizer_2"):
+        for tokenizer in ("tokenizer", "tokenizer_2", "tokenizer_3"):
             if (staging / tokenizer).is_dir():
                 _copy_missing_files(_source_subfolder(source, tokenizer, revision), staging / tokenizer)
         write_sampling(staging, defaults)
-        if single_file:
+        if single_file and not transformer:
             save_single_file(student, staging / SINGLE_FILE)
     return Path(folder)
 

@@ -11,8 +11,9 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from bksdm.teachers.conditioning import encode_captions, takes_added_conditioning
-from bksdm.teachers.loading import SDComponents, vae_config
+from bksdm.teachers.conditioning import Conditioning, encode_captions, takes_added_conditioning
+from bksdm.teachers.loading import TRANSFORMER_FAMILIES, SDComponents, vae_config
+from bksdm.teachers.transformer_text import ENCODERS, TEXT_PARTS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FROZEN_DTYPES = ("auto", *DTYPES)
@@ -30,14 +31,15 @@ def resolve_frozen_dtype(name: str, device: torch.device | str) -> str:
 
 @dataclass
 class FrozenTeacher:
-    """The teacher's U-Net, VAE, text encoder(s), tokenizer(s) and noise schedule, frozen.
+    """The teacher's denoiser (U-Net or transformer), VAE, text encoder(s), tokenizer(s) and noise schedule,
+    frozen.
 
     Held outside nn.Module registration on purpose: they are not parameters of the LightningModule, so
     they stay out of the optimizer, out of checkpoints (they are reloaded from ``source``) and out of
     DDP/FSDP wrapping and gradient synchronisation.
     """
 
-    unet: UNet2DConditionModel
+    unet: UNet2DConditionModel | None  # None for a transformer teacher
     vae: AutoencoderKL | None  # None when the data brings pre-encoded latents
     text_encoder: CLIPTextModel | None  # None when the data brings text embeddings
     tokenizer: CLIPTokenizer
@@ -52,6 +54,11 @@ class FrozenTeacher:
     tokenizer_2: CLIPTokenizer | None = None  # SDXL only
     vae_dtype: torch.dtype | None = None  # the VAE's: ``dtype``, or float32 for SDXL's where that is fp16
     vae_source: str | None = None  # where the VAE comes from when not ``source`` (an fp16-fixed SDXL VAE)
+    family: str = "StableDiffusionPipeline"  # the teacher's pipeline class (``loading.FAMILIES``)
+    transformer: torch.nn.Module | None = None  # FLUX, SD3, PixArt: the denoiser
+    text_encoder_3: torch.nn.Module | None = None  # SD3's T5 (None: pre-encoded)
+    tokenizer_3: object | None = None
+    latent_shift: float = 0.0  # the VAE's shift_factor (FLUX, SD3): latents are (z - shift) * scale
 
     @classmethod
     def freeze(
@@ -67,46 +74,66 @@ class FrozenTeacher:
         student from the U-Net first). An SDXL teacher's VAE stays in float32 where ``dtype`` is float16
         and its config says ``force_upcast`` (SDXL's VAE overflows in fp16; the fp16-fixed one says
         false), as StableDiffusionXLPipeline decides."""
-        latent_scale = (
-            parts.vae.config.scaling_factor
-            if parts.vae is not None
-            else vae_config(source, revision, vae_source)["scaling_factor"]
+        latent_config = (
+            parts.vae.config if parts.vae is not None else vae_config(source, revision, vae_source)
         )
+        denoiser = parts.transformer if parts.transformer is not None else parts.unet
         vae_dtype = dtype
         if (
-            takes_added_conditioning(parts.unet.config)
+            takes_added_conditioning(denoiser.config)
             and dtype == torch.float16
             and parts.vae is not None
             and parts.vae.config.get("force_upcast", True)
         ):
             vae_dtype = torch.float32
-        for model in filter(None, (parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2)):
+        models = (denoiser, parts.vae, parts.text_encoder, parts.text_encoder_2, parts.text_encoder_3)
+        for model in filter(None, models):
             # nn.Module.to, not diffusers' override: that one warns about fp32-only modules SD has none of
             torch.nn.Module.to(
                 model.requires_grad_(False).eval(), dtype=vae_dtype if model is parts.vae else dtype
             )
         return cls(
             parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.noise_scheduler, dtype,
-            latent_scale, source, revision, inference_mode, text_encoder_2=parts.text_encoder_2,
-            tokenizer_2=parts.tokenizer_2, vae_dtype=vae_dtype, vae_source=vae_source,
+            latent_config["scaling_factor"], source, revision, inference_mode, text_encoder_2=parts.text_encoder_2,
+            tokenizer_2=parts.tokenizer_2, vae_dtype=vae_dtype, vae_source=vae_source, family=parts.family,
+            transformer=parts.transformer, text_encoder_3=parts.text_encoder_3, tokenizer_3=parts.tokenizer_3,
+            latent_shift=latent_config.get("shift_factor") or 0.0,
         )  # fmt: skip
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The model the students imitate: the U-Net, or the transformer of a FLUX, SD3 or PixArt teacher."""
+        return self.transformer if self.transformer is not None else self.unet
 
     @property
     def sdxl(self) -> bool:
         """Whether the U-Net takes SDXL's added conditioning (two text towers, pooled text, size ids)."""
-        return takes_added_conditioning(self.unet.config)
+        return self.unet is not None and takes_added_conditioning(self.unet.config)
 
-    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(context (B, 77, D), pooled (B, P) or None for SD-v1/v2) of ``captions``, in ``dtype`` on the
-        frozen parts' device; call inside ``compute()``."""
+    @property
+    def is_transformer(self) -> bool:
+        return self.family in TRANSFORMER_FAMILIES
+
+    def encode_text(self, captions: list[str]) -> Conditioning:
+        """The text conditioning of ``captions`` in ``dtype`` on the frozen parts' device: the context
+        (B, T, D) and, by family, the pooled text (SDXL, FLUX, SD3; B, P) or the attention mask (PixArt);
+        call inside ``compute()``."""
+        if self.is_transformer:
+            towers = [(getattr(self, t), getattr(self, e)) for t, e in TEXT_PARTS[self.family]]
+            context, extra = ENCODERS[self.family](*zip(*towers, strict=True), captions)
+            if self.family == "PixArtSigmaPipeline":
+                return Conditioning(context, mask=extra)
+            return Conditioning(context, pooled=extra)
         tokenizers, encoders = [self.tokenizer], [self.text_encoder]
         if self.sdxl:
             tokenizers.append(self.tokenizer_2)
             encoders.append(self.text_encoder_2)
-        return encode_captions(tokenizers, encoders, captions)
+        context, pooled = encode_captions(tokenizers, encoders, captions)
+        return Conditioning(context, pooled=pooled)
 
     def models(self) -> list[torch.nn.Module]:
-        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+        models = (self.denoiser, self.vae, self.text_encoder, self.text_encoder_2, self.text_encoder_3)
+        return [m for m in models if m is not None]
 
     def to(self, device: torch.device) -> FrozenTeacher:
         """Moves the models to ``device`` (once: a no-op when they are there)."""

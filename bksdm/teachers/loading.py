@@ -2,7 +2,9 @@
 
 ``source`` is a Hugging Face hub id (``CompVis/stable-diffusion-v1-4``; offline, it must be in the
 local HF cache), a local folder in diffusers layout (``model_index.json`` plus ``unet/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``, ``scheduler/``; SDXL also ``text_encoder_2/``, ``tokenizer_2/``),
+``text_encoder/``, ``tokenizer/``, ``scheduler/``; SDXL also ``text_encoder_2/``, ``tokenizer_2/``; FLUX, SD3
+and PixArt ``transformer/`` in place of ``unet/`` and their own text towers, loaded as the classes their
+``model_index.json`` names),
 ``builtin:miniworld`` for the shipped mini-world teacher, or ``builtin:toy`` for the offline toy pipeline (``builtin:sd14-random``: SD-v1.4's shapes at full width
 with random weights, for benchmarks).
 Whatever loads is checked: transformers and diffusers can hand back a degenerate tokenizer or a model
@@ -26,6 +28,10 @@ from bksdm.teachers.builtin import random_pipeline_path
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
 SDXL_PARTS = ("text_encoder_2", "tokenizer_2")  # SDXL's second text tower (with its pooled projection)
+# FLUX, SD3 and PixArt: a transformer denoiser, and SD3's third (T5) tower; their text towers are loaded as
+# the classes their model_index.json names (CLIP, CLIP with projection, T5)
+TRANSFORMER_PARTS = ("transformer", "text_encoder_3", "tokenizer_3")
+ALL_PARTS = PARTS + SDXL_PARTS + TRANSFORMER_PARTS
 
 
 def dtype_argument(dtype) -> dict:
@@ -42,6 +48,10 @@ BUILTINS = {
     "sd14-random": functools.partial(random_pipeline_path, shape="sd14-random"),
     "sdxl-toy": functools.partial(random_pipeline_path, shape="sdxl-toy"),
     "sdxl-random": functools.partial(random_pipeline_path, shape="sdxl-random"),
+    "flux-toy": functools.partial(random_pipeline_path, shape="flux-toy"),
+    "sd3-toy": functools.partial(random_pipeline_path, shape="sd3-toy"),
+    "pixart-toy": functools.partial(random_pipeline_path, shape="pixart-toy"),
+    "flux-random": functools.partial(random_pipeline_path, shape="flux-random"),
     "miniworld": teacher_path,  # shipped with the package, trained by python -m bksdm.miniworld
 }
 _TOKENIZER_PROBE = "a photo of an astronaut riding a horse on mars"
@@ -88,15 +98,52 @@ def resolve_source(source: str) -> str:
     return source
 
 
+FAMILIES = (  # the pipeline classes bksdm distils the denoisers of
+    "StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline", "StableDiffusion3Pipeline",
+    "PixArtSigmaPipeline",
+)  # fmt: skip
+TRANSFORMER_FAMILIES = FAMILIES[2:]
+
+
+def _model_index(path: str, revision: str | None = None) -> dict:
+    from diffusers.configuration_utils import ConfigMixin
+
+    class _Index(ConfigMixin):  # reads model_index.json without importing the pipeline classes
+        config_name = "model_index.json"
+
+    return dict(_Index.load_config(path, revision=revision))
+
+
+def pipeline_family(path: str, revision: str | None = None) -> str:
+    """The pipeline class name a resolved source's ``model_index.json`` names (one of ``FAMILIES``; a
+    folder of another Stable Diffusion pipeline class, or one without the file, loads as
+    StableDiffusionPipeline).
+
+    Raises:
+        ComponentError: a transformer pipeline bksdm does not distil, named."""
+    try:
+        index = _model_index(path, revision)
+    except (
+        OSError,
+        ValueError,
+    ):  # no model_index.json (a bare U-Net folder): the loaders say what is missing
+        return "StableDiffusionPipeline"
+    name = index.get("_class_name", "StableDiffusionPipeline")
+    if name in FAMILIES:
+        return name
+    if "transformer" in index:
+        raise ComponentError(
+            f"{path!r} is a {name}, whose transformer bksdm does not distil: accepted are {list(FAMILIES)}"
+        )
+    return "StableDiffusionPipeline"
+
+
 def pipeline_class(path: str, revision: str | None = None):
-    """The diffusers pipeline class a resolved source (``resolve_source``) loads as: StableDiffusionXLPipeline
-    when its ``model_index.json`` says so (SDXL teachers and their students), else StableDiffusionPipeline."""
+    """The diffusers pipeline class a resolved source (``resolve_source``) loads as: its family's
+    (``pipeline_family``), e.g. StableDiffusionXLPipeline for SDXL teachers and their students."""
     import diffusers  # the pipeline classes pull in transformers' image processors: only when asked
 
-    index = diffusers.DiffusionPipeline.load_config(path, revision=revision)
-    if index.get("_class_name") == "StableDiffusionXLPipeline":
-        return diffusers.StableDiffusionXLPipeline
-    return diffusers.StableDiffusionPipeline
+    return getattr(diffusers, pipeline_family(path, revision))
 
 
 @dataclass
@@ -104,17 +151,37 @@ class SDComponents:
     """The loaded parts of one Stable Diffusion source; parts that were not asked for are None."""
 
     source: str
+    family: str = "StableDiffusionPipeline"  # its pipeline class (``FAMILIES``)
     unet: UNet2DConditionModel | None = None
     vae: AutoencoderKL | None = None
     text_encoder: CLIPTextModel | None = None
     tokenizer: CLIPTokenizer | None = None
     noise_scheduler: DDPMScheduler | None = None
-    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL only
-    tokenizer_2: CLIPTokenizer | None = None  # SDXL only
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL; FLUX's T5; SD3's second CLIP
+    tokenizer_2: CLIPTokenizer | None = None
+    transformer: torch.nn.Module | None = None  # FLUX, SD3, PixArt
+    text_encoder_3: torch.nn.Module | None = None  # SD3's T5
+    tokenizer_3: object | None = None
 
 
 def _subfolder(part: str) -> str:
     return "scheduler" if part == "noise_scheduler" else part
+
+
+def _load_as_indexed(part: str, path: str, dtype: torch.dtype, revision: str | None):
+    """A transformer family's part, as the class its ``model_index.json`` names; its training noise
+    scheduler is the flow-matching one it names (FLUX, SD3) or DDPM over its betas (PixArt)."""
+    import importlib
+
+    library, class_name = _model_index(path, revision)[_subfolder(part)]
+    cls = getattr(importlib.import_module(library), class_name)
+    kwargs = {"subfolder": _subfolder(part), "revision": revision}
+    if part == "noise_scheduler":
+        return (cls if class_name.startswith("FlowMatch") else DDPMScheduler).from_pretrained(path, **kwargs)
+    if part.startswith("tokenizer"):
+        return cls.from_pretrained(path, **kwargs)
+    dtype_kwarg = dtype_argument(dtype) if library == "diffusers" else {"dtype": dtype}
+    return _checked(cls.from_pretrained(path, **dtype_kwarg, output_loading_info=True, **kwargs))
 
 
 def _load(part: str, path: str, dtype: torch.dtype, revision: str | None, subfolder: str | None):
@@ -192,16 +259,20 @@ def load_components(
         ComponentError: a part is unknown, cannot be loaded, or loads degenerate.
     """
     parts = list(parts)
-    unknown = [p for p in parts if p not in PARTS + SDXL_PARTS]
+    unknown = [p for p in parts if p not in ALL_PARTS]
     if unknown:
-        raise ComponentError(f"unknown component(s) {unknown}: accepted are {list(PARTS + SDXL_PARTS)}")
+        raise ComponentError(f"unknown component(s) {unknown}: accepted are {list(ALL_PARTS)}")
     path = resolve_source(source)
-    components = SDComponents(source=source)
+    family = pipeline_family(path, revision)
+    transformer_family = family in TRANSFORMER_FAMILIES
+    components = SDComponents(source=source, family=family)
     for part in parts:
         try:
             if part == "vae" and vae_source is not None:
                 vae_path = resolve_source(vae_source)
                 loaded = _load(part, vae_path, dtype, None, _vae_subfolder(vae_path))
+            elif transformer_family and part != "vae":
+                loaded = _load_as_indexed(part, path, dtype, revision)
             else:
                 loaded = _load(part, path, dtype, revision, _subfolder(part))
         except ComponentError as error:
@@ -214,7 +285,12 @@ def load_components(
                 f"a local folder in diffusers layout, or one of {[f'builtin:{n}' for n in BUILTINS]}."
             ) from error
         setattr(components, part, loaded)
-    for tokenizer, encoder in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+    towers = (
+        ("tokenizer", "text_encoder"),
+        ("tokenizer_2", "text_encoder_2"),
+        ("tokenizer_3", "text_encoder_3"),
+    )
+    for tokenizer, encoder in towers:
         if getattr(components, tokenizer) is not None:
             check_tokenizer(getattr(components, tokenizer), source)
         if getattr(components, tokenizer) is not None and getattr(components, encoder) is not None:
@@ -224,7 +300,7 @@ def load_components(
 
 def check_tokenizer(tokenizer, source: str = "?") -> None:
     """Raise ComponentError if a tokenizer came back degenerate (e.g. transformers' 3-token fallback)."""
-    ids = tokenizer(_TOKENIZER_PROBE).input_ids
+    ids = tokenizer(_TOKENIZER_PROBE, truncation=True).input_ids  # (a toy T5 is shorter than the probe)
     specials = {tokenizer.bos_token_id, tokenizer.eos_token_id}
     content = [i for i in ids if i not in specials]
     unknown = tokenizer.unk_token_id is not None and tokenizer.unk_token_id in content
@@ -243,21 +319,28 @@ def check_tokenizer(tokenizer, source: str = "?") -> None:
 
 def _check_text_pair(tokenizer, text_encoder, source: str) -> None:
     config = text_encoder.config
-    if len(tokenizer) > config.vocab_size or tokenizer.model_max_length > config.max_position_embeddings:
+    positions = getattr(config, "max_position_embeddings", None)  # T5 has relative positions: any length
+    if len(tokenizer) > config.vocab_size or (
+        positions is not None and tokenizer.model_max_length > positions
+    ):
         raise ComponentError(
             f"the tokenizer and text encoder of {source!r} do not fit: {len(tokenizer)} tokens and length "
             f"{tokenizer.model_max_length} against vocab_size {config.vocab_size} and "
-            f"max_position_embeddings {config.max_position_embeddings}"
+            f"max_position_embeddings {positions}"
         )
 
 
-def teacher_unet_config(source: str, embedded: Mapping | None = None, revision: str | None = None) -> dict:
-    """The teacher U-Net's config: the embedded preset if given (no download), else read from ``source``."""
+def teacher_denoiser_config(
+    source: str, embedded: Mapping | None = None, revision: str | None = None
+) -> dict:
+    """The config of the teacher's denoiser (its U-Net, or a FLUX, SD3 or PixArt transformer, whose
+    ``_class_name`` says which): the embedded preset if given (no download), else read from ``source``."""
     if embedded is not None:
         return dict(embedded)
     try:
-        return dict(
-            UNet2DConditionModel.load_config(resolve_source(source), subfolder="unet", revision=revision)
-        )
+        path = resolve_source(source)
+        transformer = pipeline_family(path, revision) in TRANSFORMER_FAMILIES
+        subfolder = "transformer" if transformer else "unet"
+        return dict(UNet2DConditionModel.load_config(path, subfolder=subfolder, revision=revision))
     except (OSError, ValueError) as error:
-        raise ComponentError(f"could not read the U-Net config of {source!r}: {error}") from error
+        raise ComponentError(f"could not read the denoiser config of {source!r}: {error}") from error

@@ -1,22 +1,29 @@
-"""A diffusers pipeline around any U-Net with the teacher's frozen parts: what sample grids and the
-evaluation callbacks draw with during training."""
+"""A diffusers pipeline around any denoiser (U-Net or transformer) with the teacher's frozen parts: what
+sample grids and the evaluation callbacks draw with during training."""
 
 from __future__ import annotations
 
 import functools
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from bksdm.teachers.frozen import FrozenTeacher
 from bksdm.teachers.loading import load_components
+from bksdm.teachers.transformer_text import TEXT_PARTS
 
 
-def frozen_pipeline(frozen: FrozenTeacher, unet: UNet2DConditionModel, device: torch.device):
-    """A pipeline around ``unet`` with the frozen VAE, text encoder(s) and tokenizer(s) (loaded from the
+def denoiser_part(frozen: FrozenTeacher) -> str:
+    """The pipeline component a denoiser of this teacher's family is: ``unet`` or ``transformer``."""
+    return "transformer" if frozen.is_transformer else "unet"
+
+
+def frozen_pipeline(frozen: FrozenTeacher, denoiser: torch.nn.Module, device: torch.device):
+    """A pipeline around ``denoiser`` with the frozen VAE, text encoder(s) and tokenizer(s) (loaded from the
     teacher for the occasion when training keeps them out of memory): for SD-v1/v2 a
     StableDiffusionPipeline with a PNDM scheduler of the teacher's betas (the paper's sampler), for SDXL a
-    StableDiffusionXLPipeline with SDXL's own Euler scheduler."""
+    StableDiffusionXLPipeline with SDXL's own Euler scheduler, for a transformer teacher its family's
+    pipeline with a fresh copy of its scheduler (flow-matching Euler for FLUX and SD3, DPM-Solver++ for
+    PixArt)."""
     from diffusers import (
         EulerDiscreteScheduler,
         PNDMScheduler,
@@ -26,8 +33,10 @@ def frozen_pipeline(frozen: FrozenTeacher, unet: UNet2DConditionModel, device: t
 
     frozen.to(device)
     parts = {"vae": frozen.vae, "text_encoder": frozen.text_encoder}
-    if frozen.sdxl:
+    if frozen.sdxl or frozen.family in ("FluxPipeline", "StableDiffusion3Pipeline"):
         parts["text_encoder_2"] = frozen.text_encoder_2
+    if frozen.family == "StableDiffusion3Pipeline":
+        parts["text_encoder_3"] = frozen.text_encoder_3
     missing = [name for name, part in parts.items() if part is None]
     if missing:
         loaded = load_components(frozen.source, missing, frozen.dtype, frozen.revision, frozen.vae_source)
@@ -36,12 +45,14 @@ def frozen_pipeline(frozen: FrozenTeacher, unet: UNet2DConditionModel, device: t
             parts[name] = getattr(loaded, name).to(device, dtype)
     if frozen.vae_dtype != frozen.dtype:
         parts["vae"] = _decoding_in_own_dtype(parts["vae"], frozen.vae_dtype)
-    if frozen.sdxl:
+    if frozen.is_transformer:
+        pipeline = _transformer_pipeline(frozen, parts, denoiser)
+    elif frozen.sdxl:
         pipeline = StableDiffusionXLPipeline(
             **parts,
             tokenizer=frozen.tokenizer,
             tokenizer_2=frozen.tokenizer_2,
-            unet=unet,
+            unet=denoiser,
             scheduler=EulerDiscreteScheduler.from_config(frozen.noise_scheduler.config),
             add_watermarker=False,
         )
@@ -49,7 +60,7 @@ def frozen_pipeline(frozen: FrozenTeacher, unet: UNet2DConditionModel, device: t
         pipeline = StableDiffusionPipeline(
             **parts,
             tokenizer=frozen.tokenizer,
-            unet=unet,
+            unet=denoiser,
             scheduler=PNDMScheduler.from_config(frozen.noise_scheduler.config),
             safety_checker=None,
             feature_extractor=None,
@@ -57,6 +68,25 @@ def frozen_pipeline(frozen: FrozenTeacher, unet: UNet2DConditionModel, device: t
         )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def call_settings(pipeline) -> dict:
+    """What a call of ``pipeline`` must say beyond the prompt to read captions as training does: PixArt's
+    captions uncleaned (its pipeline cleans them by default, with beautifulsoup4 where installed)."""
+    return {"clean_caption": False} if type(pipeline).__name__ == "PixArtSigmaPipeline" else {}
+
+
+def _transformer_pipeline(frozen: FrozenTeacher, parts: dict, transformer: torch.nn.Module):
+    import diffusers
+
+    tokenizers = {name: getattr(frozen, name) for name, _ in TEXT_PARTS[frozen.family]}
+    if frozen.family == "PixArtSigmaPipeline":
+        scheduler = diffusers.DPMSolverMultistepScheduler.from_config(frozen.noise_scheduler.config)
+    else:  # a copy: sampling sets its timesteps, training reads the original's table
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(frozen.noise_scheduler.config)
+    return getattr(diffusers, frozen.family)(
+        **parts, **tokenizers, transformer=transformer, scheduler=scheduler
+    )
 
 
 def _decoding_in_own_dtype(vae, dtype: torch.dtype):

@@ -125,6 +125,6 @@ def test_cli_as_a_user_runs_it():
     )
     assert bad.returncode != 0
     assert "arch/medium" in bad.stderr
-    shipped = ["base", "base_no_inner", "koala_1b", "koala_700m", "sdxl_base", "sdxl_small", "small", "ssd_1b",
-               "tiny", "vega"]  # fmt: skip
+    shipped = ["base", "base_no_inner", "flux_mini", "koala_1b", "koala_700m", "pixart_half", "sd35_hprune",
+               "sdxl_base", "sdxl_small", "small", "ssd_1b", "tiny", "vega"]  # fmt: skip
     assert "".join(f"\t{name}\n" for name in shipped) in bad.stderr

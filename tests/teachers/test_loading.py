@@ -19,7 +19,7 @@ from bksdm.teachers.builtin import (
     build_random_pipeline,
     random_pipeline_path,
 )
-from bksdm.teachers.loading import ComponentError, load_components, resolve_source, teacher_unet_config
+from bksdm.teachers.loading import ComponentError, load_components, resolve_source, teacher_denoiser_config
 
 
 def test_tiny_teacher_is_deterministic_per_seed():
@@ -80,7 +80,9 @@ def test_a_kd_step_on_the_tiny_teacher_runs_on_cpu(toy_teacher):
 
 def test_builtin_and_local_folder_take_the_same_path(toy_path):
     assert resolve_source("builtin:toy") == str(toy_path)
-    assert teacher_unet_config("builtin:toy")["block_out_channels"] == TOY_UNET_CONFIG["block_out_channels"]
+    assert (
+        teacher_denoiser_config("builtin:toy")["block_out_channels"] == TOY_UNET_CONFIG["block_out_channels"]
+    )
     half = load_components("builtin:toy", parts=["unet", "text_encoder"], dtype=torch.bfloat16)
     assert half.unet.dtype == torch.bfloat16 and half.text_encoder.dtype == torch.bfloat16
     assert half.vae is None and half.tokenizer is None
@@ -92,7 +94,8 @@ def test_bad_sources_and_parts_are_named(tmp_path):
     with pytest.raises(
         ComponentError,
         match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:toy', 'builtin:sd14-random', 'builtin:sdxl-toy', "
-        r"'builtin:sdxl-random', 'builtin:miniworld'\]",
+        r"'builtin:sdxl-random', 'builtin:flux-toy', 'builtin:sd3-toy', 'builtin:pixart-toy', 'builtin:flux-random', "
+        r"'builtin:miniworld'\]",
     ):
         load_components("builtin:huge")
     with pytest.raises(ComponentError, match=r"(?s)could not load the unet of '.*nowhere'.*Accepted sources"):
@@ -139,7 +142,16 @@ def test_weights_missing_from_a_checkpoint_are_not_silently_random(tiny_copy, pa
 def test_teacher_presets_hold_only_settings_that_are_read():
     # a key no code reads looks like an override and does nothing (prediction_type did: the target
     # comes from the teacher's scheduler config)
-    read = {"name", "source", "revision", "vae_source", "resolution", "unet_config", "sampling"}
+    read = {
+        "name",
+        "source",
+        "revision",
+        "vae_source",
+        "resolution",
+        "unet_config",
+        "transformer_config",
+        "sampling",
+    }
     for preset in sorted((CONF / "teacher").glob("*.yaml")):
         assert set(OmegaConf.load(preset)) <= read, preset.name
 
