@@ -6,8 +6,8 @@
 Shapes: B images per micro-batch, latents (B, C, h, w) with h = w = resolution / 8 (C = 4; 16 for FLUX and
 SD3), text context (B, T, D); an SDXL teacher also takes the pooled text (B, P) and six size ids (B, 6) per
 image (``bksdm.teachers.conditioning``), FLUX and SD3 the pooled text, PixArt the context's mask. Every
-denoiser is called through ``bksdm.teachers.denoiser_call.denoise``. Backward, the gradient guard, the optimizer and the EMA follow in
-``DistillModule``; nothing here knows of Lightning.
+denoiser is called through ``bksdm.teachers.denoiser_call.denoise``. Backward, the gradient guard, the
+optimizer and the EMA follow in ``DistillModule``; nothing here knows of Lightning.
 """
 
 from __future__ import annotations

@@ -337,8 +337,18 @@ def switch_scheduler(scheduler, choice: str):
 
 def check_model(source: str) -> None:
     """``model=`` names a local folder that exists, a hub id (``org/name``) or ``builtin:<name>``: a path
-    of more parts, or an absolute one, that is not a folder is a mistyped run folder, said before loading."""
+    of more parts, or an absolute one, that is not a folder is a mistyped run folder, said before loading.
+    A transformer pipeline (FLUX, SD3, PixArt) is refused: generation here draws U-Net pipelines."""
     if source.startswith("builtin:") or Path(source).expanduser().is_dir():
+        from bksdm.teachers.loading import TRANSFORMER_FAMILIES, pipeline_family, resolve_source
+
+        family = pipeline_family(resolve_source(source))
+        if family in TRANSFORMER_FAMILIES:
+            raise ValueError(
+                f"model={source!r} is a {family} (a transformer student or teacher): python -m bksdm.generate "
+                f"and evaluate draw U-Net pipelines for now; it loads and samples in plain diffusers: "
+                f"diffusers.{family}.from_pretrained({source!r}) (docs/transformers.md)"
+            )
         return
     if Path(source).is_absolute() or source.startswith(".") or source.count("/") > 1:
         raise FileNotFoundError(

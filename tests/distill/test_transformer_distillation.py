@@ -12,6 +12,7 @@ import yaml
 from helpers.paths import CONF
 from helpers.train_config import FAST, config
 from helpers.trainer import cpu_trainer
+from hydra import compose, initialize_config_dir
 
 from bksdm import train as train_app
 from bksdm.cli.train_setup import check_config
@@ -210,3 +211,20 @@ def test_a_transformer_student_trains_through_the_app_and_samples_in_plain_diffu
     ).images[0]  # fmt: skip
     assert image.shape == (64, 64, 3)
     assert any((tmp_path / "samples").glob("*.png"))
+    if family == "flux":  # python -m bksdm.generate says what to do instead of failing inside
+        from bksdm.generate import generate
+
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            settings = compose(
+                "generate",
+                overrides=[
+                    f"model={tmp_path / 'student'}",
+                    "prompt='a red circle'",
+                    f"out={tmp_path / 'images'}",
+                ],
+            )
+        with pytest.raises(
+            ValueError, match=r"is a FluxPipeline \(a transformer student or teacher\): python -m"
+        ):
+            generate(settings)
+        assert not (tmp_path / "images").exists()
