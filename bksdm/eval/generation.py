@@ -193,13 +193,20 @@ def generate_images(
     """
     from diffusers.utils.torch_utils import randn_tensor
 
+    from bksdm.teachers.denoiser_call import pack_flux_latents
+    from bksdm.teachers.pipeline import pipeline_denoiser
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wanted = sorted(set(range(len(prompts)) if indices is None else indices))
-    resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    denoiser = pipeline_denoiser(pipeline)
+    native = getattr(pipeline, "default_sample_size", None) or denoiser.config.sample_size
+    resolution = resolution or native * pipeline.vae_scale_factor
     side = resolution // pipeline.vae_scale_factor
-    latent_shape = (1, pipeline.unet.config.in_channels, side, side)
-    draw_on = pipeline.unet.device if generator_device == "cuda" else torch.device("cpu")
+    flux = type(pipeline).__name__ == "FluxPipeline"  # takes its latents packed in 2x2 patches of 4C
+    channels = denoiser.config.in_channels // 4 if flux else denoiser.config.in_channels
+    latent_shape = (1, channels, side, side)
+    draw_on = denoiser.device if generator_device == "cuda" else torch.device("cpu")
     generator = torch.Generator(draw_on).manual_seed(seed)
     todo = {i for i in wanted if not image_path(out, i).is_file()}
     pipeline.set_progress_bar_config(disable=True)
@@ -211,7 +218,8 @@ def generate_images(
     pending: list[tuple[int, torch.Tensor]] = []
     for index in range(max(todo, default=-1) + 1):
         # drawn for every index, in order; as the pipeline draws it when handed the generator at batch 1
-        latent = randn_tensor(latent_shape, generator=generator, device=draw_on, dtype=pipeline.unet.dtype)
+        latent = randn_tensor(latent_shape, generator=generator, device=draw_on, dtype=denoiser.dtype)
+        latent = pack_flux_latents(latent) if flux else latent
         if index in todo:
             pending.append((index, latent))
         if pending and (len(pending) == batch_size or index == max(todo)):
@@ -225,14 +233,18 @@ def generate_images(
 
 
 def _generate_batch(pipeline, prompts, pending, out, resolution, num_inference_steps, guidance_scale) -> None:
+    from bksdm.teachers.pipeline import call_settings, pipeline_denoiser
+
+    denoiser = pipeline_denoiser(pipeline)
     images = pipeline(
         [prompts[i] for i, _ in pending],
         height=resolution,
         width=resolution,
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
-        latents=torch.cat([latent for _, latent in pending]).to(pipeline.unet.device, pipeline.unet.dtype),
+        latents=torch.cat([latent for _, latent in pending]).to(denoiser.device, denoiser.dtype),
         output_type="np",
+        **call_settings(pipeline),
     ).images
     for (index, _), image in zip(pending, images, strict=True):
         write_image(image_path(out, index), (np.clip(image, 0, 1) * 255).round().astype(np.uint8))
@@ -338,17 +350,8 @@ def switch_scheduler(scheduler, choice: str):
 def check_model(source: str) -> None:
     """``model=`` names a local folder that exists, a hub id (``org/name``) or ``builtin:<name>``: a path
     of more parts, or an absolute one, that is not a folder is a mistyped run folder, said before loading.
-    A transformer pipeline (FLUX, SD3, PixArt) is refused: generation here draws U-Net pipelines."""
+    """
     if source.startswith("builtin:") or Path(source).expanduser().is_dir():
-        from bksdm.teachers.loading import TRANSFORMER_FAMILIES, pipeline_family, resolve_source
-
-        family = pipeline_family(resolve_source(source))
-        if family in TRANSFORMER_FAMILIES:
-            raise ValueError(
-                f"model={source!r} is a {family} (a transformer student or teacher): python -m bksdm.generate "
-                f"and evaluate draw U-Net pipelines for now; it loads and samples in plain diffusers: "
-                f"diffusers.{family}.from_pretrained({source!r}) (docs/transformers.md)"
-            )
         return
     if Path(source).is_absolute() or source.startswith(".") or source.count("/") > 1:
         raise FileNotFoundError(
@@ -379,6 +382,15 @@ def check_resolution(source: str, resolution: int | None) -> None:
     try:
         config = teacher_denoiser_config(source)
     except Exception:  # no config at hand before loading (a hub id not cached yet): the load says
+        return
+    from bksdm.arch.depth import is_transformer
+
+    if is_transformer(config):  # VAE 8x, then 2x2 patches
+        if resolution % (2 * VAE_SCALE):
+            raise ValueError(
+                f"resolution={resolution} does not fit {source}'s transformer: accepted are multiples of "
+                f"{2 * VAE_SCALE} pixels (8x VAE, 2x2 patches)"
+            )
         return
     try:
         check_latent_size(config, resolution // VAE_SCALE)
@@ -420,8 +432,8 @@ def plan_generation(settings, prompts: Sequence[str], out: str | Path) -> Genera
 
 
 def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", scheduler: str | None = "pndm"):
-    """A StableDiffusionPipeline (or StableDiffusionXLPipeline, for a folder that is one) from a folder,
-    hub id or ``builtin:toy``, without the safety checker (the paper's protocol), in fp16 on GPU and fp32
+    """A StableDiffusionPipeline (or the class a folder's model_index.json names: StableDiffusionXLPipeline,
+    FluxPipeline, StableDiffusion3Pipeline, PixArtSigmaPipeline) from a folder, hub id or ``builtin:toy``, without the safety checker (the paper's protocol), in fp16 on GPU and fp32
     on CPU unless told otherwise. ``scheduler`` picks the sampler (one of ``SCHEDULERS``, built from the
     pipeline's own noise schedule, with SD's settings for what the stored config leaves out) or ``None``
     to keep the pipeline's stored one."""
@@ -444,5 +456,11 @@ def load_pipeline(source: str, dtype: str = "auto", device: str = "auto", schedu
             "Accepted: a diffusers pipeline folder (e.g. a run's student/), a hub id, or builtin:toy."
         ) from error
     if scheduler is not None:
+        if type(pipeline.scheduler).__name__.startswith("FlowMatch"):
+            raise ValueError(
+                f"scheduler={scheduler} samples diffusion (DDPM-family) models, and model={source!r} is a "
+                f"flow-matching {type(pipeline).__name__}: set scheduler=null (its own "
+                f"{type(pipeline.scheduler).__name__})"
+            )
         pipeline.scheduler = switch_scheduler(pipeline.scheduler, scheduler)
     return pipeline.to(device)

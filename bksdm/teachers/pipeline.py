@@ -70,10 +70,25 @@ def frozen_pipeline(frozen: FrozenTeacher, denoiser: torch.nn.Module, device: to
     return pipeline
 
 
+def pipeline_denoiser(pipeline) -> torch.nn.Module:
+    """A pipeline's U-Net, or its transformer."""
+    return pipeline.transformer if hasattr(pipeline, "transformer") else pipeline.unet
+
+
 def call_settings(pipeline) -> dict:
-    """What a call of ``pipeline`` must say beyond the prompt to read captions as training does: PixArt's
-    captions uncleaned (its pipeline cleans them by default, with beautifulsoup4 where installed)."""
-    return {"clean_caption": False} if type(pipeline).__name__ == "PixArtSigmaPipeline" else {}
+    """What a call of a transformer ``pipeline`` must say beyond the prompt to read captions as training
+    does and draw at the size asked: T5's length as in training (``transformer_text.text_length``: the
+    pipeline's default, or less where the tokenizer stops sooner), PixArt's captions uncleaned (its pipeline
+    cleans them by default, with beautifulsoup4 where installed) and its size not rounded to its bins."""
+    from bksdm.teachers.transformer_text import TEXT_PARTS, text_length
+
+    family = type(pipeline).__name__
+    if family not in TEXT_PARTS:
+        return {}
+    settings = {"max_sequence_length": text_length(family, getattr(pipeline, TEXT_PARTS[family][-1][0]))}
+    if family == "PixArtSigmaPipeline":
+        settings.update(clean_caption=False, use_resolution_binning=False)
+    return settings
 
 
 def _transformer_pipeline(frozen: FrozenTeacher, parts: dict, transformer: torch.nn.Module):

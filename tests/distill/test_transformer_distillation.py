@@ -4,8 +4,10 @@ the scheduler's, and a depth-pruned student of each family trains through the ap
 diffusers."""
 
 import functools
+import json
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,6 +15,7 @@ from helpers.paths import CONF
 from helpers.train_config import FAST, config
 from helpers.trainer import cpu_trainer
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from bksdm import train as train_app
 from bksdm.cli.train_setup import check_config
@@ -25,6 +28,7 @@ from bksdm.distill.taps import FeatureTaps, resolve_tap_pairs
 from bksdm.teachers.conditioning import Conditioning
 from bksdm.teachers.denoiser_call import denoise
 from bksdm.teachers.loading import resolve_source
+from bksdm.teachers.pipeline import call_settings
 
 # teacher preset, its arch, its source, its pipeline class
 FAMILIES = {
@@ -204,27 +208,34 @@ def test_a_transformer_student_trains_through_the_app_and_samples_in_plain_diffu
     assert module.student_name == arch_name and module.is_transformer
     loaded = cls.from_pretrained(tmp_path / "student")
     assert loaded.transformer.config.num_layers == module.student.config.num_layers
-    extra = {"clean_caption": False} if family == "pixart" else {}
     image = loaded(
         "a red circle", num_inference_steps=2, height=64, width=64, output_type="np",
-        generator=torch.Generator().manual_seed(0), **extra,
+        generator=torch.Generator().manual_seed(0), **call_settings(loaded),
     ).images[0]  # fmt: skip
     assert image.shape == (64, 64, 3)
     assert any((tmp_path / "samples").glob("*.png"))
-    if family == "flux":  # python -m bksdm.generate says what to do instead of failing inside
-        from bksdm.generate import generate
+    # python -m bksdm.generate draws it as the pipeline does when handed the seeded generator at batch 1
+    from bksdm.generate import generate
 
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            settings = compose(
-                "generate",
-                overrides=[
-                    f"model={tmp_path / 'student'}",
-                    "prompt='a red circle'",
-                    f"out={tmp_path / 'images'}",
-                ],
-            )
-        with pytest.raises(
-            ValueError, match=r"is a FluxPipeline \(a transformer student or teacher\): python -m"
-        ):
-            generate(settings)
-        assert not (tmp_path / "images").exists()
+    overrides = [
+        f"model={tmp_path / 'student'}",
+        "prompt='a red circle'",
+        "num_inference_steps=2",
+        "resolution=64",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        if family != "pixart":  # flow-matching: the paper's PNDM does not apply
+            with pytest.raises(ValueError, match=rf"is a flow-matching {cls.__name__}: set scheduler=null"):
+                generate(compose("generate", overrides=[*overrides, f"out={tmp_path / 'refused'}"]))
+        settings = compose("generate", overrides=[*overrides, "scheduler=null", f"out={tmp_path / 'images'}"])
+    (path,) = generate(settings)
+    ours = np.asarray(Image.open(path), dtype=np.float32)
+    theirs = loaded(
+        "a red circle", num_inference_steps=2, height=64, width=64, output_type="np", guidance_scale=loaded_guidance(tmp_path),
+        generator=torch.Generator().manual_seed(settings.seed), **call_settings(loaded),
+    ).images[0]  # fmt: skip
+    assert np.abs(ours - np.round(np.clip(theirs, 0, 1) * 255)).max() <= 1
+
+
+def loaded_guidance(run) -> float:
+    return json.loads((run / "student" / "sampling.json").read_text())["guidance_scale"]
