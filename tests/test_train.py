@@ -108,6 +108,10 @@ def test_default_run_without_data_stops_at_once_saying_what_to_set(tmp_path, mon
             ["trainer.precision=16-mixed", "trainer.accelerator=cpu"],
             r"trainer\.precision=16-mixed needs a GPU .*accepted there are bf16-mixed, 32",
         ),
+        (
+            ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1"],
+            r"trainer=fsdp with trainer\.precision=bf16-mixed on the CPU: .*accepted on the CPU: trainer\.precision=32",
+        ),
     ],
 )
 def test_config_errors_stop_the_run_before_anything_is_loaded_or_written(

@@ -47,6 +47,14 @@ def check_precision(cfg: DictConfig) -> None:
             f"trainer.precision={precision} needs a GPU (fp16 autocast with loss scaling), and this run "
             f"trains on the CPU: accepted there are {', '.join(CPU_PRECISIONS)} (bf16-mixed is the default)"
         )
+    strategy = cfg.trainer.get("strategy")
+    fsdp = OmegaConf.is_dict(strategy) and str(strategy.get("_target_", "")).endswith("FSDPStrategy")
+    if on_cpu and fsdp and precision.endswith("-mixed"):
+        raise ValueError(
+            f"trainer=fsdp with trainer.precision={precision} on the CPU: Lightning's FSDP mixed precision "
+            "autocasts CUDA only, so on a CPU the bf16 weights would meet fp32 inputs; accepted on the CPU: "
+            "trainer.precision=32 (a GPU takes bf16-mixed)"
+        )
 
 
 def check_data_location(cfg: DictConfig) -> None:

@@ -4,8 +4,10 @@ Only the registered modules are sharded: the student and its EMA copy (with thei
 state). The frozen teacher, VAE and text encoder live outside module registration (``FrozenTeacher``), so
 each rank keeps its own full copy in the frozen precision, unwrapped and never synchronised.
 
-The student U-Net and each of its down, mid and up blocks are FSDP units; the EMA copy is wrapped by the
-same rule, so its shards hold the same elements as the student's and the EMA update runs shard by shard.
+The student U-Net and each of its down, mid and up blocks are FSDP units, a transformer student and each
+block of its stacks likewise (FLUX's double- and single-stream blocks, SD3's joint blocks, PixArt's blocks);
+the EMA copy is wrapped by the same rule, so its shards hold the same elements as the student's and the EMA
+update runs shard by shard.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import (
+    FluxTransformer2DModel,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
+from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 from diffusers.models.unets.unet_2d_blocks import (
     CrossAttnDownBlock2D,
     CrossAttnUpBlock2D,
@@ -28,6 +37,7 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+from torch.distributed.fsdp.wrap import CustomPolicy
 
 from bksdm.training.atomic import replace_directory
 
@@ -40,6 +50,22 @@ WRAPPED_CLASSES = {
     CrossAttnUpBlock2D,
     UpBlock2D,
 }
+TRANSFORMER_UNITS = (
+    FluxTransformer2DModel, FluxTransformerBlock, FluxSingleTransformerBlock, SD3Transformer2DModel,
+    JointTransformerBlock, PixArtTransformer2DModel,
+)  # fmt: skip
+
+
+def is_fsdp_unit(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is an FSDP unit of a student: a U-Net or one of its blocks (``WRAPPED_CLASSES``),
+    a transformer or a block of its stacks. PixArt's blocks are diffusers' ``BasicTransformerBlock``, which
+    the U-Nets' attention stacks hold too: only PixArt's (``ada_norm_single``) are units, so a U-Net's units
+    stay its blocks."""
+    if isinstance(module, (*WRAPPED_CLASSES, *TRANSFORMER_UNITS)):
+        return True
+    return isinstance(module, BasicTransformerBlock) and module.norm_type == "ada_norm_single"
+
+
 STATE_DICT_TYPES = ("sharded", "full")
 FSDP_PREFIX = "_fsdp_wrapped_module."
 
@@ -53,7 +79,7 @@ class DistillFSDPStrategy(FSDPStrategy):
             no rank gathers the model; ``full``: one file, gathered on rank 0 (GPU only: Lightning's
             gather frees memory it still reads when the shards live on the CPU, Lightning-AI/pytorch-
             lightning#21804).
-        auto_wrap_policy: the FSDP units; None: the U-Net and its blocks (``WRAPPED_CLASSES``).
+        auto_wrap_policy: the FSDP units; None: the student and its blocks (``is_fsdp_unit``).
         **kwargs: the rest of Lightning's ``FSDPStrategy`` (``sharding_strategy``, ``cpu_offload``,
             ``mixed_precision``, ``process_group_backend``, ...).
     """
@@ -64,7 +90,9 @@ class DistillFSDPStrategy(FSDPStrategy):
                 f"trainer.strategy.state_dict_type={state_dict_type!r}: accepted are {STATE_DICT_TYPES}"
             )
         super().__init__(
-            state_dict_type=state_dict_type, auto_wrap_policy=auto_wrap_policy or WRAPPED_CLASSES, **kwargs
+            state_dict_type=state_dict_type,
+            auto_wrap_policy=auto_wrap_policy or CustomPolicy(is_fsdp_unit),
+            **kwargs,
         )
 
     def _configure_launcher(self) -> None:

@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from bksdm import train as train_app
+from bksdm.arch.depth import depth_student_config
 from bksdm.cli.train_setup import check_config
 from bksdm.data.datamodule import SyntheticDataModule
 from bksdm.distill.flow_matching import flow_matching_noise
@@ -239,3 +240,38 @@ def test_a_transformer_student_trains_through_the_app_and_samples_in_plain_diffu
 
 def loaded_guidance(run) -> float:
     return json.loads((run / "student" / "sampling.json").read_text())["guidance_scale"]
+
+
+def test_fsdp_units_are_a_transformer_students_blocks_and_a_unets_stay_its_blocks():
+    from bksdm.arch.depth import empty_transformer
+    from bksdm.arch.student import empty_unet
+    from bksdm.teachers.builtin import TOY_UNET_CONFIG
+    from bksdm.teachers.loading import teacher_denoiser_config
+    from bksdm.training.fsdp import is_fsdp_unit
+
+    for family, blocks in (("flux", 5 + 10), ("sd3", 18), ("pixart", 14)):
+        _, arch_name, source, _ = FAMILIES[family]
+        config = depth_student_config(teacher_denoiser_config(source), arch(arch_name)["removal"])
+        units = [name for name, m in empty_transformer(config).named_modules() if is_fsdp_unit(m)]
+        assert (
+            units[0] == "" and len(units) == 1 + blocks and all("transformer_blocks." in u for u in units[1:])
+        )
+    unet_units = [name for name, m in empty_unet(TOY_UNET_CONFIG).named_modules() if is_fsdp_unit(m)]
+    assert unet_units == [
+        "",
+        *(f"down_blocks.{i}" for i in range(4)),
+        *(f"up_blocks.{i}" for i in range(4)),
+        "mid_block",
+    ]
+
+
+def test_a_flux_student_trains_under_fsdp_and_exports_whole(tmp_path):
+    cfg = config("teacher=flux_toy", "arch=flux_mini", *FAST, "data.resolution=64", "trainer=fsdp",
+                 "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32",
+                 "callbacks.sample_grid=null", output_dir=tmp_path)  # fmt: skip
+    module = train_app.train(cfg)
+    loaded = diffusers.FluxTransformer2DModel.from_pretrained(tmp_path / "student", subfolder="transformer")
+    assert (loaded.config.num_layers, loaded.config.num_single_layers) == (5, 10)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(
+        p.numel() for p in module.exported_student().parameters()
+    )
