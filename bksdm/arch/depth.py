@@ -140,9 +140,19 @@ def depth_student_config(teacher_config: Mapping, stacks: Mapping[str, object]) 
     for stack, field in STACKS[family(teacher_config)].items():
         config[field] = len(kept[stack])
     if config.get("dual_attention_layers"):
-        dual = set(config["dual_attention_layers"])
-        config["dual_attention_layers"] = [j for j, t in enumerate(kept["transformer_blocks"]) if t in dual]
+        config["dual_attention_layers"] = student_block_indices(
+            kept["transformer_blocks"], config["dual_attention_layers"]
+        )
     return config
+
+
+def student_block_indices(kept: Sequence[int], teacher_indices: Sequence[int]) -> list[int]:
+    """The student's numbers of those ``teacher_indices`` of a stack it keeps (``kept``: the teacher blocks
+    it keeps, in order): how SD3's ``dual_attention_layers`` and a pipeline's skip-layer-guidance layers
+    (``StableDiffusion3Pipeline(skip_guidance_layers=[7, 8, 9])``) renumber with the blocks; removed ones
+    drop out."""
+    wanted = set(teacher_indices)
+    return [student for student, teacher in enumerate(kept) if teacher in wanted]
 
 
 def depth_weight_map(

@@ -136,3 +136,20 @@ def test_an_sd3_student_keeps_the_last_block_last_and_renumbers_dual_attention()
         torch.tensor([10]),
     ).sample  # fmt: skip
     assert out.shape == (1, 4, 8, 8)
+
+
+def test_block_numbers_of_sd3_follow_the_kept_blocks():
+    from bksdm.arch.depth import student_block_indices
+
+    hprune = {"transformer_blocks": {"remove": [[13, 13], [15, 16], [18, 18], [20, 21]]}}
+    teacher = {
+        "_class_name": "SD3Transformer2DModel",
+        "num_layers": 24,
+        "dual_attention_layers": list(range(13)),
+    }
+    kept = kept_blocks(teacher, hprune)["transformer_blocks"]
+    assert kept == [*range(13), 14, 17, 19, 22, 23]
+    assert student_block_indices(kept, [7, 8, 9]) == [7, 8, 9]  # SD3.5's skip-layer guidance, before the cuts
+    assert student_block_indices(kept, [12, 13, 14, 23]) == [12, 13, 17]  # 13 is gone, 14 and 23 move up
+    late = depth_student_config(teacher, {"transformer_blocks": {"remove": [[0, 5]]}})
+    assert late["dual_attention_layers"] == list(range(7)) and late["num_layers"] == 18
