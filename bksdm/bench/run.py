@@ -108,7 +108,9 @@ def settings(cfg: DictConfig, device: torch.device) -> dict:
     """What the step ran with, ``auto`` switches resolved for the device."""
     return {
         "precision": str(cfg.trainer.precision),
-        "frozen_dtype": resolve_frozen_dtype(cfg.distill.frozen_dtype, device),
+        "frozen_dtype": resolve_frozen_dtype(
+            cfg.distill.frozen_dtype, device, is_transformer(teacher_config(cfg))
+        ),
         "pre_encoded": cfg.bench.pre_encoded,
         **instantiate(cfg.speed).resolved(device),
         "fused_adamw": bool(cfg.optim.optimizer.get("fused")),
@@ -150,7 +152,7 @@ def bench_device(cfg: DictConfig) -> torch.device:
 def part_dtypes(cfg: DictConfig, device: torch.device) -> dict[str, str]:
     """The dtype each FLOP-counted part computes in: the student in the precision's compute dtype, the
     frozen parts in their own."""
-    frozen = resolve_frozen_dtype(cfg.distill.frozen_dtype, device)
+    frozen = resolve_frozen_dtype(cfg.distill.frozen_dtype, device, is_transformer(teacher_config(cfg)))
     student = COMPUTE_DTYPES.get(str(cfg.trainer.precision), "float32")
     return {"student_forward_backward": student, "teacher_forward": frozen, "vae_encode": frozen,
             "text_encode": frozen}  # fmt: skip
@@ -368,7 +370,9 @@ def count_memory(cfg: DictConfig, resolution: int) -> dict[str, float]:
     """The step's memory per device in GiB by part (``bksdm.bench.memory_plan``), from configs alone."""
     teacher = teacher_config(cfg)
     student = student_of(cfg, teacher)
-    frozen_dtype = DTYPES[resolve_frozen_dtype(cfg.distill.frozen_dtype, "cuda")]  # as on a GPU
+    frozen_dtype = DTYPES[
+        resolve_frozen_dtype(cfg.distill.frozen_dtype, "cuda", is_transformer(teacher))
+    ]  # as on a GPU
     compute = DTYPES[COMPUTE_DTYPES.get(str(cfg.trainer.precision), "float32")]
     latent = resolution // 8
     activations = denoiser_activation_bytes(

@@ -256,9 +256,11 @@ def build_module(cfg: DictConfig, pre_encoded=(), device=None):
     ``text_embeds``): the VAE (and the text encoder) then stay out of memory. ``device``: where it will
     train, which decides ``distill.frozen_dtype=auto`` (default: CUDA when available)."""
     frozen_dtype = cfg.distill.frozen_dtype
+    if device is not None:
+        frozen_dtype = resolve_frozen_dtype(frozen_dtype, device, is_transformer(teacher_config(cfg)))
     return instantiate(
         cfg.distill,
-        frozen_dtype=resolve_frozen_dtype(frozen_dtype, device) if device is not None else frozen_dtype,
+        frozen_dtype=frozen_dtype,
         load_vae="latents" not in pre_encoded,
         load_text_encoder="text_embeds" not in pre_encoded,
     )

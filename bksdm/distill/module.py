@@ -91,7 +91,6 @@ class DistillModule(L.LightningModule):
         flux_guidance: float = 3.5,
     ):
         super().__init__()
-        frozen_dtype = resolve_frozen_dtype(frozen_dtype, "cuda" if torch.cuda.is_available() else "cpu")
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout={caption_dropout!r} must be a probability in [0, 1]")
         if ema_decay is not None:
@@ -108,6 +107,9 @@ class DistillModule(L.LightningModule):
 
         denoiser_config = teacher_denoiser_config(teacher_source, revision=revision)
         self.is_transformer = is_transformer(denoiser_config)
+        frozen_dtype = resolve_frozen_dtype(
+            frozen_dtype, "cuda" if torch.cuda.is_available() else "cpu", self.is_transformer
+        )
         parts = load_components(
             teacher_source, self._wanted_parts(teacher_source, revision, denoiser_config, load_vae, load_text_encoder),
             revision=revision, vae_source=vae_source,
@@ -118,9 +120,8 @@ class DistillModule(L.LightningModule):
             self.student = build_depth_student(parts.transformer, self.removal_spec).float()
         else:
             self.removal_spec = resolve_removal(removal)
-            self.student_name = removal_name(
-                self.removal_spec
-            )  # a paper name only where the spec is the paper's
+            # a paper name only where the spec is the paper's
+            self.student_name = removal_name(self.removal_spec)
             if (
                 student_name
                 and student_name not in PAPER_REMOVALS

@@ -19,14 +19,16 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 FROZEN_DTYPES = ("auto", *DTYPES)
 
 
-def resolve_frozen_dtype(name: str, device: torch.device | str) -> str:
+def resolve_frozen_dtype(name: str, device: torch.device | str, transformer: bool = False) -> str:
     """``auto``: float16 on CUDA (the paper's choice, tensor cores), bfloat16 elsewhere (CPUs compute
-    bf16 natively, AMX or AVX-512, while fp16 convolutions and group norms on a CPU are slow or missing)."""
+    bf16 natively, AMX or AVX-512, while fp16 convolutions and group norms on a CPU are slow or missing);
+    bfloat16 everywhere for a ``transformer`` teacher (FLUX, SD3.5 and PixArt-Sigma are bf16 models, and
+    FLUX's activations overflow fp16)."""
     if name not in FROZEN_DTYPES:
         raise ValueError(f"distill.frozen_dtype={name!r}: accepted are {list(FROZEN_DTYPES)}")
     if name != "auto":
         return name
-    return "float16" if torch.device(device).type == "cuda" else "bfloat16"
+    return "float16" if torch.device(device).type == "cuda" and not transformer else "bfloat16"
 
 
 @dataclass

@@ -68,7 +68,7 @@ def test_count_only_says_whether_flux_mini_fits_on_one_gpu(capsys):
     printed = capsys.readouterr().out.splitlines()
     assert json.loads(printed[-1]) == json.loads(json.dumps(result))
     memory = result["memory_gib"]["fast"]
-    # FLUX.1's 11.9B parameters in fp16, Flux-Mini's 3.18B with fp32 states and EMA (20 B each)
+    # FLUX.1's 11.9B parameters in bf16 (auto, for a transformer teacher), Flux-Mini's 3.18B with fp32 states and EMA (20 B each)
     assert round(memory["frozen"], 2) == round(11_901_408_320 * 2 / GIB, 2)
     assert round(memory["student"], 2) == round(3_179_199_552 * 20 / GIB, 2)
     assert 0 < memory["activations"] < 5 and "does not fit on 80 GB, fits on 141 GB" in printed[0]

@@ -78,7 +78,7 @@ def test_full_fsdp_checkpoints_load_without_running_pickled_code(tmp_path):
 def test_fsdp_settings_are_checked_when_the_trainer_is_built(tmp_path):
     with pytest.raises(ValueError, match=r"state_dict_type='shards': accepted are \('sharded', 'full'\)"):
         DistillFSDPStrategy(state_dict_type="shards")
-    cfg = config(*FAST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+    cfg = config(*FAST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32",
                  "trainer.strategy.state_dict_type=full", output_dir=tmp_path)  # fmt: skip
     # raised inside the Trainer's instantiation, unwrapped from Hydra's exception: one clear message
     with pytest.raises(
