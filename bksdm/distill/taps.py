@@ -285,15 +285,6 @@ class FeatureTaps:
         self.remove()
 
 
-def _empty_transformer(name: str, config: Mapping) -> nn.Module:
-    import diffusers
-
-    with torch.device("meta"):
-        return getattr(diffusers, name).from_config(
-            {k: v for k, v in dict(config).items() if k != "_class_name"}
-        )
-
-
 def check_tap_pairs(
     teacher_config: Mapping, student_cfg: Mapping, pairs: Sequence[TapPair], latent_size: int
 ) -> dict[str, tuple[int, ...]]:

@@ -23,7 +23,7 @@ from bksdm.teachers.builtin import TOY_VAE_CONFIG, build_tokenizer, text_encoder
 
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2, as T5's own vocabulary has them
 T5_TOY_WIDTHS = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 2}
-TEXT_LENGTHS = {"flux-toy": 32, "sd3-toy": 32, "pixart-toy": 32}  # the T5 length of each toy's tokenizer
+TOY_TEXT_LENGTH = 32  # the toys' T5 tokenizers stop here (flux-random's at FLUX's 512)
 
 
 def build_t5_tokenizer(max_length: int):
@@ -167,7 +167,7 @@ def build_transformer_pipeline(seed: int = 0, shape: str = "flux-toy"):
         raise ValueError(
             f"unknown builtin transformer shape {shape!r}: accepted are {list(TRANSFORMER_SHAPES)}"
         )
-    t5_tokenizer = build_t5_tokenizer(TEXT_LENGTHS.get(shape, 512))
+    t5_tokenizer = build_t5_tokenizer(512 if shape == "flux-random" else TOY_TEXT_LENGTH)
     with torch.random.fork_rng(devices=[]), _default_dtype(STORED_DTYPES.get(shape, torch.float32)):
         torch.manual_seed(seed)
         if shape == "flux-random":  # built in bf16: 12B parameters in fp32 would need 48 GB more
