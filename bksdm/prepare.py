@@ -43,10 +43,11 @@ def prepare(cfg: DictConfig):
         if cfg.dtype not in DTYPES:
             raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
         denoiser = teacher_denoiser_config(cfg.teacher.source, revision=cfg.teacher.revision)
-        if cfg.mode == "latents" and is_transformer(denoiser):
+        if cfg.mode == "latents" and cfg.text_embeddings and is_transformer(denoiser):
             raise ValueError(
-                f"mode=latents with teacher={cfg.teacher.name}: pre-encoding for transformer teachers (FLUX, SD3, "
-                "PixArt) is not built yet; mode=images shards serve every teacher"
+                f"text_embeddings=true with teacher={cfg.teacher.name}: pre-encoded text for transformer teachers "
+                "(FLUX, SD3, PixArt: T5 states) is not built yet; accepted: text_embeddings=false (their latents "
+                "are stored, the captions encoded each step)"
             )
         # the data source lists its items: a folder is listed now (no caption, no shard)
         source = instantiate(cfg.data)

@@ -138,6 +138,46 @@ def test_pre_encoded_latents_give_the_same_loss_as_encoding_on_the_fly(tmp_path)
         torch.testing.assert_close(losses[1][1][name], value, rtol=1e-5, atol=1e-6)
 
 
+def test_flux_latents_pre_encoded_give_the_same_loss_as_encoding_on_the_fly(tmp_path):
+    """A transformer teacher's 16-channel latents, shifted and scaled at training time as on the fly; its
+    captions are encoded each step (T5 states are not stored yet)."""
+    write_folder(tmp_path / "data", good=2, with_bad=False)
+    report = prepare(prepare_config(
+        f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'latents'}", "teacher=flux_toy", "mode=latents",
+        "latent_dtype=float32",
+    ))  # fmt: skip
+    decode = functools.partial(decode_latent_sample, random_flip=False)
+    samples = list(shard_samples(report.shards, decode=decode, resampled=False, shuffle_buffer=0))
+    assert samples[0]["latent_mean"].shape == (16, 8, 8) and "text_embeds" not in samples[0]
+
+    from bksdm.data.folder import CaptionedImageFolder
+
+    images = CaptionedImageFolder(tmp_path / "data", resolution=64, random_flip=False)
+    by_caption = {images[i]["caption"]: images[i]["pixel_values"] for i in range(len(images))}
+    captions = [s["caption"] for s in samples]
+    image_batch = {"pixel_values": torch.stack([by_caption[c] for c in captions]), "caption": captions}
+    latent_batch = {key: torch.stack([s[key] for s in samples]) for key in ("latent_mean", "latent_std")}
+    flux_mini = {"transformer_blocks": [0, 1, 2, 10, 18], "single_transformer_blocks": {"keep": 10}}
+    losses = losses_on_both_paths(
+        "builtin:flux-toy",
+        flux_mini,
+        "transformer_blocks.4[1]",
+        image_batch,
+        {**latent_batch, "caption": captions},
+    )
+    for name, value in losses[0][1].items():
+        torch.testing.assert_close(losses[1][1][name], value, rtol=1e-5, atol=1e-6)
+    # and through the app: no VAE in memory, the student exported
+    overrides = [o for o in FAST if o != "data=synthetic"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "teacher=flux_toy", "arch=flux_mini", *overrides, "data=latents", f"data.urls={report.shards}",
+            "callbacks.sample_grid=null", f"paths.output_dir={tmp_path / 'run'}",
+        ])  # fmt: skip
+    module = train_app.train(cfg)
+    assert module.frozen.vae is None and (tmp_path / "run" / "student" / "transformer").is_dir()
+
+
 def test_flipped_samples_are_encodings_of_the_mirror_image(tmp_path):
     write_folder(tmp_path / "data", good=1, with_bad=False)
     report = prepare(
@@ -181,12 +221,9 @@ def test_bad_prepare_settings_are_named(tmp_path):
         prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "mode=jpeg"))
     with pytest.raises(ConfigError, match="is not a folder"):
         prepare(prepare_config(f"data.root={tmp_path / 'nowhere'}", f"out={tmp_path / 'x'}"))
-    with pytest.raises(ValueError, match=r"mode=latents with teacher=flux_toy: pre-encoding for transformer"):
-        prepare(
-            prepare_config(
-                f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "teacher=flux_toy", "mode=latents"
-            )
-        )
+    with pytest.raises(ValueError, match=r"text_embeddings=true with teacher=flux_toy: pre-encoded text for"):
+        prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "teacher=flux_toy",
+                               "mode=latents", "text_embeddings=true"))  # fmt: skip
     assert not (tmp_path / "x").exists()  # nothing written for a bad source
 
 

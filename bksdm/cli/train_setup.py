@@ -125,12 +125,6 @@ def check_transformer_config(
                 + (f" up to {largest}" if largest else "")
                 + f" (the teacher was trained at {cfg.teacher.resolution})"
             )
-    if str(cfg.data.get("_target_", "")).endswith("LatentDataModule"):
-        raise ValueError(
-            f"data=latents with teacher={cfg.teacher.name}: pre-encoded inputs for transformer teachers are not "
-            "built yet (docs/transformers.md); accepted are image sources (data=laion_folder, webdataset, "
-            "synthetic), which encode each step"
-        )
     check_fused_clipping(cfg)
     instantiate(cfg.speed)
     if cfg.get("loss") and cfg.loss.get("w_feat"):

@@ -42,7 +42,9 @@ def frozen_pipeline(frozen: FrozenTeacher, denoiser: torch.nn.Module, device: to
         loaded = load_components(frozen.source, missing, frozen.dtype, frozen.revision, frozen.vae_source)
         for name in missing:
             dtype = frozen.vae_dtype if name == "vae" else frozen.dtype
-            parts[name] = getattr(loaded, name).to(device, dtype)
+            parts[name] = torch.nn.Module.to(
+                getattr(loaded, name), device, dtype
+            )  # quietly: not diffusers' .to
     if frozen.vae_dtype != frozen.dtype:
         parts["vae"] = _decoding_in_own_dtype(parts["vae"], frozen.vae_dtype)
     if frozen.is_transformer:

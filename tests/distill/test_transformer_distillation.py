@@ -201,7 +201,6 @@ def test_a_tap_of_a_stream_the_module_does_not_output_is_named():
         (["teacher=pixart_toy", "arch=flux_mini"], r"arch=flux_mini does not fit teacher=pixart_toy: .*has no stack"),
         (["teacher=sd3_toy", "arch=sd35_hprune", "data.resolution=72"], r"data.resolution=72 cannot go through teacher=sd3_toy's transformer: accepted are multiples of 16 pixels up to 256"),
         (["teacher=sd3_toy", "arch=sd35_hprune", "arch.removal.transformer_blocks={remove: [[20, 23]]}"], r"keeps the teacher's last block \(23\) last"),
-        (["teacher=flux_toy", "arch=flux_mini", "data=latents", "data.urls=x.tar"], r"data=latents with teacher=flux_toy: pre-encoded inputs for transformer teachers are not built yet"),
     ],
 )  # fmt: skip
 def test_a_transformer_config_that_cannot_work_stops_before_loading(overrides, message, tmp_path):
