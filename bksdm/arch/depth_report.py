@@ -14,10 +14,9 @@ import json
 from collections.abc import Mapping
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from bksdm.arch.depth import depth_student_config, empty_transformer, family, kept_blocks
-from bksdm.arch.report import _LINEAR_AND_CONV_OPS, UnitCost, _g, _op_name
+from bksdm.arch.depth import depth_student_config, family, kept_blocks
+from bksdm.arch.report import UnitCost, _g, unit_costs
 
 TEXT_TOKENS = {
     "FluxTransformer2DModel": 512,
@@ -34,40 +33,17 @@ def transformer_cost(config: Mapping, latent_size: int) -> list[UnitCost]:
 
 @functools.lru_cache(maxsize=16)
 def _transformer_cost(config_json: str, latent_size: int) -> list[UnitCost]:
-    from bksdm.teachers.denoiser_call import TRANSFORMER_PIPELINES, denoise, example_inputs
+    from bksdm.teachers.denoiser_call import meta_transformer_call
 
     config = json.loads(config_json)
-    name = family(config)
-    model = empty_transformer(config)
-    with torch.device("meta"):
-        inputs = example_inputs({**config, "_class_name": name}, latent_size, text_tokens=TEXT_TOKENS[name])
+    model, call = meta_transformer_call(config, latent_size, text_tokens=TEXT_TOKENS[family(config)])
     units = []
     for child, module in model.named_children():
         if isinstance(module, torch.nn.ModuleList):
             units += [f"{child}.{i}" for i in range(len(module))]
         else:
             units.append(child)
-    order: list[str] = []
-    hooks = [
-        model.get_submodule(unit).register_forward_pre_hook(lambda *_, unit=unit: order.append(unit))
-        for unit in units
-    ]
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            denoise(model, TRANSFORMER_PIPELINES[name], *inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    per_module = counter.get_flop_counts()
-    costs = []
-    for unit in list(dict.fromkeys(order)) + [u for u in units if u not in order]:
-        counts = per_module.get(f"{name}.{unit}", {})
-        linear = sum(v for op, v in counts.items() if _op_name(op) in _LINEAR_AND_CONV_OPS)
-        params = sum(p.numel() for p in model.get_submodule(unit).parameters())
-        if params or counts:
-            costs.append(UnitCost(unit, params, linear // 2, (sum(counts.values()) - linear) // 2))
-    return costs
+    return unit_costs(model, units, call)
 
 
 def depth_report_dict(teacher_config: Mapping, stacks: Mapping, latent_size: int, name: str) -> dict:

@@ -106,34 +106,40 @@ def _unet_cost(config_json: str, latent_size: int) -> UNetCost:
         context = torch.empty(1, TEXT_TOKENS, context_width)
         timestep = torch.zeros(1, dtype=torch.long)
         added = sdxl_added_conditioning(config, 1)
-    names = unit_names(unet)
+    units = unit_costs(
+        unet, unit_names(unet), lambda model: model(sample, timestep, context, added_cond_kwargs=added)
+    )
+    return UNetCost(units)
+
+
+def unit_costs(model: torch.nn.Module, names: list[str], call) -> list[UnitCost]:
+    """The cost of each unit ``names`` of ``model`` (on the meta device) in one ``call(model)``, in the order
+    the forward reaches them (never-reached units last), units without parameters or FLOPs left out."""
     call_order: list[str] = []
     hooks = [
-        unet.get_submodule(name).register_forward_pre_hook(lambda *_, name=name: call_order.append(name))
+        model.get_submodule(name).register_forward_pre_hook(lambda *_, name=name: call_order.append(name))
         for name in names
     ]
     counter = FlopCounterMode(display=False)
     try:
         with counter, torch.no_grad():
-            unet(sample, timestep, context, added_cond_kwargs=added)
+            call(model)
     finally:
         for hook in hooks:
             hook.remove()
     per_module = counter.get_flop_counts()
-    root = type(unet).__name__
+    root = type(model).__name__
     units = []
     # forward order reads like the data flow: mid block between down and up blocks, resnet before attention
-    ordered = list(dict.fromkeys(call_order)) + [n for n in names if n not in call_order]
-    for name in ordered:
-        module = unet.get_submodule(name)
+    for name in list(dict.fromkeys(call_order)) + [n for n in names if n not in call_order]:
         counts = per_module.get(f"{root}.{name}", {})
         linear = sum(v for op, v in counts.items() if _op_name(op) in _LINEAR_AND_CONV_OPS)
         other = sum(counts.values()) - linear
-        params = sum(p.numel() for p in module.parameters())
+        params = sum(p.numel() for p in model.get_submodule(name).parameters())
         if params or linear or other:
             # the counter reports FLOPs; one multiply-accumulate is two of them
             units.append(UnitCost(name, params, linear // 2, other // 2))
-    return UNetCost(units)
+    return units
 
 
 def sdxl_added_conditioning(config: Mapping, batch: int) -> dict | None:

@@ -49,18 +49,15 @@ def transformer_flops(config: Mapping, latent_size: int, batch_size: int, backwa
     """FLOPs of one call of a FLUX, SD3 or PixArt transformer on a (batch, C, latent, latent) input with
     its pipeline's default text length (``bksdm.arch.depth_report.TEXT_TOKENS``), plus its backward when
     ``backward``."""
-    from bksdm.arch.depth import empty_transformer, family
+    from bksdm.arch.depth import family
     from bksdm.arch.depth_report import TEXT_TOKENS
-    from bksdm.teachers.denoiser_call import TRANSFORMER_PIPELINES, denoise, example_inputs
+    from bksdm.teachers.denoiser_call import meta_transformer_call
 
-    name = family(config)
-    model = empty_transformer(config)
-    with torch.device("meta"):
-        inputs = example_inputs({**config, "_class_name": name}, latent_size, batch_size, TEXT_TOKENS[name])
+    model, call = meta_transformer_call(config, latent_size, batch_size, TEXT_TOKENS[family(config)])
     model.requires_grad_(backward)
     counter = FlopCounterMode(display=False)
     with counter, torch.set_grad_enabled(backward):
-        out = denoise(model, TRANSFORMER_PIPELINES[name], *inputs)
+        out = call(model)
         if backward:
             out.sum().backward()
     return counter.get_total_flops()

@@ -100,19 +100,12 @@ def denoiser_activation_bytes(
     from bksdm.arch.depth import is_transformer
 
     if is_transformer(config):
-        from bksdm.arch.depth import empty_transformer, family
+        from bksdm.arch.depth import family
         from bksdm.arch.depth_report import TEXT_TOKENS
-        from bksdm.teachers.denoiser_call import TRANSFORMER_PIPELINES, denoise, example_inputs
+        from bksdm.teachers.denoiser_call import meta_transformer_call
 
-        name = family(config)
-        model = empty_transformer(config)
-        with torch.device("meta"):
-            inputs = example_inputs(
-                {**config, "_class_name": name}, latent_size, batch_size, TEXT_TOKENS[name]
-            )
-
-        def call(model):
-            denoise(model, TRANSFORMER_PIPELINES[name], *inputs, dtype=dtype)
+        tokens = TEXT_TOKENS[family(config)]
+        model, call = meta_transformer_call(config, latent_size, batch_size, tokens, dtype=dtype)
     else:
         from bksdm.arch.report import TEXT_TOKENS, sdxl_added_conditioning
         from bksdm.arch.student import empty_unet, plain_config

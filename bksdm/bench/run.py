@@ -28,7 +28,7 @@ from bksdm.cli.train_setup import build_module, check_model_config, check_precis
 from bksdm.cli.value_types import check_value_types
 from bksdm.teachers.frozen import DTYPES, resolve_frozen_dtype
 from bksdm.teachers.loading import check_available_offline
-from bksdm.teachers.transformer_text import TEXT_PARTS, text_length
+from bksdm.teachers.transformer_text import t5_length_of
 from bksdm.training.memory import release_host_memory
 
 MODES = ("fast", "reference", "both")
@@ -218,12 +218,7 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
     frozen = module.frozen
     towers = (frozen.text_encoder, frozen.text_encoder_2, frozen.text_encoder_3)
     text_encoders = [m.config for m in towers if m is not None]
-    # a transformer family's last text tower is its T5
-    t5_tokens = (
-        text_length(frozen.family, getattr(frozen, TEXT_PARTS[frozen.family][-1][0]))
-        if frozen.is_transformer
-        else 0
-    )
+    t5_tokens = t5_length_of(frozen, frozen.family) if frozen.is_transformer else 0
     flops = count_flops(cfg, resolution, vae.config if vae is not None else None, text_encoders, t5_tokens)
     traffic = step_bytes(step_shape(cfg, module))
     dtypes = part_dtypes(cfg, device)

@@ -75,7 +75,17 @@ def check_model_config(
     teacher = teacher_config(cfg)
     if is_transformer(teacher):
         check_transformer_config(cfg, teacher, resolution, resolution_key)
-        return
+    else:
+        check_unet_config(cfg, teacher, resolution, resolution_key)
+    check_fused_clipping(cfg)
+    instantiate(cfg.speed)  # its switches are checked when it is built
+    if cfg.get("loss") and cfg.loss.get("w_feat"):
+        check_taps(cfg, teacher)
+
+
+def check_unet_config(cfg: DictConfig, teacher: dict, resolution: int | None, resolution_key: str) -> None:
+    """The student's removal fits the teacher U-Net, which takes no added conditioning but SDXL's, and
+    images of ``resolution`` pixels pass its every downsampler."""
     try:
         student_config(teacher, OmegaConf.to_container(cfg.arch.removal))
     except ValueError as error:
@@ -97,14 +107,10 @@ def check_model_config(
                 f"accepted are multiples of {VAE_SCALE * 2 ** (len(teacher['block_out_channels']) - 1)} pixels "
                 f"(the teacher was trained at {cfg.teacher.resolution})"
             ) from error
-    check_fused_clipping(cfg)
-    instantiate(cfg.speed)  # its switches are checked when it is built
-    if cfg.get("loss") and cfg.loss.get("w_feat"):
-        check_taps(cfg, teacher)
 
 
 def check_transformer_config(
-    cfg: DictConfig, teacher: dict, resolution: int | None, resolution_key: str = "data.resolution"
+    cfg: DictConfig, teacher: dict, resolution: int | None, resolution_key: str
 ) -> None:
     """A transformer teacher's student keeps blocks the teacher has, and images of ``resolution`` pixels
     make whole patches (VAE 8x, then 2x2 patches: multiples of 16 px) within SD3's position table."""
@@ -125,10 +131,6 @@ def check_transformer_config(
                 + (f" up to {largest}" if largest else "")
                 + f" (the teacher was trained at {cfg.teacher.resolution})"
             )
-    check_fused_clipping(cfg)
-    instantiate(cfg.speed)
-    if cfg.get("loss") and cfg.loss.get("w_feat"):
-        check_taps(cfg, teacher)
 
 
 def check_taps(cfg: DictConfig, teacher: dict) -> None:

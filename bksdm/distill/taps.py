@@ -299,17 +299,11 @@ def check_tap_pairs(
 
     shapes = {}
     if is_transformer(teacher_config):
-        from bksdm.teachers.denoiser_call import TRANSFORMER_PIPELINES, denoise, example_inputs
+        from bksdm.teachers.denoiser_call import meta_transformer_call
 
         name = family(teacher_config)
-        teacher, student = (
-            empty_transformer({**c, "_class_name": name}) for c in (teacher_config, student_cfg)
-        )
-        with torch.device("meta"):
-            inputs = example_inputs(teacher.config | {"_class_name": name}, latent_size)
-
-        def call(model):
-            denoise(model, TRANSFORMER_PIPELINES[name], *inputs)
+        teacher, call = meta_transformer_call({**teacher_config, "_class_name": name}, latent_size)
+        student = empty_transformer({**student_cfg, "_class_name": name})
     else:
         teacher, student = empty_unet(plain_config(teacher_config)), empty_unet(student_cfg)
         context_width = teacher.config.cross_attention_dim

@@ -115,3 +115,21 @@ def example_inputs(
     if config.get("guidance_embeds"):
         conditioning.guidance = torch.full((batch,), 3.5)
     return noisy, timesteps, conditioning
+
+
+def meta_transformer_call(
+    config, latent_size: int, batch_size: int = 1, text_tokens: int = 8, dtype: torch.dtype | None = None
+):
+    """A transformer of ``config`` on the meta device and ``call(model)``, which runs any model of that family
+    on ``example_inputs`` of these sizes (cast to ``dtype`` if given): for counts and shape checks."""
+    from bksdm.arch.depth import empty_transformer, family
+
+    name = family(config)
+    model = empty_transformer(config)
+    with torch.device("meta"):
+        inputs = example_inputs({**config, "_class_name": name}, latent_size, batch_size, text_tokens)
+
+    def call(module: torch.nn.Module) -> torch.Tensor:
+        return denoise(module, TRANSFORMER_PIPELINES[name], *inputs, dtype=dtype)
+
+    return model, call

@@ -9,7 +9,7 @@ import torch
 
 from bksdm.teachers.frozen import FrozenTeacher
 from bksdm.teachers.loading import load_components
-from bksdm.teachers.transformer_text import TEXT_PARTS
+from bksdm.teachers.transformer_text import TEXT_PARTS, t5_length_of
 
 
 def denoiser_part(frozen: FrozenTeacher) -> str:
@@ -32,11 +32,11 @@ def frozen_pipeline(frozen: FrozenTeacher, denoiser: torch.nn.Module, device: to
     )
 
     frozen.to(device)
-    parts = {"vae": frozen.vae, "text_encoder": frozen.text_encoder}
-    if frozen.sdxl or frozen.family in ("FluxPipeline", "StableDiffusion3Pipeline"):
-        parts["text_encoder_2"] = frozen.text_encoder_2
-    if frozen.family == "StableDiffusion3Pipeline":
-        parts["text_encoder_3"] = frozen.text_encoder_3
+    if frozen.is_transformer:
+        encoders = [encoder for _, encoder in TEXT_PARTS[frozen.family]]
+    else:
+        encoders = ["text_encoder", "text_encoder_2"][: 1 + frozen.sdxl]
+    parts = {"vae": frozen.vae, **{encoder: getattr(frozen, encoder) for encoder in encoders}}
     missing = [name for name, part in parts.items() if part is None]
     if missing:
         loaded = load_components(frozen.source, missing, frozen.dtype, frozen.revision, frozen.vae_source)
@@ -82,12 +82,10 @@ def call_settings(pipeline) -> dict:
     does and draw at the size asked: T5's length as in training (``transformer_text.text_length``: the
     pipeline's default, or less where the tokenizer stops sooner), PixArt's captions uncleaned (its pipeline
     cleans them by default, with beautifulsoup4 where installed) and its size not rounded to its bins."""
-    from bksdm.teachers.transformer_text import TEXT_PARTS, text_length
-
     family = type(pipeline).__name__
     if family not in TEXT_PARTS:
         return {}
-    settings = {"max_sequence_length": text_length(family, getattr(pipeline, TEXT_PARTS[family][-1][0]))}
+    settings = {"max_sequence_length": t5_length_of(pipeline, family)}
     if family == "PixArtSigmaPipeline":
         settings.update(clean_caption=False, use_resolution_binning=False)
     return settings

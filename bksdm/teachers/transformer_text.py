@@ -31,6 +31,12 @@ def text_length(pipeline: str, t5_tokenizer) -> int:
     return min(TEXT_LENGTHS[pipeline], t5_tokenizer.model_max_length)
 
 
+def t5_length_of(parts, pipeline: str) -> int:
+    """``text_length`` of the T5 tokenizer ``parts`` (a pipeline, or a ``FrozenTeacher``) hold: a family's
+    last text tower is its T5."""
+    return text_length(pipeline, getattr(parts, TEXT_PARTS[pipeline][-1][0]))
+
+
 def _ids(tokenizer, captions: Sequence[str], length: int, device: torch.device) -> tuple:
     tokens = tokenizer(
         list(captions), padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
