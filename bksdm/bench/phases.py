@@ -58,6 +58,10 @@ class PhaseTimer(L.Callback):
         per_step["other"] = max(0.0, self.seconds["step"] / self.steps - in_steps)
         return {phase: per_step[phase] for phase in PHASES}
 
+    def step_s(self) -> float | None:
+        """Wall seconds per breakdown step, the phases' synchronisations included (None before a step)."""
+        return self.seconds["step"] / self.steps if self.steps else None
+
     def _now(self) -> float:
         synchronize(self.device)
         return time.perf_counter()

@@ -38,9 +38,7 @@ def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
         "achieved_tflop_per_s", "limit_s", "x_limit",
     ]  # fmt: skip
     assert printed[2].split()[0] == "fast" and printed[3].split()[0] == "reference"
-    assert printed[4].startswith("fast: roofline ") and printed[5].startswith(
-        "  phases (s per step): inputs "
-    )
+    assert printed[4].startswith("fast: roofline ") and printed[5].startswith("  phases (s per step, of a ")
     machine = result["machine"]
     assert machine["matmul_flop_per_s"]["float32"] > 1e9 and machine["memory_bytes_per_s"]["update"] > 1e8
     assert machine["bytes_per_s"] == max(machine["memory_bytes_per_s"].values())
@@ -63,7 +61,11 @@ def test_both_modes_run_side_by_side_and_report_every_field(tmp_path, capsys):
         assert list(phases) == list(PHASES) and all(seconds >= 0 for seconds in phases.values())
         assert phases["teacher_forward"] > 0 and phases["backward"] > 0 and phases["optimizer"] > 0
         assert phases["ema"] > 0  # one averaging over 2 steps, though the breakdown's 2 steps may hold none
-        assert sum(phases.values()) == pytest.approx(run["s_per_step"], rel=1.0)  # same step, timed apart
+        # the phases split the breakdown's own steps (timed apart from s_per_step, so not compared with it)
+        # into parts; the EMA's share is one averaging's, timed after them
+        in_step = sum(seconds for phase, seconds in phases.items() if phase != "ema")
+        assert in_step <= run["breakdown_s_per_step"] * (1 + 1e-9)
+        assert in_step == pytest.approx(run["breakdown_s_per_step"], rel=0.5)
     # the student's fp32 weights twice, gradients written and read for the norm, AdamW's 28 B, EMA's 12 B
     params = sum(p.numel() for p in build_student(load_components("builtin:toy").unet, "small").parameters())
     moved = fast["bytes_by_part"]
