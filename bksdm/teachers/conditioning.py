@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from bksdm.teachers.transformer_text import ENCODERS, TEXT_PARTS
+
+UNET_TOWERS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))  # SDXL: both
+
 
 def takes_added_conditioning(unet_config: Mapping) -> bool:
     """Whether a U-Net takes SDXL's added conditioning (pooled text and size ids)."""
@@ -54,6 +58,27 @@ def encode_captions(
             "the second SDXL text encoder has no pooled projection: load it as CLIPTextModelWithProjection"
         )
     return torch.cat(hidden, dim=-1), pooled
+
+
+def text_towers(family: str, sdxl: bool = False) -> tuple[tuple[str, str], ...]:
+    """The (tokenizer, text encoder) part names a teacher reads its captions with, in the order its
+    encoder takes them: one CLIP tower (SD-v1/v2), two (SDXL), or a transformer family's towers."""
+    return TEXT_PARTS[family] if family in TEXT_PARTS else UNET_TOWERS[: 1 + sdxl]
+
+
+def encode_text(parts, family: str, captions: Sequence[str], sdxl: bool = False) -> Conditioning:
+    """The text conditioning of ``captions`` by the towers ``parts`` holds (an ``SDComponents`` or a
+    ``FrozenTeacher``), on their device and in their dtype: the context (B, T, D) and, by family, the pooled
+    text (SDXL, FLUX, SD3; B, P) or the attention mask (PixArt; B, T)."""
+    towers = [(getattr(parts, tokenizer), getattr(parts, encoder)) for tokenizer, encoder in text_towers(family, sdxl)]
+    tokenizers, encoders = zip(*towers, strict=True)
+    if family in ENCODERS:
+        context, extra = ENCODERS[family](tokenizers, encoders, captions)
+        if family == "PixArtSigmaPipeline":
+            return Conditioning(context, mask=extra)
+        return Conditioning(context, pooled=extra)
+    context, pooled = encode_captions(tokenizers, encoders, captions)
+    return Conditioning(context, pooled=pooled)
 
 
 def size_ids(

@@ -11,9 +11,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from bksdm.teachers.conditioning import Conditioning, encode_captions, takes_added_conditioning
+from bksdm.teachers.conditioning import Conditioning, encode_text, takes_added_conditioning
 from bksdm.teachers.loading import TRANSFORMER_FAMILIES, SDComponents, vae_config
-from bksdm.teachers.transformer_text import ENCODERS, TEXT_PARTS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FROZEN_DTYPES = ("auto", *DTYPES)
@@ -120,18 +119,7 @@ class FrozenTeacher:
         """The text conditioning of ``captions`` in ``dtype`` on the frozen parts' device: the context
         (B, T, D) and, by family, the pooled text (SDXL, FLUX, SD3; B, P) or the attention mask (PixArt);
         call inside ``compute()``."""
-        if self.is_transformer:
-            towers = [(getattr(self, t), getattr(self, e)) for t, e in TEXT_PARTS[self.family]]
-            context, extra = ENCODERS[self.family](*zip(*towers, strict=True), captions)
-            if self.family == "PixArtSigmaPipeline":
-                return Conditioning(context, mask=extra)
-            return Conditioning(context, pooled=extra)
-        tokenizers, encoders = [self.tokenizer], [self.text_encoder]
-        if self.sdxl:
-            tokenizers.append(self.tokenizer_2)
-            encoders.append(self.text_encoder_2)
-        context, pooled = encode_captions(tokenizers, encoders, captions)
-        return Conditioning(context, pooled=pooled)
+        return encode_text(self, self.family, captions, self.sdxl)
 
     def models(self) -> list[torch.nn.Module]:
         models = (self.denoiser, self.vae, self.text_encoder, self.text_encoder_2, self.text_encoder_3)
