@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from hydra.utils import get_class, instantiate
@@ -31,11 +32,15 @@ def prepare(cfg: DictConfig):
     # here, not at the top: composing alone (--cfg job) needs no torch
     import torch
 
-    from bksdm.arch.depth import is_transformer
     from bksdm.data.encode import encoder_record, write_image_shards, write_latent_shards
-    from bksdm.teachers.conditioning import takes_added_conditioning
+    from bksdm.teachers.conditioning import encode_text, takes_added_conditioning, text_towers
     from bksdm.teachers.frozen import DTYPES
-    from bksdm.teachers.loading import load_components, teacher_denoiser_config
+    from bksdm.teachers.loading import (
+        load_components,
+        pipeline_family,
+        resolve_source,
+        teacher_denoiser_config,
+    )
 
     with config_checks():
         if cfg.mode not in MODES:
@@ -43,12 +48,6 @@ def prepare(cfg: DictConfig):
         if cfg.dtype not in DTYPES:
             raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
         denoiser = teacher_denoiser_config(cfg.teacher.source, revision=cfg.teacher.revision)
-        if cfg.mode == "latents" and cfg.text_embeddings and is_transformer(denoiser):
-            raise ValueError(
-                f"text_embeddings=true with teacher={cfg.teacher.name}: pre-encoded text for transformer teachers "
-                "(FLUX, SD3, PixArt: T5 states) is not built yet; accepted: text_embeddings=false (their latents "
-                "are stored, the captions encoded each step)"
-            )
         # the data source lists its items: a folder is listed now (no caption, no shard)
         source = instantiate(cfg.data)
         items = source.shard_items()
@@ -61,12 +60,14 @@ def prepare(cfg: DictConfig):
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
     sdxl = takes_added_conditioning(denoiser)
-    towers = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")][: 1 + sdxl]  # SDXL: two
-    towers = towers if cfg.text_embeddings else []
+    family = pipeline_family(resolve_source(cfg.teacher.source), cfg.teacher.revision)
+    towers = text_towers(family, sdxl) if cfg.text_embeddings else ()
     parts = ["vae", *(part for tower in towers for part in tower)]
     vae_source = cfg.teacher.get("vae_source")
     teacher = load_components(cfg.teacher.source, parts, DTYPES[cfg.dtype], cfg.teacher.revision, vae_source)
     vae = teacher.vae.to(device)
+    for _, encoder in towers:
+        getattr(teacher, encoder).to(device)
     if sdxl and cfg.dtype == "float16" and vae.config.get("force_upcast", True):
         vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as FrozenTeacher.freeze decides for training
     record = encoder_record(
@@ -83,8 +84,7 @@ def prepare(cfg: DictConfig):
         cfg.out,
         vae,
         record,
-        tokenizers=[getattr(teacher, tokenizer) for tokenizer, _ in towers],
-        text_encoders=[getattr(teacher, encoder).to(device) for _, encoder in towers],
+        encode_text=functools.partial(encode_text, teacher, family, sdxl=sdxl) if towers else None,
         batch_size=cfg.batch_size,
         shard_size=cfg.shard_size,
         latent_dtype=cfg.latent_dtype,

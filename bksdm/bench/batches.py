@@ -6,7 +6,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bksdm.arch.report import TEXT_TOKENS, VAE_SCALE
+from bksdm.arch.report import TEXT_TOKENS, VAE_SCALE, sdxl_added_conditioning
+from bksdm.bench.flops import _context_width
+from bksdm.teachers.denoiser_call import example_inputs
+from bksdm.teachers.frozen import FrozenTeacher
+from bksdm.teachers.transformer_text import t5_length_of
 
 CAPTION = "a photograph of a small red bird sitting on a branch of a tree in a green forest, high detail"
 
@@ -22,49 +26,64 @@ class _Repeated(Dataset):
         return self.batch
 
 
+def stored_text(frozen: FrozenTeacher, batch_size: int, generator: torch.Generator) -> dict:
+    """Random text embeddings shaped as ``data=latents`` brings them for this teacher: ``text_embeds``
+    (B, T, D), and by family ``pooled_text_embeds`` (B, P) (SDXL, FLUX, SD3) or ``text_mask`` (B, T)
+    (PixArt; all ones, the most a caption costs). T: 77 CLIP tokens, T5's training length (FLUX, PixArt),
+    or both (SD3)."""
+    config = frozen.denoiser.config
+    if frozen.is_transformer:
+        t5 = t5_length_of(frozen, frozen.family)
+        tokens = TEXT_TOKENS + t5 if frozen.family == "StableDiffusion3Pipeline" else t5
+        _, _, example = example_inputs(config, 1, batch_size, tokens)
+        context, pooled, mask = example.context, example.pooled, example.mask
+    else:
+        context = torch.empty(batch_size, TEXT_TOKENS, _context_width(config))
+        added = sdxl_added_conditioning(config, batch_size)
+        pooled, mask = (added["text_embeds"] if added is not None else None), None
+    text = {"text_embeds": torch.randn(context.shape, generator=generator)}
+    if pooled is not None:
+        text["pooled_text_embeds"] = torch.randn(pooled.shape, generator=generator)
+    if mask is not None:
+        text["text_mask"] = torch.ones_like(mask)
+    return text
+
+
 class FixedBatches(L.LightningDataModule):
-    """``steps`` copies of one random batch.
+    """``steps`` copies of one random batch for the teacher of a built module.
 
     Args:
         batch_size: images per batch.
         resolution: image side in pixels (the latent side is ``resolution // 8``).
         steps: batches to serve.
-        text_width: width of the text embeddings (the U-Net's ``cross_attention_dim``).
-        pre_encoded: True: latent distributions (B, 4, h, w) and text embeddings (B, 77, text_width), as
+        frozen: the module's frozen teacher (its family and configs shape the batch).
+        pre_encoded: True: latent distributions (B, C, h, w) and text embeddings (``stored_text``), as
             ``data=latents`` brings them; False: pixels (B, 3, H, W) in [-1, 1] and captions, which the
-            step encodes with the VAE and the text encoder.
-        pooled_width: for an SDXL teacher, the width of its pooled text embedding: the batch also holds
-            each image's original size and crop, and (pre-encoded) the pooled embeddings (B, pooled_width).
+            step encodes with the VAE and the text encoders. For an SDXL teacher the batch also holds each
+            image's original size and crop.
     """
 
     def __init__(
-        self,
-        batch_size: int,
-        resolution: int,
-        steps: int,
-        text_width: int,
-        pre_encoded: bool,
-        pooled_width: int | None = None,
+        self, batch_size: int, resolution: int, steps: int, frozen: FrozenTeacher, pre_encoded: bool
     ):
         super().__init__()
         if resolution % VAE_SCALE:
             raise ValueError(f"bench.resolution={resolution}: accepted are multiples of {VAE_SCALE} pixels")
         self.steps = steps
-        self.pre_encoded = {"latents", "text_embeds"} if pre_encoded else set()
         generator = torch.Generator().manual_seed(0)
         batch: dict = {"caption": [CAPTION] * batch_size}
         if pre_encoded:
-            side = resolution // VAE_SCALE
-            batch["latent_mean"] = torch.randn(batch_size, 4, side, side, generator=generator)
-            batch["latent_std"] = torch.full((batch_size, 4, side, side), 0.01)
-            batch["text_embeds"] = torch.randn(batch_size, TEXT_TOKENS, text_width, generator=generator)
-            if pooled_width is not None:
-                batch["pooled_text_embeds"] = torch.randn(batch_size, pooled_width, generator=generator)
+            config, side = frozen.denoiser.config, resolution // VAE_SCALE
+            # FLUX's transformer takes 2x2 patches of the latents: four of its input channels per latent one
+            channels = config["in_channels"] // (4 if frozen.family == "FluxPipeline" else 1)
+            batch["latent_mean"] = torch.randn(batch_size, channels, side, side, generator=generator)
+            batch["latent_std"] = torch.full((batch_size, channels, side, side), 0.01)
+            batch.update(stored_text(frozen, batch_size, generator))
         else:
             batch["pixel_values"] = (
                 torch.rand(batch_size, 3, resolution, resolution, generator=generator) * 2 - 1
             )
-        if pooled_width is not None:  # an uncropped image of the trained size
+        if frozen.sdxl:  # an uncropped image of the trained size
             batch["original_size"] = torch.tensor([[resolution, resolution]] * batch_size)
             batch["crop_top_left"] = torch.zeros(batch_size, 2, dtype=torch.long)
         self.batch = batch

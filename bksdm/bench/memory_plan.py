@@ -128,19 +128,19 @@ def denoiser_activation_bytes(
 
 
 def memory_plan(
-    frozen_params: int,
-    frozen_bytes: int,
+    frozen_weight_bytes: int,
     student_params: int,
     activation_bytes: int,
     mixed_precision: bool,
     ema: bool,
     shards: int = 1,
 ) -> dict[str, float]:
-    """GiB per device by part (``frozen``, ``student``, ``autocast``, ``activations``) and their ``total``;
-    ``shards``: the devices FSDP shards the student's states over (1: none)."""
+    """GiB per device by part (``frozen``: the frozen teacher's weights, ``student``, ``autocast``,
+    ``activations``) and their ``total``; ``shards``: the devices FSDP shards the student's states over (1:
+    none)."""
     student = student_params * (MASTER_STATE_BYTES + EMA_BYTES * ema) / shards
     parts = {
-        "frozen": frozen_params * frozen_bytes,
+        "frozen": frozen_weight_bytes,
         "student": student,
         "autocast": 2 * student_params / shards if mixed_precision else 0,
         "activations": activation_bytes,

@@ -26,7 +26,7 @@ from bksdm.bench.timer import HostSyncEveryStep, StepTimer
 from bksdm.cli import config_checks
 from bksdm.cli.train_setup import build_module, check_model_config, check_precision, teacher_config
 from bksdm.cli.value_types import check_value_types
-from bksdm.teachers.frozen import DTYPES, resolve_frozen_dtype
+from bksdm.teachers.frozen import DTYPES, resolve_frozen_dtype, resolve_storage_dtype
 from bksdm.teachers.loading import check_available_offline
 from bksdm.teachers.transformer_text import t5_length_of
 from bksdm.training.memory import release_host_memory
@@ -77,12 +77,6 @@ def check_bench_config(cfg: DictConfig) -> int:
     check_value_types(cfg)
     check_precision(cfg)
     check_model_config(cfg, resolution, resolution_key="bench.resolution")
-    if bench.pre_encoded and not bench.count_only and is_transformer(teacher_config(cfg)):
-        raise ValueError(
-            f"bench.pre_encoded=true with teacher={cfg.teacher.name}: transformer teachers encode their "
-            "captions each step for now (no pre-encoded text embeddings): accepted are bench.pre_encoded=false, "
-            "or bench.count_only=true (FLOPs and memory from configs)"
-        )
     if not bench.count_only:  # counting needs the configs only, which the presets embed
         check_available_offline(cfg.teacher.source, cfg.teacher.revision)
     return resolution
@@ -111,6 +105,7 @@ def settings(cfg: DictConfig, device: torch.device) -> dict:
         "frozen_dtype": resolve_frozen_dtype(
             cfg.distill.frozen_dtype, device, is_transformer(teacher_config(cfg))
         ),
+        "frozen_storage_dtype": cfg.distill.get("frozen_storage_dtype"),
         "pre_encoded": cfg.bench.pre_encoded,
         **instantiate(cfg.speed).resolved(device),
         "fused_adamw": bool(cfg.optim.optimizer.get("fused")),
@@ -172,7 +167,7 @@ def step_shape(cfg: DictConfig, module) -> StepShape:
     return StepShape(
         student_params=count_params(module.student),
         frozen_params=running,
-        frozen_bytes=frozen.dtype.itemsize,
+        frozen_bytes=(frozen.storage_dtype or frozen.dtype).itemsize,
         micro_batches=cfg.trainer.accumulate_grad_batches,
         clip=bool(cfg.trainer.gradient_clip_val),
         ema=module.ema is not None,
@@ -187,15 +182,6 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
     bench = cfg.bench
     L.seed_everything(cfg.seed, verbose=False)
     total_steps = bench.warmup_steps + bench.steps + bench.breakdown_steps
-    added = sdxl_added_conditioning(teacher_config(cfg), 1)
-    data = FixedBatches(
-        bench.batch_size,
-        resolution,
-        total_steps * cfg.trainer.accumulate_grad_batches,
-        teacher_config(cfg)["cross_attention_dim"],
-        bench.pre_encoded,
-        pooled_width=added["text_embeds"].shape[1] if added is not None else None,
-    )
     timer = StepTimer(bench.warmup_steps, bench.steps)
     phases = PhaseTimer(start_step=bench.warmup_steps + bench.steps)
     callbacks = [timer, phases] + ([HostSyncEveryStep()] if bench.host_sync_every_step else [])
@@ -211,7 +197,10 @@ def run_mode(cfg: DictConfig, mode: str, resolution: int) -> dict:
             default_root_dir=scratch,
         )
         instantiate(cfg.speed).apply_to_process(trainer.strategy.root_device)
-        module = build_module(cfg, pre_encoded=data.pre_encoded, device=trainer.strategy.root_device)
+        pre_encoded = {"latents", "text_embeds"} if bench.pre_encoded else set()
+        module = build_module(cfg, pre_encoded=pre_encoded, device=trainer.strategy.root_device)
+        steps = total_steps * cfg.trainer.accumulate_grad_batches
+        data = FixedBatches(bench.batch_size, resolution, steps, module.frozen, bench.pre_encoded)
         trainer.fit(module, datamodule=data)
     device = module.device
     vae = module.frozen.vae
@@ -370,6 +359,7 @@ def count_memory(cfg: DictConfig, resolution: int) -> dict[str, float]:
     frozen_dtype = DTYPES[
         resolve_frozen_dtype(cfg.distill.frozen_dtype, "cuda", is_transformer(teacher))
     ]  # as on a GPU
+    storage = resolve_storage_dtype(cfg.distill.get("frozen_storage_dtype"))
     compute = DTYPES[COMPUTE_DTYPES.get(str(cfg.trainer.precision), "float32")]
     latent = resolution // 8
     activations = denoiser_activation_bytes(
@@ -379,8 +369,9 @@ def count_memory(cfg: DictConfig, resolution: int) -> dict[str, float]:
     devices = cfg.trainer.get("devices", 1)
     shards = devices if "fsdp" in strategy and isinstance(devices, int) else 1
     return memory_plan(
-        frozen_params=_meta_params(teacher) if instantiate(cfg.loss).needs_teacher else 0,
-        frozen_bytes=frozen_dtype.itemsize,
+        frozen_weight_bytes=(
+            _meta_weight_bytes(teacher, frozen_dtype, storage) if instantiate(cfg.loss).needs_teacher else 0
+        ),
         student_params=_meta_params(student),
         activation_bytes=activations,
         mixed_precision=str(cfg.trainer.precision).endswith("-mixed"),
@@ -398,12 +389,23 @@ def render_memory(mode: str, plan: dict[str, float]) -> str:
     return f"memory per device ({mode}, GiB): {parts}; total {plan['total']:.1f}: {fits}"
 
 
-def _meta_params(config: dict) -> int:
+def _meta_model(config: dict) -> torch.nn.Module:
     from bksdm.arch.student import empty_unet, plain_config
 
-    return count_params(
-        empty_transformer(config) if is_transformer(config) else empty_unet(plain_config(config))
-    )
+    return empty_transformer(config) if is_transformer(config) else empty_unet(plain_config(config))
+
+
+def _meta_params(config: dict) -> int:
+    return count_params(_meta_model(config))
+
+
+def _meta_weight_bytes(config: dict, dtype: torch.dtype, storage: torch.dtype | None) -> int:
+    """Bytes of a frozen denoiser's weights in ``dtype``, or stored in ``storage`` as ``FrozenTeacher``
+    stores them (the layers diffusers' layerwise casting skips stay in ``dtype``)."""
+    model = torch.nn.Module.to(_meta_model(config), dtype)
+    if storage is not None:
+        model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _count_only(cfg: DictConfig, resolution: int) -> dict[str, int]:

@@ -270,4 +270,7 @@ class LatentDataModule(ShardDataModule):
         self.pre_encoded = {"latents"} | ({"text_embeds"} if self.record.get("text_embeddings") else set())
 
     def decoder(self):
-        return functools.partial(decode_latent_sample, random_flip=self.random_flip)
+        masked = self.record.get("text_masked") and self.record.get("text_tokens")
+        return functools.partial(
+            decode_latent_sample, random_flip=self.random_flip, masked_text_tokens=masked or None
+        )

@@ -14,7 +14,7 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import webdataset as wds
 from bksdm.data.folder import read_sample
 from bksdm.data.skips import SKIP_KINDS, describe_skips, is_skip
 from bksdm.data.transforms import ImageTransform, open_image
-from bksdm.teachers.conditioning import encode_captions
+from bksdm.teachers.conditioning import Conditioning
 
 LATENT_FORMAT = 1
 
@@ -126,25 +126,37 @@ def encoder_record(
     return record
 
 
+def unmasked_tokens(text: Conditioning, i: int) -> torch.Tensor:
+    """The context of caption ``i`` (T, D), or where it is masked (PixArt) its unmasked tokens (n, D): T5's
+    tokenizer pads on the right, so those are the first n, and ``decode_latent_sample`` pads them back."""
+    if text.mask is None:
+        return text.context[i]
+    kept = int(text.mask[i].sum())
+    if not bool(text.mask[i, :kept].all()):
+        raise ValueError(f"caption {i}'s text mask {text.mask[i].tolist()} is not a run of ones then zeros")
+    return text.context[i, :kept]
+
+
 @torch.no_grad()
 def write_latent_shards(
     items: Iterable[tuple[str, bytes, str, str] | dict],
     out: str | Path,
     vae,
     record: dict,
-    tokenizers: Sequence = (),
-    text_encoders: Sequence = (),
+    encode_text: Callable[[list[str]], Conditioning] | None = None,
     batch_size: int = 16,
     shard_size: int = 1000,
     latent_dtype: str = "float16",
 ) -> WriteReport:
-    """Encode (key, image bytes, caption, extension) items with the teacher's VAE (and text encoders, one
-    or SDXL's two, with their tokenizers; none: no text embeddings) into shards.
+    """Encode (key, image bytes, caption, extension) items with the teacher's VAE (and with
+    ``encode_text``, the teacher's captions -> ``Conditioning``, e.g. ``conditioning.encode_text`` bound to
+    its towers; None: no text embeddings) into shards.
 
-    Each sample: ``mean.npy``/``std.npy`` (4, h, w) of the center crop, ``mean_flip.npy``/``std_flip.npy``
+    Each sample: ``mean.npy``/``std.npy`` (C, h, w) of the center crop, ``mean_flip.npy``/``std_flip.npy``
     of its mirror (when ``record["mirrored"]``), ``txt``, ``size.json`` (``original_size`` and
     ``crop_top_left``, and ``crop_top_left_flip`` of the mirror, as ``ImageTransform.sample`` gives them),
-    optionally ``emb.npy`` (77, D) and for SDXL ``pooled.npy`` (P,), and ``json`` = ``record``.
+    optionally ``emb.npy`` (T, D) (a masked context: its unmasked tokens only, (n, D)) and ``pooled.npy``
+    (P,), and ``json`` = ``record``, to which text embeddings add ``text_tokens`` (T) and ``text_masked``.
     """
     transform = ImageTransform(record["resolution"], center_crop=True, random_flip=False)
     device = next(vae.parameters()).device
@@ -152,6 +164,7 @@ def write_latent_shards(
     mirrored = record.get("mirrored", True)
     report, start = WriteReport(), time.perf_counter()
     store = np.float16 if latent_dtype == "float16" else np.float32
+    record = dict(record)
 
     def flush(batch: list, sink: wds.ShardWriter) -> None:
         crops = [crop for _, image_crops, _ in batch for crop in image_crops[:1]]
@@ -159,11 +172,9 @@ def write_latent_shards(
         pixels = torch.stack([crop["pixel_values"] for crop in crops]).to(device, dtype)
         both = vae.encode(pixels).latent_dist
         n = len(batch)
-        embeddings = pooled = None
-        if text_encoders:
-            embeddings, pooled = encode_captions(
-                tokenizers, text_encoders, [caption for *_, caption in batch]
-            )
+        text = encode_text([caption for *_, caption in batch]) if encode_text is not None else None
+        if text is not None:  # what a reader needs to rebuild the batch: written with the first sample
+            record.update(text_tokens=text.context.shape[1], text_masked=text.mask is not None)
         for i, (key, (crop, *mirror), caption) in enumerate(batch):
             sizes = {
                 "original_size": crop["original_size"].tolist(),
@@ -182,10 +193,10 @@ def write_latent_shards(
             if mirrored:
                 sample["mean_flip.npy"] = _npy(both.mean[n + i], store)
                 sample["std_flip.npy"] = _npy(both.std[n + i], store)
-            if embeddings is not None:
-                sample["emb.npy"] = _npy(embeddings[i], store)
-            if pooled is not None:
-                sample["pooled.npy"] = _npy(pooled[i], store)
+            if text is not None:
+                sample["emb.npy"] = _npy(unmasked_tokens(text, i), store)
+            if text is not None and text.pooled is not None:
+                sample["pooled.npy"] = _npy(text.pooled[i], store)
             sink.write(sample)
         report.written += n
         batch.clear()

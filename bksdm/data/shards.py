@@ -259,11 +259,18 @@ def _array(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.load(io.BytesIO(data))).float()
 
 
-def decode_latent_sample(sample: dict, random_flip: bool = True, rng: random.Random | None = None) -> dict:
-    """A pre-encoded shard sample -> ``latent_mean``/``latent_std`` (4, h, w) (of the mirror image with
+def decode_latent_sample(
+    sample: dict,
+    random_flip: bool = True,
+    rng: random.Random | None = None,
+    masked_text_tokens: int | None = None,
+) -> dict:
+    """A pre-encoded shard sample -> ``latent_mean``/``latent_std`` (C, h, w) (of the mirror image with
     probability 0.5 when ``random_flip``), ``caption`` and, when stored, ``original_size`` and
-    ``crop_top_left`` (2,) (of the crop the latents are of), ``text_embeds`` (77, D) and
-    ``pooled_text_embeds`` (P,) (SDXL)."""
+    ``crop_top_left`` (2,) (of the crop the latents are of), ``text_embeds`` (T, D) and
+    ``pooled_text_embeds`` (P,) (SDXL, FLUX, SD3). ``masked_text_tokens``: the stored context is a masked
+    one's unmasked tokens (PixArt's T5, ``encode.unmasked_tokens``), zero-padded back to this length, with
+    its mask ``text_mask`` (T,) (1 where a token was stored)."""
     if "skipped" in sample:
         return sample
     if "mean.npy" not in sample or "std.npy" not in sample:
@@ -284,6 +291,12 @@ def decode_latent_sample(sample: dict, random_flip: bool = True, rng: random.Ran
         out["crop_top_left"] = torch.tensor(sizes[f"crop_top_left{suffix}"])
     if "emb.npy" in sample:
         out["text_embeds"] = _array(sample["emb.npy"])
+    if "emb.npy" in sample and masked_text_tokens is not None:
+        kept = out["text_embeds"].shape[0]
+        if kept > masked_text_tokens:
+            return skip("broken_member")
+        out["text_embeds"] = torch.nn.functional.pad(out["text_embeds"], (0, 0, 0, masked_text_tokens - kept))
+        out["text_mask"] = (torch.arange(masked_text_tokens) < kept).long()
     if "pooled.npy" in sample:
         out["pooled_text_embeds"] = _array(sample["pooled.npy"])
     return out

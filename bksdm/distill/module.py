@@ -21,7 +21,7 @@ from bksdm.distill.speed import SpeedSettings, compile_in_place, resolve_auto, s
 from bksdm.distill.step import DistillStep
 from bksdm.distill.taps import check_tap_pairs, resolve_tap_pairs
 from bksdm.teachers.conditioning import takes_added_conditioning
-from bksdm.teachers.frozen import DTYPES, FrozenTeacher, resolve_frozen_dtype
+from bksdm.teachers.frozen import DTYPES, FrozenTeacher, resolve_frozen_dtype, resolve_storage_dtype
 from bksdm.teachers.loading import load_components, pipeline_family, resolve_source, teacher_denoiser_config
 from bksdm.teachers.transformer_text import TEXT_PARTS
 from bksdm.training.fsdp import gradient_shard_group
@@ -47,6 +47,8 @@ class DistillModule(L.LightningModule):
         frozen_dtype: ``float32``, ``float16``, ``bfloat16`` or ``auto`` (float16 when CUDA is available,
             else bfloat16): the precision the teacher U-Net, VAE and text encoder are stored and compute
             in, also inside a mixed-precision (autocast) region.
+        frozen_storage_dtype: None, or ``float8_e4m3fn`` / ``float8_e5m2``: the teacher's denoiser is stored
+            in FP8 and computes in ``frozen_dtype`` layer by layer (``FrozenTeacher.freeze``).
         ema_decay: EMA decay of the student's weights, None for no EMA.
         ema_every: average the EMA every this many optimizer steps, by the decays of all of them
             (``StudentEMA``); the exported average is brought up to date first.
@@ -79,6 +81,7 @@ class DistillModule(L.LightningModule):
         revision: str | None = None,
         speed: SpeedSettings | None = None,
         frozen_dtype: str = "float32",
+        frozen_storage_dtype: str | None = None,
         ema_decay: float | None = None,
         ema_every: int = 1,
         gradient_checkpointing: bool = False,
@@ -110,6 +113,7 @@ class DistillModule(L.LightningModule):
         frozen_dtype = resolve_frozen_dtype(
             frozen_dtype, "cuda" if torch.cuda.is_available() else "cpu", self.is_transformer
         )
+        storage_dtype = resolve_storage_dtype(frozen_storage_dtype)
         parts = load_components(
             teacher_source, self._wanted_parts(teacher_source, revision, denoiser_config, load_vae, load_text_encoder),
             revision=revision, vae_source=vae_source,
@@ -139,6 +143,7 @@ class DistillModule(L.LightningModule):
             revision,
             self.speed.frozen_inference_mode,
             vae_source,
+            storage_dtype,
         )
         # a transformer keeps its own attention processors (FLUX's and SD3's take rotary or joint inputs)
         for model in (

@@ -80,7 +80,7 @@ class DistillStep:
         """Latents (B, C, h, w), shifted and scaled by the VAE's factors, and the conditioning (text context
         (B, T, D); by family also pooled text, SDXL's size ids, PixArt's mask, FLUX's guidance), encoded once
         with the frozen parts or taken pre-encoded from the batch (``latent_mean`` and ``latent_std``,
-        ``text_embeds`` and ``pooled_text_embeds``); returned as ordinary fp32 tensors usable by autograd."""
+        ``text_embeds``, ``pooled_text_embeds`` and ``text_mask``); returned as ordinary fp32 tensors usable by autograd."""
         frozen = self.frozen.to(device)
         randomness = randomness or SampleRandomness(None, device)
         captions = list(batch["caption"])
@@ -100,16 +100,11 @@ class DistillStep:
             # an ordinary copy (inference tensors cannot be saved for backward), in the standard layout
             latents = latents.float().clone(memory_format=torch.contiguous_format)
         if "text_embeds" in batch:
-            if frozen.is_transformer:
-                raise ValueError(
-                    f"the {frozen.family} teacher {frozen.source!r} encodes its captions itself: pre-encoded "
-                    "text embeddings are read for U-Net teachers only (write latent shards without "
-                    "text_embeddings=true)"
-                )
-            pooled = batch.get("pooled_text_embeds")
+            pooled, mask = batch.get("pooled_text_embeds"), batch.get("text_mask")
             conditioning = Conditioning(
                 batch["text_embeds"].to(device, torch.float32),
                 pooled=pooled.to(device, torch.float32) if pooled is not None else None,
+                mask=mask.to(device) if mask is not None else None,
             )
         else:
             with frozen.compute():

@@ -16,6 +16,15 @@ from bksdm.teachers.loading import TRANSFORMER_FAMILIES, SDComponents, vae_confi
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FROZEN_DTYPES = ("auto", *DTYPES)
+# how the frozen denoiser's weights may be stored below the dtype it computes in (None: in that dtype)
+STORAGE_DTYPES = {None: None, "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
+
+
+def resolve_storage_dtype(name: str | None) -> torch.dtype | None:
+    """``distill.frozen_storage_dtype``: null, or an FP8 format the frozen denoiser's weights are kept in."""
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"distill.frozen_storage_dtype={name!r}: accepted are {[*STORAGE_DTYPES]}")
+    return STORAGE_DTYPES[name]
 
 
 def resolve_frozen_dtype(name: str, device: torch.device | str, transformer: bool = False) -> str:
@@ -60,6 +69,7 @@ class FrozenTeacher:
     text_encoder_3: torch.nn.Module | None = None  # SD3's T5 (None: pre-encoded)
     tokenizer_3: object | None = None
     latent_shift: float = 0.0  # the VAE's shift_factor (FLUX, SD3): latents are (z - shift) * scale
+    storage_dtype: torch.dtype | None = None  # the denoiser's weights at rest (FP8), when not ``dtype``
 
     @classmethod
     def freeze(
@@ -70,11 +80,15 @@ class FrozenTeacher:
         revision: str | None = None,
         inference_mode: bool = True,
         vae_source: str | None = None,
+        storage_dtype: torch.dtype | None = None,
     ) -> FrozenTeacher:
         """Frozen parts from loaded ones: no gradients, eval mode, cast to ``dtype`` (in place: copy a
         student from the U-Net first). An SDXL teacher's VAE stays in float32 where ``dtype`` is float16
         and its config says ``force_upcast`` (SDXL's VAE overflows in fp16; the fp16-fixed one says
-        false), as StableDiffusionXLPipeline decides."""
+        false), as StableDiffusionXLPipeline decides. ``storage_dtype`` (FP8): the denoiser's weights are
+        kept in it and each layer's are upcast to ``dtype`` for its forward (diffusers' layerwise casting,
+        which keeps norms, embeddings and patch projections in ``dtype``); the computation stays in
+        ``dtype``, the teacher's weights take half the memory of bf16."""
         latent_config = (
             parts.vae.config if parts.vae is not None else vae_config(source, revision, vae_source)
         )
@@ -93,12 +107,14 @@ class FrozenTeacher:
             torch.nn.Module.to(
                 model.requires_grad_(False).eval(), dtype=vae_dtype if model is parts.vae else dtype
             )
+        if storage_dtype is not None:
+            denoiser.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=dtype)
         return cls(
             parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.noise_scheduler, dtype,
             latent_config["scaling_factor"], source, revision, inference_mode, text_encoder_2=parts.text_encoder_2,
             tokenizer_2=parts.tokenizer_2, vae_dtype=vae_dtype, vae_source=vae_source, family=parts.family,
             transformer=parts.transformer, text_encoder_3=parts.text_encoder_3, tokenizer_3=parts.tokenizer_3,
-            latent_shift=latent_config.get("shift_factor") or 0.0,
+            latent_shift=latent_config.get("shift_factor") or 0.0, storage_dtype=storage_dtype,
         )  # fmt: skip
 
     @property

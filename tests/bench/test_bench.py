@@ -3,16 +3,26 @@
 import json
 
 import pytest
+import torch
 from helpers.paths import CONF
 from hydra import compose, initialize_config_dir
 
 from bksdm.arch import build_student
 from bksdm.arch.report import unet_cost
+from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import unet_flops
 from bksdm.bench.phases import PHASES
 from bksdm.bench.run import benchmark
 from bksdm.teachers.builtin import TOY_UNET_CONFIG
-from bksdm.teachers.loading import load_components
+from bksdm.teachers.conditioning import takes_added_conditioning, text_towers
+from bksdm.teachers.frozen import FrozenTeacher
+from bksdm.teachers.loading import (
+    TRANSFORMER_FAMILIES,
+    load_components,
+    pipeline_family,
+    resolve_source,
+    teacher_denoiser_config,
+)
 
 TINY = ["teacher=toy", "trainer=cpu", "distill.frozen_dtype=float32", "bench.resolution=64"]
 
@@ -169,3 +179,38 @@ def test_each_switch_of_the_cpu_table_composes_with_the_preset():
         cfg = bench_config("preset=cpu_full_width", *overrides)
         assert cfg.bench.steps % cfg.distill.ema_every == 0, label  # each runs as written
     assert switches.CONFIGS["default"] == []
+
+
+@pytest.mark.parametrize("source", ["builtin:toy", "builtin:sdxl-toy", "builtin:flux-toy", "builtin:sd3-toy",
+                                    "builtin:pixart-toy"])  # fmt: skip
+def test_the_fixed_batch_is_shaped_as_the_teachers_own_encoding(source):
+    """The benchmark's pre-encoded batch holds what data=latents brings: the tensors, shapes and dtypes the
+    teacher's VAE and text towers would give."""
+    torch.set_num_threads(1)
+    family, denoiser = pipeline_family(resolve_source(source)), teacher_denoiser_config(source)
+    towers = [part for tower in text_towers(family, takes_added_conditioning(denoiser)) for part in tower]
+    part = "transformer" if family in TRANSFORMER_FAMILIES else "unet"
+    parts = load_components(source, [part, "vae", "noise_scheduler", *towers])
+    frozen = FrozenTeacher.freeze(parts, torch.float32, source)
+    batch = FixedBatches(2, 64, 1, frozen, pre_encoded=True).batch
+    with frozen.compute():
+        text = frozen.encode_text(["a red cube", "a blue sphere"])
+        latents = frozen.vae.encode(torch.zeros(2, 3, 64, 64)).latent_dist.mean
+    expected = {"text_embeds": text.context, "pooled_text_embeds": text.pooled, "text_mask": text.mask}
+    expected = {key: value for key, value in expected.items() if value is not None}
+    expected |= {"latent_mean": latents, "latent_std": latents}
+    if frozen.sdxl:
+        expected |= {key: torch.zeros(2, 2, dtype=torch.long) for key in ("original_size", "crop_top_left")}
+    shapes = {key: (v.shape, v.is_floating_point()) for key, v in batch.items() if key != "caption"}
+    assert shapes == {key: (v.shape, v.is_floating_point()) for key, v in expected.items()}
+
+
+def test_a_transformer_teacher_benchmarks_from_pre_encoded_inputs():
+    result = benchmark(bench_config(
+        "teacher=flux_toy", "arch=flux_mini", "trainer=cpu", "distill.frozen_dtype=float32", "bench.resolution=64",
+        "bench.warmup_steps=0", "bench.steps=1", "bench.breakdown_steps=1", "distill.ema_every=1",
+    ))  # fmt: skip
+    (run,) = result["runs"]
+    assert run["inputs"] == "pre-encoded" and run["steps"] == 1
+    assert set(run["flops_by_part"]) == {"teacher_forward", "student_forward_backward", "total"}
+    assert run["phases_s"]["inputs"] >= 0 and run["phases_s"]["teacher_forward"] > 0

@@ -281,3 +281,42 @@ def test_a_flux_student_trains_under_fsdp_and_exports_whole(tmp_path):
     loaded = diffusers.FluxTransformer2DModel.from_pretrained(tmp_path / "student", subfolder="transformer")
     assert (loaded.config.num_layers, loaded.config.num_single_layers) == (5, 10)
     assert all(torch.isfinite(p).all() for p in loaded.parameters())  # gathered whole from the shards
+
+
+def teacher_prediction(module: DistillModule) -> torch.Tensor:
+    """The teacher's prediction (fp32) for a fixed batch of FLUX-shaped latents, noise and timesteps."""
+    torch.manual_seed(0)
+    batch = {
+        "latent_mean": torch.randn(2, 16, 8, 8),
+        "latent_std": torch.zeros(2, 16, 8, 8),
+        "caption": CAPTIONS,
+    }
+    with torch.no_grad():
+        latents, conditioning = module.step.encode(batch, module.device)
+        noisy, timesteps, _ = module.step.add_noise(latents)
+        return module.step.teacher_forward(noisy, timesteps, conditioning)[0].float()
+
+
+def test_a_teacher_stored_in_fp8_predicts_as_in_bf16_to_fp8s_precision():
+    torch.set_num_threads(1)
+    bf16 = teacher_prediction(module_for("flux", frozen_dtype="bfloat16"))
+    module = module_for("flux", frozen_dtype="bfloat16", frozen_storage_dtype="float8_e4m3fn")
+    weights = {p.dtype for p in module.frozen.denoiser.parameters()}
+    assert weights == {torch.float8_e4m3fn, torch.bfloat16}  # norms and modulations stay bf16
+    fp8 = teacher_prediction(module)
+    relative = ((fp8 - bf16) ** 2).mean() / (bf16**2).mean()
+    assert 0 < relative < 1e-2
+    with pytest.raises(
+        ValueError, match=r"frozen_storage_dtype='int4': accepted are \[None, 'float8_e4m3fn', "
+    ):
+        module_for("flux", frozen_storage_dtype="int4")
+
+
+def test_a_student_learns_from_an_fp8_teacher_through_the_app(tmp_path):
+    cfg = config("teacher=flux_toy", "arch=flux_mini", *FAST, "data.resolution=64",
+                 "distill.frozen_storage_dtype=float8_e4m3fn", output_dir=tmp_path)  # fmt: skip
+    module = train_app.train(cfg)
+    assert torch.float8_e4m3fn in {p.dtype for p in module.frozen.denoiser.parameters()}
+    assert {p.dtype for p in module.student.parameters()} == {torch.float32}
+    assert all(torch.isfinite(v) for v in module.step_terms.values())
+    assert any((tmp_path / "samples").glob("*.png"))  # the teacher's column drawn from its FP8 weights
