@@ -43,7 +43,11 @@ def _transformer_cost(config_json: str, latent_size: int) -> list[UnitCost]:
             units += [f"{child}.{i}" for i in range(len(module))]
         else:
             units.append(child)
-    return unit_costs(model, units, call)
+    costs = unit_costs(model, units, call)
+    # a model's own parameters (PixArt's output scale_shift_table) belong to no child: a unit of their own
+    for name, parameter in model.named_parameters(recurse=False):
+        costs.append(UnitCost(name, parameter.numel(), 0, 0))
+    return costs
 
 
 def depth_report_dict(teacher_config: Mapping, stacks: Mapping, latent_size: int, name: str) -> dict:

@@ -177,7 +177,7 @@ def test_the_readme_table_is_what_the_report_counts(sdxl):
     assert table["SDXL-base-1.0 teacher"] == (SDXL_PARAMS, round(unet_cost(sdxl, 128).macs / 1e9, 1))
     for name, (count, gmacs) in table.items():
         arch = re.search(r"`arch=(\w+)`", name)
-        if arch is None:
+        if arch is None or "transformer_blocks" in arch_removal(arch[1]):  # transformers: test_depth_report
             continue
         config = student_config(sdxl, arch_removal(arch[1]))
         assert count == params(config), name
