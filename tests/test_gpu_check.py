@@ -22,7 +22,7 @@ def test_every_gpu_check_composes(tmp_path):
     ]
     assert names == ["train_default_512px", "train_16_mixed", "train_gradient_checkpointing", "generate",
                      "evaluate_tiny", "generation_rate_512px", "bench_512px_batch64", "train_sdxl_toy",
-                     "bench_sdxl_1024px"]  # fmt: skip
+                     "bench_sdxl_1024px", "train_flux_toy_fp8", "bench_flux_512px"]  # fmt: skip
     assert not (tmp_path / "results.jsonl").exists()  # composing records nothing
 
 

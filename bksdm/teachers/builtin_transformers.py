@@ -132,11 +132,23 @@ PIXART_SCHEDULER_CONFIG = {  # PixArt-Sigma's (DPM-Solver++ over the linear DDPM
     "solver_order": 2,
     "algorithm_type": "dpmsolver++",
 }
-# FLUX.1-dev at full width with random weights (``builtin:flux-random``, 11.9B + T5-XXL's 4.7B parameters, 33 GB
-# in bf16 on disk): for timing the real step on a GPU; its outputs mean nothing. diffusers' FLUX defaults are
-# FLUX.1's; its VAE has SD's widths with 16 latent channels; T5-XXL's encoder over the toy vocabulary.
+# The real models at full width with random weights, for timing the real step on a GPU (their outputs mean
+# nothing), stored in bf16: ``builtin:flux-random`` (FLUX.1-dev, 11.9B + T5-XXL's 4.7B parameters, 33 GB on
+# disk), ``builtin:sd35-random`` (SD3.5-medium, 2.2B + CLIP-L, CLIP-G and T5-XXL) and ``builtin:pixart-random``
+# (PixArt-Sigma-XL-2-1024, 0.6B + T5-XXL). diffusers' FLUX defaults are FLUX.1's; the other two transformers are
+# the configs conf/teacher/sd35_medium.yaml and pixart_sigma.yaml embed (checked equal in the tests); the VAEs
+# have SD's widths with each family's latent channels, scale and shift; the text towers read the toy vocabulary.
 FLUX_RANDOM_TRANSFORMER_CONFIG = {"guidance_embeds": True}
-FLUX_RANDOM_VAE_CONFIG = {
+SD35_MEDIUM_TRANSFORMER_CONFIG = {
+    **SD3_TOY_TRANSFORMER_CONFIG, "sample_size": 128, "attention_head_dim": 64, "num_attention_heads": 24,
+    "joint_attention_dim": 4096, "caption_projection_dim": 1536, "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 384,
+}  # fmt: skip
+PIXART_SIGMA_TRANSFORMER_CONFIG = {
+    **PIXART_TOY_TRANSFORMER_CONFIG, "sample_size": 128, "attention_head_dim": 72, "num_attention_heads": 16,
+    "cross_attention_dim": 1152, "caption_channels": 4096, "interpolation_scale": 2,
+}  # fmt: skip
+FULL_WIDTH_VAE_CONFIG = {
     "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 1024,
 }  # fmt: skip
 T5_XXL_WIDTHS = {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24}
@@ -144,8 +156,14 @@ CLIP_L_WIDTHS = {
     "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
     "hidden_act": "quick_gelu",
 }  # fmt: skip
-TRANSFORMER_SHAPES = ("flux-toy", "sd3-toy", "pixart-toy", "flux-random")
-STORED_DTYPES = {"flux-random": torch.bfloat16}  # the others: float32
+CLIP_G_WIDTHS = {
+    "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
+    "hidden_act": "gelu",
+}  # fmt: skip
+FULL_WIDTH_SHAPES = ("flux-random", "sd35-random", "pixart-random")
+TRANSFORMER_SHAPES = ("flux-toy", "sd3-toy", "pixart-toy", *FULL_WIDTH_SHAPES)
+# built in bf16: 12B parameters in fp32 would need 48 GB more; the toys: float32
+STORED_DTYPES = dict.fromkeys(FULL_WIDTH_SHAPES, torch.bfloat16)
 
 
 def _vae(latent: dict | None = None, widths: dict | None = None) -> AutoencoderKL:
@@ -160,50 +178,64 @@ def _vae(latent: dict | None = None, widths: dict | None = None) -> AutoencoderK
 def build_transformer_pipeline(seed: int = 0, shape: str = "flux-toy"):
     """The pipeline of a transformer ``shape`` (FluxPipeline, StableDiffusion3Pipeline or
     PixArtSigmaPipeline) in memory, with random weights from ``seed``."""
-    import diffusers
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     if shape not in TRANSFORMER_SHAPES:
         raise ValueError(
             f"unknown builtin transformer shape {shape!r}: accepted are {list(TRANSFORMER_SHAPES)}"
         )
-    t5_tokenizer = build_t5_tokenizer(512 if shape == "flux-random" else TOY_TEXT_LENGTH)
+    full = shape in FULL_WIDTH_SHAPES
+    build = {"flux": _flux, "sd3": _sd3, "sd35": _sd3, "pixart": _pixart}[shape.split("-")[0]]
     with torch.random.fork_rng(devices=[]), _default_dtype(STORED_DTYPES.get(shape, torch.float32)):
         torch.manual_seed(seed)
-        if shape == "flux-random":  # built in bf16: 12B parameters in fp32 would need 48 GB more
-            return diffusers.FluxPipeline(
-                scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER_CONFIG),
-                vae=_vae(FLUX_VAE, FLUX_RANDOM_VAE_CONFIG).eval(),
-                text_encoder=CLIPTextModel(text_encoder_config(build_tokenizer(), CLIP_L_WIDTHS)).eval(),
-                tokenizer=build_tokenizer(), text_encoder_2=t5_encoder(t5_tokenizer, T5_XXL_WIDTHS).eval(),
-                tokenizer_2=t5_tokenizer,
-                transformer=diffusers.FluxTransformer2DModel(**FLUX_RANDOM_TRANSFORMER_CONFIG).eval(),
-            )  # fmt: skip
-        if shape == "flux-toy":
-            clip = CLIPTextModel(text_encoder_config(build_tokenizer(), {**SD3_TEXT_WIDTHS[0]}))
-            return diffusers.FluxPipeline(
-                scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER_CONFIG),
-                vae=_vae(FLUX_VAE).eval(), text_encoder=clip.eval(), tokenizer=build_tokenizer(),
-                text_encoder_2=t5_encoder(t5_tokenizer).eval(), tokenizer_2=t5_tokenizer,
-                transformer=diffusers.FluxTransformer2DModel(**FLUX_TOY_TRANSFORMER_CONFIG).eval(),
-            )  # fmt: skip
-        if shape == "sd3-toy":
-            towers = []
-            for widths in SD3_TEXT_WIDTHS:
-                config = text_encoder_config(build_tokenizer(), widths)
-                towers.append(CLIPTextModelWithProjection(config).eval())
-            return diffusers.StableDiffusion3Pipeline(
-                transformer=diffusers.SD3Transformer2DModel(**SD3_TOY_TRANSFORMER_CONFIG).eval(),
-                scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER_CONFIG),
-                vae=_vae(SD3_VAE).eval(), text_encoder=towers[0], tokenizer=build_tokenizer(),
-                text_encoder_2=towers[1], tokenizer_2=build_tokenizer(),
-                text_encoder_3=t5_encoder(t5_tokenizer, SD3_T5_WIDTHS).eval(), tokenizer_3=t5_tokenizer,
-            )  # fmt: skip
-        return diffusers.PixArtSigmaPipeline(
-            tokenizer=t5_tokenizer, text_encoder=t5_encoder(t5_tokenizer).eval(), vae=_vae().eval(),
-            transformer=diffusers.PixArtTransformer2DModel(**PIXART_TOY_TRANSFORMER_CONFIG).eval(),
-            scheduler=diffusers.DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER_CONFIG),
-        )  # fmt: skip
+        # T5's own length at full width: the pipelines read 512 (FLUX), 256 (SD3) or 300 (PixArt) of it
+        return build(full, build_t5_tokenizer(512 if full else TOY_TEXT_LENGTH))
+
+
+def _flux(full: bool, t5_tokenizer):
+    import diffusers
+    from transformers import CLIPTextModel
+
+    # the models in the order their weights are drawn (a toy's weights stay what they were)
+    clip = CLIPTextModel(
+        text_encoder_config(build_tokenizer(), CLIP_L_WIDTHS if full else SD3_TEXT_WIDTHS[0])
+    )
+    transformer = FLUX_RANDOM_TRANSFORMER_CONFIG if full else FLUX_TOY_TRANSFORMER_CONFIG
+    return diffusers.FluxPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER_CONFIG),
+        vae=_vae(FLUX_VAE, FULL_WIDTH_VAE_CONFIG if full else None).eval(), text_encoder=clip.eval(),
+        tokenizer=build_tokenizer(), tokenizer_2=t5_tokenizer,
+        text_encoder_2=t5_encoder(t5_tokenizer, T5_XXL_WIDTHS if full else T5_TOY_WIDTHS).eval(), transformer=diffusers.FluxTransformer2DModel(**transformer).eval(),
+    )  # fmt: skip
+
+
+def _sd3(full: bool, t5_tokenizer):
+    import diffusers
+    from transformers import CLIPTextModelWithProjection
+
+    widths = (CLIP_L_WIDTHS, CLIP_G_WIDTHS) if full else SD3_TEXT_WIDTHS
+    towers = [CLIPTextModelWithProjection(text_encoder_config(build_tokenizer(), w)).eval() for w in widths]
+    transformer = SD35_MEDIUM_TRANSFORMER_CONFIG if full else SD3_TOY_TRANSFORMER_CONFIG
+    return diffusers.StableDiffusion3Pipeline(
+        transformer=diffusers.SD3Transformer2DModel(**transformer).eval(),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER_CONFIG),
+        vae=_vae(SD3_VAE, FULL_WIDTH_VAE_CONFIG if full else None).eval(), text_encoder=towers[0],
+        tokenizer=build_tokenizer(), text_encoder_2=towers[1], tokenizer_2=build_tokenizer(),
+        text_encoder_3=t5_encoder(t5_tokenizer, T5_XXL_WIDTHS if full else SD3_T5_WIDTHS).eval(),
+        tokenizer_3=t5_tokenizer,
+    )  # fmt: skip
+
+
+def _pixart(full: bool, t5_tokenizer):
+    import diffusers
+
+    transformer = PIXART_SIGMA_TRANSFORMER_CONFIG if full else PIXART_TOY_TRANSFORMER_CONFIG
+    with torch.device("cpu"):  # DPM-Solver moves its tables to the CPU, which a meta-device build cannot
+        scheduler = diffusers.DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER_CONFIG)
+    return diffusers.PixArtSigmaPipeline(
+        tokenizer=t5_tokenizer,
+        text_encoder=t5_encoder(t5_tokenizer, T5_XXL_WIDTHS if full else T5_TOY_WIDTHS).eval(),
+        vae=_vae(widths=FULL_WIDTH_VAE_CONFIG if full else None).eval(),
+        transformer=diffusers.PixArtTransformer2DModel(**transformer).eval(), scheduler=scheduler,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -52,6 +52,8 @@ BUILTINS = {
     "sd3-toy": functools.partial(random_pipeline_path, shape="sd3-toy"),
     "pixart-toy": functools.partial(random_pipeline_path, shape="pixart-toy"),
     "flux-random": functools.partial(random_pipeline_path, shape="flux-random"),
+    "sd35-random": functools.partial(random_pipeline_path, shape="sd35-random"),
+    "pixart-random": functools.partial(random_pipeline_path, shape="pixart-random"),
     "miniworld": teacher_path,  # shipped with the package, trained by python -m bksdm.miniworld
 }
 _TOKENIZER_PROBE = "a photo of an astronaut riding a horse on mars"

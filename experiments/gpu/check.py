@@ -134,6 +134,30 @@ def checks(scratch: Path) -> list[tuple[str, list[str]]]:
                 "bench.steps=10",
             ],
         ),
+        (
+            "train_flux_toy_fp8",  # a transformer teacher in bf16 on the GPU, its weights stored in FP8
+            [
+                *train,
+                "teacher=flux_toy",
+                "arch=flux_mini",
+                "data=synthetic",
+                "data.resolution=256",
+                "distill.frozen_storage_dtype=float8_e4m3fn",
+                "trainer.max_steps=3",
+                f"hydra.run.dir={scratch / 'flux'}",
+            ],
+        ),
+        (
+            "bench_flux_512px",  # FLUX.1-dev's shapes (built once, 33 GB: minutes), Flux-Mini, 512 px, batch 8
+            [
+                sys.executable,
+                "-m",
+                "bksdm.bench",
+                "preset=gpu_flux",
+                "bench.warmup_steps=2",
+                "bench.steps=10",
+            ],
+        ),
     ]
 
 

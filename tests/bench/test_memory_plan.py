@@ -90,3 +90,14 @@ def test_an_fp8_stored_teacher_takes_a_byte_per_weight_but_its_norms_and_modulat
     flux = 11_901_408_320
     assert 1.2 * flux < frozen < 1.3 * flux
     assert "frozen 14.1," in capsys.readouterr().out
+
+
+def test_the_other_full_width_transformers_are_counted_from_their_embedded_configs(capsys):
+    for teacher, arch, params in (
+        ("sd35_random", "sd35_hprune", 2_243_171_520),
+        ("pixart_random", "pixart_half", 610_856_096),
+    ):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("bench", overrides=[f"teacher={teacher}", f"arch={arch}", "bench.count_only=true"])
+        memory = benchmark(cfg)["memory_gib"]["fast"]
+        assert round(memory["frozen"], 3) == round(params * 2 / GIB, 3)  # bf16, no build
