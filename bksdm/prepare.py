@@ -13,6 +13,14 @@ from bksdm.cli import app, config_checks
 from bksdm.cli.help import EntryHelp
 
 MODES = ("images", "latents")
+# a shipped student of each teacher family the default arch (BK-SDM-Small, SD-v1/v2's) does not fit, so
+# that the printed training command runs as printed
+STUDENTS = {
+    "StableDiffusionXLPipeline": "koala_700m",
+    "FluxPipeline": "flux_mini",
+    "StableDiffusion3Pipeline": "sd35_hprune",
+    "PixArtSigmaPipeline": "pixart_half",
+}
 
 
 HELP = EntryHelp(
@@ -105,7 +113,11 @@ def training_command(cfg: DictConfig, shards: list) -> str:
     # mirrored=false latents hold no mirror encodings; the mini world's captions name left and right
     unflipped = (cfg.mode == "latents" and not cfg.mirrored) or not get_class(cfg.data._target_).mirror_safe
     flip = " data.random_flip=false" if unflipped else ""
-    return f"python -m bksdm.train teacher={cfg.teacher.name} {data} data.urls='{urls}'{flip}"
+    from bksdm.teachers.loading import pipeline_family, resolve_source
+
+    student = STUDENTS.get(pipeline_family(resolve_source(cfg.teacher.source), cfg.teacher.revision))
+    arch = f" arch={student}" if student else ""
+    return f"python -m bksdm.train teacher={cfg.teacher.name}{arch} {data} data.urls='{urls}'{flip}"
 
 
 @app("prepare", HELP)

@@ -3,6 +3,7 @@
 import functools
 import io
 import os
+import shlex
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ from bksdm.data.folder import list_captioned_images
 from bksdm.data.shards import decode_latent_sample, first_record, shard_samples
 from bksdm.distill.losses import DistillLoss
 from bksdm.distill.module import DistillModule
-from bksdm.prepare import prepare
+from bksdm.prepare import prepare, training_command
 
 
 def prepare_config(*overrides):
@@ -217,7 +218,9 @@ def test_transformer_text_pre_encoded_gives_the_same_loss_as_encoding_on_the_fly
     by_caption = {images[i]["caption"]: images[i]["pixel_values"] for i in range(len(images))}
     captions = [s["caption"] for s in samples]
     image_batch = {"pixel_values": torch.stack([by_caption[c] for c in captions]), "caption": captions}
-    latent_batch = {k: torch.stack([s[k] for s in samples]) for k, v in samples[0].items() if torch.is_tensor(v)}
+    latent_batch = {
+        k: torch.stack([s[k] for s in samples]) for k, v in samples[0].items() if torch.is_tensor(v)
+    }
     arch = yaml.safe_load((CONF / "arch" / f"{arch_name}.yaml").read_text())
     losses = losses_on_both_paths(
         record["teacher"], arch["removal"], arch["taps"], image_batch, {**latent_batch, "caption": captions}
@@ -227,12 +230,17 @@ def test_transformer_text_pre_encoded_gives_the_same_loss_as_encoding_on_the_fly
         torch.testing.assert_close(losses[1][1][name], value, rtol=1e-5, atol=1e-6)
     if teacher != "pixart_toy":
         return
-    # through the app, PixArt's mask rebuilt by data=latents: no VAE and no T5 in memory, the student exported
+    # the command prepare prints, through the app (PixArt's mask rebuilt by data=latents): no VAE and no T5 in
+    # memory, the student exported
+    settings = prepare_config(f"teacher={teacher}", "mode=latents", f"out={tmp_path / 'latents'}")
+    command = training_command(settings, report.shards)
+    assert f" arch={arch_name} " in command
+    printed = shlex.split(command)[3:]  # python -m bksdm.train ...
     overrides = [o for o in FAST if o != "data=synthetic"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[
-            f"teacher={teacher}", f"arch={arch_name}", *overrides, "data=latents", f"data.urls={report.shards}",
-            "data.random_flip=false", "callbacks.sample_grid=null", f"paths.output_dir={tmp_path / 'run'}",
+            *printed, *overrides, "data.random_flip=false", "callbacks.sample_grid=null",
+            f"paths.output_dir={tmp_path / 'run'}",
         ])  # fmt: skip
     module = train_app.train(cfg)
     assert module.trainer.global_step == 1
