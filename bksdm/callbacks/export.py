@@ -43,5 +43,6 @@ class ExportStudent(L.Callback):
             revision=hparams.revision,
             sampling=self.sampling,
             single_file=self.single_file,
+            vae_source=hparams.vae_source,
         )
         rank_zero_info(f"student pipeline saved to {self.dirpath}")

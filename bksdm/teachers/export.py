@@ -10,7 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from bksdm.eval.sampling import check_sampling, model_sampling, write_sampling
-from bksdm.teachers.loading import dtype_argument, pipeline_class, resolve_source
+from bksdm.teachers.loading import dtype_argument, load_components, pipeline_class, resolve_source
 from bksdm.teachers.single_file import save_single_file
 from bksdm.training.atomic import atomic_directory
 
@@ -24,6 +24,7 @@ def save_student_pipeline(
     revision: str | None = None,
     sampling: Mapping | None = None,
     single_file: bool = True,
+    vae_source: str | None = None,
 ) -> Path:
     """Write ``folder`` as the teacher's pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline for
     an SDXL teacher, FluxPipeline, StableDiffusion3Pipeline or PixArtSigmaPipeline for a transformer one): its
@@ -39,6 +40,8 @@ def save_student_pipeline(
     U-Net also as ``SINGLE_FILE`` in the original checkpoint layout (``bksdm.teachers.single_file``), for
     the tools that load one file (``UNet2DConditionModel.from_single_file(file, config=folder,
     subfolder="unet")``, ComfyUI's U-Net loader); transformers are saved in diffusers layout only.
+    ``vae_source``: the VAE the student was trained and sampled with when not the teacher's (e.g. SDXL's
+    fp16-fixed one, ``teacher.vae_source``), saved in ``vae/`` in its place.
     """
     import diffusers  # the pipelines pull in transformers' image processors: only here
 
@@ -47,9 +50,12 @@ def save_student_pipeline(
     loader = pipeline_class(source, revision)  # the teacher's own: StableDiffusionXLPipeline for SDXL
     sd_only = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     transformer = not isinstance(student, UNet2DConditionModel)
+    parts = {"transformer" if transformer else "unet": student}
+    if vae_source is not None:
+        parts["vae"] = load_components(teacher_source, ["vae"], student.dtype, revision, vae_source).vae
     pipeline = loader.from_pretrained(
         source,
-        **{"transformer" if transformer else "unet": student},
+        **parts,
         revision=revision,
         **(sd_only if loader is diffusers.StableDiffusionPipeline else {}),
         **dtype_argument(student.dtype),  # one precision throughout (a teacher may store its parts in fp16)

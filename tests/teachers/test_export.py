@@ -142,7 +142,7 @@ def test_a_student_carries_its_teacher_sampling_defaults(exported, tmp_path):
     )
     module = SimpleNamespace(
         exported_student=lambda: build_student(teacher.unet, "tiny"),
-        hparams=SimpleNamespace(teacher_source="builtin:miniworld", revision=None),
+        hparams=SimpleNamespace(teacher_source="builtin:miniworld", revision=None, vae_source=None),
     )
     callback.on_train_end(SimpleNamespace(is_global_zero=True), module)
     written = json.loads((tmp_path / "run" / "student" / "sampling.json").read_text())
@@ -151,3 +151,24 @@ def test_a_student_carries_its_teacher_sampling_defaults(exported, tmp_path):
         ValueError, match=r"export_student.sampling: num_inference_steps=0: accepted is a positive"
     ):
         ExportStudent(tmp_path / "x", sampling={"num_inference_steps": 0})
+
+
+def test_a_student_trained_with_another_vae_is_exported_with_it(toy_teacher, tmp_path):
+    """teacher.vae_source (e.g. SDXL's fp16-fixed VAE): the folder holds the VAE training and its grids used."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(3)
+    other = AutoencoderKL.from_config(toy_teacher.vae.config)  # new random weights, the teacher's shapes
+    other.save_pretrained(tmp_path / "other-vae")  # a bare VAE: config.json at the top
+    module = SimpleNamespace(  # what the export callback reads of a DistillModule trained so
+        exported_student=lambda: build_student(toy_teacher.unet, "tiny"),
+        hparams=SimpleNamespace(
+            teacher_source="builtin:toy", revision=None, vae_source=str(tmp_path / "other-vae")
+        ),
+    )
+    ExportStudent(tmp_path / "student").on_train_end(SimpleNamespace(is_global_zero=True), module)
+    saved = AutoencoderKL.from_pretrained(tmp_path / "student", subfolder="vae").state_dict()
+    assert all(torch.equal(saved[key], value) for key, value in other.state_dict().items())
+    assert not torch.equal(
+        saved["decoder.conv_out.weight"], toy_teacher.vae.state_dict()["decoder.conv_out.weight"]
+    )
