@@ -107,14 +107,19 @@ def render(item: Scene, resolution: int = RESOLUTION) -> Image.Image:
     draw = ImageDraw.Draw(image)
     if len(item.background) == 2:
         draw.rectangle((0, side // 2, side, side), fill=item.background[1])
-    cx, cy, r = item.centre[0] * side, item.centre[1] * side, item.radius * side
-    if item.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=item.rgb)
-    elif item.shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=item.rgb)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=item.rgb)
+    draw_shape(draw, item.shape, item.centre, item.radius, item.rgb, side)
     return image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre, radius: float, rgb, side: int) -> None:
+    """One shape of ``SHAPES`` at ``centre`` (x, y) with ``radius``, both fractions of the image ``side``."""
+    cx, cy, r = centre[0] * side, centre[1] * side, radius * side
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
+    elif shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=rgb)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=rgb)
 
 
 class MiniWorld(Dataset):
@@ -138,12 +143,8 @@ class MiniWorld(Dataset):
         index, sample_seed = item_key(key)
         if not 0 <= index < self.num_samples:
             raise IndexError(f"item {index} of a {self.num_samples}-item mini world")
-        item = scene(self.offset + index, self.seed)
-        sample = {
-            "pixel_values": image_to_unit(render(item, self.resolution)),
-            "caption": item.caption,
-            "labels": torch.tensor(item.labels),
-        }
+        image, text, labels = self.item(self.offset + index)
+        sample = {"pixel_values": image_to_unit(image), "caption": text, "labels": torch.tensor(labels)}
         if sample_seed is not None:
             sample["sample_seed"] = sample_seed
         return sample
@@ -152,10 +153,15 @@ class MiniWorld(Dataset):
         """(key, PNG bytes, caption, "png") per item, for ``python -m bksdm.prepare data=miniworld``; the
         key is the item's number in the world, so shards of different offsets never share keys."""
         for index in range(self.num_samples):
-            item = scene(self.offset + index, self.seed)
+            image, text, _ = self.item(self.offset + index)
             buffer = io.BytesIO()
-            render(item, self.resolution).save(buffer, format="PNG")
-            yield f"{self.offset + index:09d}", buffer.getvalue(), item.caption, "png"
+            image.save(buffer, format="PNG")
+            yield f"{self.offset + index:09d}", buffer.getvalue(), text, "png"
+
+    def item(self, index: int) -> tuple[Image.Image, str, tuple[int, ...]]:
+        """The image, caption and labels of item ``index`` of the world."""
+        drawn = scene(index, self.seed)
+        return render(drawn, self.resolution), drawn.caption, drawn.labels
 
 
 _CAPTION_LABELS = dict(all_captions())

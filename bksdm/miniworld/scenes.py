@@ -1,0 +1,200 @@
+"""The relational mini world (issue 22, its first part): captioned 128 px scenes of one object, or of two
+objects in a spatial relation, generated deterministically from an integer index.
+
+Where ``world.py``'s images hold one shape named by four independent attributes, a scene here binds
+attributes to objects and relates them: "a small red circle to the left of a large blue square". Nothing
+local tells which colour goes with which shape or which object is on which side, so the caption needs the
+global context a U-Net's deep stages provide. At 128 px an SD VAE's latents are 16x16 and the innermost
+stage of a four-stage U-Net works at 2x2 (the 64 px world's ran at 1x1, where its teacher learnt to ignore
+the mid block). A quarter of the scenes hold one object with ``world.py``'s caption ("a small red circle on
+the left"), so that every object is also seen alone.
+
+Held-out combinations: a two-object caption in which an object has a colour-shape binding of
+``HELD_OUT_BINDINGS`` ("a red square", "a blue triangle") is never drawn in ``split="train"``, and only such
+captions are drawn in ``split="held_out"``; the single-object scenes of those bindings stay in training, so
+a model has seen a red square alone, and red things and squares in pairs, but never a red square in a pair.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from bksdm.miniworld.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, MiniWorld, draw_shape
+from bksdm.miniworld.world import caption as single_caption
+
+RESOLUTION = 128
+SUPERSAMPLE = 2
+# radius range, fraction of the side: a small object spans about 2.5 latent cells of 16, a large one 4
+SIZES = {"small": (0.08, 0.1), "large": (0.13, 0.16)}
+RELATIONS = ("to the left of", "to the right of", "above", "below")
+TWO_OBJECTS = 0.75  # the share of two-object scenes
+HELD_OUT_BINDINGS = (("red", "square"), ("blue", "triangle"))
+SPLITS = ("train", "held_out")
+# a label's slots, -1 where a scene has no such thing (a single object has no second object and no
+# relation; a pair has no position): the classifier's heads, in order
+LABEL_SLOTS = ("objects", "shape", "colour", "size", "position", "relation", "shape_2", "colour_2", "size_2")
+VALUES = {
+    "objects": (1, 2), "shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES),
+    "position": tuple(POSITIONS), "relation": RELATIONS, "shape_2": SHAPES, "colour_2": tuple(COLOURS),
+    "size_2": tuple(SIZES),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Thing:
+    """One drawn object: what the caption names (shape, colour, size) and how it is drawn."""
+
+    shape: str
+    colour: str
+    size: str
+    centre: tuple[float, float]  # fraction of the side, x then y
+    radius: float  # fraction of the side
+    rgb: tuple[int, int, int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.size} {self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One or two ``Thing``s on a background; ``relation`` (of the first to the second) or ``position`` (of
+    a single one) as the caption says it."""
+
+    things: tuple[Thing, ...]
+    background: tuple[tuple[int, int, int], ...]  # one tone, or two (top and bottom halves)
+    relation: str | None = None
+    position: str | None = None
+
+    @property
+    def caption(self) -> str:
+        if len(self.things) == 1:
+            thing = self.things[0]
+            return single_caption(thing.shape, thing.colour, self.position, thing.size)
+        first, second = self.things
+        return f"a {first.name} {self.relation} a {second.name}"
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """The index of each ``LABEL_SLOTS`` value, -1 where the scene has none."""
+        first = self.things[0]
+        second = self.things[1] if len(self.things) == 2 else None
+        named = {
+            "objects": len(self.things), "shape": first.shape, "colour": first.colour, "size": first.size,
+            "position": self.position, "relation": self.relation, "shape_2": second and second.shape,
+            "colour_2": second and second.colour, "size_2": second and second.size,
+        }  # fmt: skip
+        return tuple(-1 if named[slot] is None else VALUES[slot].index(named[slot]) for slot in LABEL_SLOTS)
+
+    @property
+    def held_out(self) -> bool:
+        """A two-object scene with a held-out colour-shape binding."""
+        return len(self.things) == 2 and any((t.colour, t.shape) in HELD_OUT_BINDINGS for t in self.things)
+
+
+def pair_captions(split: str | None = None) -> list[str]:
+    """Every two-object caption (distinct objects, 36 x 35 x 4 = 5,040), or those of one split, in a
+    fixed order."""
+    objects = [
+        f"{size} {colour} {shape}" for shape, colour, size in itertools.product(SHAPES, COLOURS, SIZES)
+    ]
+    captions = []
+    for first, second in itertools.permutations(objects, 2):
+        held = any(tuple(name.split()[1:]) in HELD_OUT_BINDINGS for name in (first, second))
+        if split is None or (split == "held_out") == held:
+            captions += [f"a {first} {relation} a {second}" for relation in RELATIONS]
+    return captions
+
+
+def scene(index: int, seed: int = 0, split: str = "train") -> Scene:
+    """Item ``index`` of the ``split`` of the world of ``seed``: the same on every machine. The held-out
+    split holds two-object scenes only."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: accepted are {list(SPLITS)}")
+    rng = random.Random((seed * 1_000_003 + index) * len(SPLITS) + SPLITS.index(split))
+    while True:  # drawn until the scene belongs to the split (on average 1.2 draws for train, 4.8 held out)
+        drawn = _draw(rng, two=split == "held_out" or rng.random() < TWO_OBJECTS)
+        if drawn.held_out == (split == "held_out"):
+            return drawn
+
+
+def _draw(rng: random.Random, two: bool) -> Scene:
+    tones = rng.sample(BACKGROUNDS, 2)
+    background = tuple(tones) if rng.random() < 0.5 else (tones[0],)
+    if not two:
+        position = rng.choice(tuple(POSITIONS))
+        cx, cy = POSITIONS[position]
+        centre = (cx + rng.uniform(-0.04, 0.04), cy + rng.uniform(-0.04, 0.04))
+        return Scene((_thing(rng, centre),), background, position=position)
+    while True:
+        kinds = [(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.choice(tuple(SIZES))) for _ in range(2)]
+        if kinds[0] != kinds[1]:  # two objects the caption can tell apart
+            break
+    relation = rng.choice(RELATIONS)
+    radii = [rng.uniform(*SIZES[size]) for *_, size in kinds]
+    # along the relation's axis the first object sits in one half and the second in the other, apart by
+    # their radii and a margin (never touching); across it each wanders, so "left of" is not "at the left"
+    while True:
+        along = [rng.uniform(0.15, 0.45), rng.uniform(0.55, 0.85)]
+        if along[1] - along[0] >= sum(radii) + 0.03 and all(
+            radius + 0.02 <= a <= 1 - radius - 0.02 for a, radius in zip(along, radii, strict=True)
+        ):
+            break
+    if relation in ("to the right of", "below"):
+        along.reverse()
+    across = [rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75)]
+    horizontal = relation in ("to the left of", "to the right of")
+    centres = [(a, c) if horizontal else (c, a) for a, c in zip(along, across, strict=True)]
+    things = tuple(
+        _thing(rng, centre, *kind, radius=radius)
+        for centre, kind, radius in zip(centres, kinds, radii, strict=True)
+    )
+    return Scene(things, background, relation=relation)
+
+
+def _thing(rng: random.Random, centre, shape=None, colour=None, size=None, radius=None) -> Thing:
+    shape = shape or rng.choice(SHAPES)
+    colour = colour or rng.choice(tuple(COLOURS))
+    size = size or rng.choice(tuple(SIZES))
+    rgb = tuple(int(np.clip(c + rng.randint(-15, 15), 0, 255)) for c in COLOURS[colour])
+    return Thing(shape, colour, size, centre, radius or rng.uniform(*SIZES[size]), rgb)
+
+
+def render(item: Scene, resolution: int = RESOLUTION) -> Image.Image:
+    """The scene at ``resolution`` px, drawn at twice that and downsampled (antialiased edges)."""
+    side = resolution * SUPERSAMPLE
+    image = Image.new("RGB", (side, side), item.background[0])
+    draw = ImageDraw.Draw(image)
+    if len(item.background) == 2:
+        draw.rectangle((0, side // 2, side, side), fill=item.background[1])
+    for thing in item.things:
+        draw_shape(draw, thing.shape, thing.centre, thing.radius, thing.rgb, side)
+    return image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+
+
+class SceneWorld(MiniWorld):
+    """``num_samples`` scenes of the ``split`` of the world of ``seed``, from item ``offset``; each item as
+    ``MiniWorld``'s (``pixel_values`` (3, R, R) in [-1, 1], ``caption``, ``labels``, here (9,) by
+    ``LABEL_SLOTS``)."""
+
+    def __init__(
+        self,
+        num_samples: int = 100_000,
+        resolution: int = RESOLUTION,
+        seed: int = 0,
+        offset: int = 0,
+        split: str = "train",
+    ):
+        super().__init__(num_samples, resolution, seed, offset)
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}: accepted are {list(SPLITS)}")
+        self.split = split
+
+    def item(self, index: int) -> tuple[Image.Image, str, tuple[int, ...]]:
+        drawn = scene(index, self.seed, self.split)
+        return render(drawn, self.resolution), drawn.caption, drawn.labels
