@@ -40,6 +40,7 @@ def prepare(cfg: DictConfig):
     # here, not at the top: composing alone (--cfg job) needs no torch
     import torch
 
+    from bksdm.arch.depth import is_transformer
     from bksdm.data.encode import encoder_record, write_image_shards, write_latent_shards
     from bksdm.teachers.conditioning import encode_text, takes_added_conditioning, text_towers
     from bksdm.teachers.frozen import DTYPES
@@ -56,6 +57,17 @@ def prepare(cfg: DictConfig):
         if cfg.dtype not in DTYPES:
             raise ValueError(f"dtype={cfg.dtype!r}: accepted are {list(DTYPES)}")
         denoiser = teacher_denoiser_config(cfg.teacher.source, revision=cfg.teacher.revision)
+        if (
+            cfg.mode == "latents"
+            and cfg.text_embeddings
+            and is_transformer(denoiser)
+            and cfg.dtype == "float16"
+        ):
+            raise ValueError(
+                f"dtype=float16 with text_embeddings=true and teacher={cfg.teacher.name}: T5's activations overflow "
+                "fp16, which would store inf or NaN text states; accepted: dtype=bfloat16 (what training's frozen "
+                "T5 computes in) or float32"
+            )
         # the data source lists its items: a folder is listed now (no caption, no shard)
         source = instantiate(cfg.data)
         items = source.shard_items()

@@ -197,6 +197,8 @@ def test_transformer_text_pre_encoded_gives_the_same_loss_as_encoding_on_the_fly
     torch.set_num_threads(1)
     arch_name, tokens = TRANSFORMER_TEXT[teacher]
     write_folder(tmp_path / "data", good=2, with_bad=False)
+    metadata = tmp_path / "data" / "metadata.csv"  # captions of two lengths: each row its own mask
+    metadata.write_text(metadata.read_text().replace("picture number 1", "picture number 1 of a red cube"))
     report = prepare(prepare_config(
         f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'latents'}", f"teacher={teacher}", "mode=latents",
         "text_embeddings=true", "latent_dtype=float32",
@@ -211,6 +213,8 @@ def test_transformer_text_pre_encoded_gives_the_same_loss_as_encoding_on_the_fly
     data = LatentDataModule(report.shards, teacher=record["teacher"], resolution=64, random_flip=False)
     samples = list(shard_samples(report.shards, decode=data.decoder(), resampled=False, shuffle_buffer=0))
     assert all(s["text_embeds"].shape[0] == record["text_tokens"] for s in samples)
+    if tokens is None:  # masks of 15 and 25 of the 32 tokens
+        assert sorted(int(s["text_mask"].sum()) for s in samples) == [15, 25]
 
     from bksdm.data.folder import CaptionedImageFolder
 

@@ -26,27 +26,33 @@ class _Repeated(Dataset):
         return self.batch
 
 
-def stored_text(frozen: FrozenTeacher, batch_size: int, generator: torch.Generator) -> dict:
-    """Random text embeddings shaped as ``data=latents`` brings them for this teacher: ``text_embeds``
-    (B, T, D), and by family ``pooled_text_embeds`` (B, P) (SDXL, FLUX, SD3) or ``text_mask`` (B, T)
-    (PixArt; all ones, the most a caption costs). T: 77 CLIP tokens, T5's training length (FLUX, PixArt),
-    or both (SD3)."""
+def stored_inputs(frozen: FrozenTeacher, batch_size: int, side: int, generator: torch.Generator) -> dict:
+    """Random pre-encoded inputs shaped as ``data=latents`` brings them for this teacher: ``latent_mean`` and
+    ``latent_std`` (B, C, side, side), ``text_embeds`` (B, T, D), and by family ``pooled_text_embeds`` (B, P)
+    (SDXL, FLUX, SD3) or ``text_mask`` (B, T) (PixArt; all ones, the most a caption costs). T: 77 CLIP
+    tokens, T5's training length (FLUX, PixArt), or both (SD3)."""
     config = frozen.denoiser.config
     if frozen.is_transformer:
         t5 = t5_length_of(frozen, frozen.family)
         tokens = TEXT_TOKENS + t5 if frozen.family == "StableDiffusion3Pipeline" else t5
-        _, _, example = example_inputs(config, 1, batch_size, tokens)
+        named = {**config, "_class_name": type(frozen.denoiser).__name__}
+        latents, _, example = example_inputs(named, side, batch_size, tokens)
         context, pooled, mask = example.context, example.pooled, example.mask
     else:
+        latents = torch.empty(batch_size, config["in_channels"], side, side)
         context = torch.empty(batch_size, TEXT_TOKENS, _context_width(config))
         added = sdxl_added_conditioning(config, batch_size)
         pooled, mask = (added["text_embeds"] if added is not None else None), None
-    text = {"text_embeds": torch.randn(context.shape, generator=generator)}
+    inputs = {
+        "latent_mean": torch.randn(latents.shape, generator=generator),
+        "latent_std": torch.full(latents.shape, 0.01),
+        "text_embeds": torch.randn(context.shape, generator=generator),
+    }
     if pooled is not None:
-        text["pooled_text_embeds"] = torch.randn(pooled.shape, generator=generator)
+        inputs["pooled_text_embeds"] = torch.randn(pooled.shape, generator=generator)
     if mask is not None:
-        text["text_mask"] = torch.ones_like(mask)
-    return text
+        inputs["text_mask"] = torch.ones_like(mask)
+    return inputs
 
 
 class FixedBatches(L.LightningDataModule):
@@ -57,10 +63,10 @@ class FixedBatches(L.LightningDataModule):
         resolution: image side in pixels (the latent side is ``resolution // 8``).
         steps: batches to serve.
         frozen: the module's frozen teacher (its family and configs shape the batch).
-        pre_encoded: True: latent distributions (B, C, h, w) and text embeddings (``stored_text``), as
-            ``data=latents`` brings them; False: pixels (B, 3, H, W) in [-1, 1] and captions, which the
-            step encodes with the VAE and the text encoders. For an SDXL teacher the batch also holds each
-            image's original size and crop.
+        pre_encoded: True: latent distributions and text embeddings, as ``data=latents`` brings them
+            (``stored_inputs``); False: pixels (B, 3, H, W) in [-1, 1] and captions, which the step encodes
+            with the VAE and the text encoders. For an SDXL teacher the batch also holds each image's
+            original size and crop.
     """
 
     def __init__(
@@ -73,12 +79,7 @@ class FixedBatches(L.LightningDataModule):
         generator = torch.Generator().manual_seed(0)
         batch: dict = {"caption": [CAPTION] * batch_size}
         if pre_encoded:
-            config, side = frozen.denoiser.config, resolution // VAE_SCALE
-            # FLUX's transformer takes 2x2 patches of the latents: four of its input channels per latent one
-            channels = config["in_channels"] // (4 if frozen.family == "FluxPipeline" else 1)
-            batch["latent_mean"] = torch.randn(batch_size, channels, side, side, generator=generator)
-            batch["latent_std"] = torch.full((batch_size, channels, side, side), 0.01)
-            batch.update(stored_text(frozen, batch_size, generator))
+            batch.update(stored_inputs(frozen, batch_size, resolution // VAE_SCALE, generator))
         else:
             batch["pixel_values"] = (
                 torch.rand(batch_size, 3, resolution, resolution, generator=generator) * 2 - 1

@@ -5,8 +5,9 @@ The two are added, not overlapped: the optimizer and EMA passes are pure memory 
 hide behind, and at small batches the U-Net passes are themselves bound by reading weights. The bytes
 counted are the ones no implementation can avoid (activations are not counted, so the limit is a floor):
 
-    per micro-batch  the frozen U-Net's weights read once in its own dtype (and the VAE encoder's and text
-                     encoder's when the step encodes its inputs); the student's fp32 weights read by its
+    per micro-batch  the frozen U-Net's weights read once as they are stored (and the VAE encoder's and text
+                     encoder's when the step encodes its inputs; an FP8-stored teacher's at 1 B, though
+                     diffusers' layerwise casting writes and reads a bf16 copy of each layer besides); the student's fp32 weights read by its
                      forward and again by its backward; its gradients written (read and written when they
                      accumulate over micro-batches)
     per step         the gradients read once for their norm (with clipping); AdamW reads weights,
@@ -29,8 +30,7 @@ class StepShape:
     """What one optimizer step touches: parameter counts and how the step runs."""
 
     student_params: int
-    frozen_params: int  # the frozen parts that run each micro-batch (teacher U-Net, encoders if run)
-    frozen_bytes: int  # bytes per frozen parameter: 2 for float16/bfloat16, 4 for float32
+    frozen_weight_bytes: int  # of the frozen parts that run each micro-batch (teacher, encoders if run)
     micro_batches: int = 1
     clip: bool = True
     ema: bool = True
@@ -42,7 +42,7 @@ def step_bytes(shape: StepShape) -> dict[str, int]:
     k, params = shape.micro_batches, shape.student_params
     gradient_writes = 1 + 2 * (k - 1)  # the first micro-batch writes them, each later one reads and writes
     parts = {
-        "frozen_weights": k * shape.frozen_params * shape.frozen_bytes,
+        "frozen_weights": k * shape.frozen_weight_bytes,
         "student_weights": 2 * k * params * MASTER_BYTES,  # forward and backward
         "gradients": (gradient_writes + shape.clip) * params * MASTER_BYTES,
         "optimizer": params * ADAMW_BYTES,

@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from bksdm.arch import student_config
 from bksdm.arch.depth import depth_student_config, empty_transformer, is_transformer
-from bksdm.arch.report import sdxl_added_conditioning
 from bksdm.bench.batches import FixedBatches
 from bksdm.bench.flops import step_flops
 from bksdm.bench.machine import probe_machine
@@ -157,17 +156,21 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters()) if model is not None else 0
 
 
+def weight_bytes(model) -> int:
+    """Bytes of a model's weights as stored (an FP8-stored teacher's mix of FP8 and bf16 included)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
+
+
 def step_shape(cfg: DictConfig, module) -> StepShape:
     """What the step touches, from the built module (``bksdm.bench.roofline``)."""
     frozen = module.frozen
-    running = count_params(frozen.denoiser) if module.loss.needs_teacher else 0
+    running = weight_bytes(frozen.denoiser) if module.loss.needs_teacher else 0
     if not cfg.bench.pre_encoded:
-        running += count_params(frozen.vae.encoder) + count_params(frozen.vae.quant_conv)
-        running += sum(map(count_params, (frozen.text_encoder, frozen.text_encoder_2, frozen.text_encoder_3)))
+        running += weight_bytes(frozen.vae.encoder) + weight_bytes(frozen.vae.quant_conv)
+        running += sum(map(weight_bytes, (frozen.text_encoder, frozen.text_encoder_2, frozen.text_encoder_3)))
     return StepShape(
         student_params=count_params(module.student),
-        frozen_params=running,
-        frozen_bytes=(frozen.storage_dtype or frozen.dtype).itemsize,
+        frozen_weight_bytes=running,
         micro_batches=cfg.trainer.accumulate_grad_batches,
         clip=bool(cfg.trainer.gradient_clip_val),
         ema=module.ema is not None,
@@ -405,7 +408,7 @@ def _meta_weight_bytes(config: dict, dtype: torch.dtype, storage: torch.dtype | 
     model = torch.nn.Module.to(_meta_model(config), dtype)
     if storage is not None:
         model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    return weight_bytes(model)
 
 
 def _count_only(cfg: DictConfig, resolution: int) -> dict[str, int]:
@@ -416,20 +419,17 @@ def _count_only(cfg: DictConfig, resolution: int) -> dict[str, int]:
         from diffusers import AutoencoderKL
         from transformers import AutoConfig
 
+        from bksdm.teachers.conditioning import takes_added_conditioning, text_towers
         from bksdm.teachers.loading import pipeline_family, resolve_source
-        from bksdm.teachers.transformer_text import TEXT_LENGTHS, TEXT_PARTS
+        from bksdm.teachers.transformer_text import TEXT_LENGTHS
 
         source = resolve_source(cfg.teacher.source)
         vae = AutoencoderKL.load_config(source, subfolder="vae", revision=cfg.teacher.revision)
         family = pipeline_family(source, cfg.teacher.revision)
-        if family in TEXT_PARTS:
-            towers, t5_tokens = [encoder for _, encoder in TEXT_PARTS[family]], TEXT_LENGTHS[family]
-        elif sdxl_added_conditioning(teacher_config(cfg), 1):
-            towers = ["text_encoder", "text_encoder_2"]
-        else:
-            towers = ["text_encoder"]
+        t5_tokens = TEXT_LENGTHS.get(family, t5_tokens)
+        towers = text_towers(family, takes_added_conditioning(teacher_config(cfg)))
         text_encoders = [
             AutoConfig.from_pretrained(source, subfolder=tower, revision=cfg.teacher.revision)
-            for tower in towers
+            for _, tower in towers
         ]
     return count_flops(cfg, resolution, vae, text_encoders, t5_tokens)

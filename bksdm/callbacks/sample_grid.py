@@ -60,7 +60,7 @@ class SampleGrid(L.Callback):
         student = whole_module(pl_module.exported_student(), rank0_only=True)  # every rank, under FSDP
         if not trainer.is_global_zero:
             return None
-        # built (and missing parts loaded) once
+        # built for each draw: parts that training keeps out of memory (a VAE, T5) are loaded for it
         pipeline = frozen_pipeline(pl_module.frozen, pl_module.frozen.denoiser, pl_module.device)
         columns = []
         for denoiser in (pl_module.frozen.denoiser, student):

@@ -20,10 +20,9 @@ from bksdm.distill.losses import DistillLoss
 from bksdm.distill.speed import SpeedSettings, compile_in_place, resolve_auto, set_attention, to_channels_last
 from bksdm.distill.step import DistillStep
 from bksdm.distill.taps import check_tap_pairs, resolve_tap_pairs
-from bksdm.teachers.conditioning import takes_added_conditioning
+from bksdm.teachers.conditioning import takes_added_conditioning, text_towers
 from bksdm.teachers.frozen import DTYPES, FrozenTeacher, resolve_frozen_dtype, resolve_storage_dtype
 from bksdm.teachers.loading import load_components, pipeline_family, resolve_source, teacher_denoiser_config
-from bksdm.teachers.transformer_text import TEXT_PARTS
 from bksdm.training.fsdp import gradient_shard_group
 from bksdm.training.host_sync import ranks_agree, ranks_agree_each
 from bksdm.training.rng import restore_rng_states, rng_states
@@ -200,7 +199,10 @@ class DistillModule(L.LightningModule):
             if self.speed.resolved(device)["gemm_convolutions"] and not self.is_transformer:
                 use_gemm_convolutions(self.student)
             if resolve_auto(self.speed.compile, device):
-                for model in (self.student, self.frozen.denoiser):
+                # an FP8-stored teacher casts its weights inside every layer's forward (diffusers' hooks),
+                # which torch.compile has not been checked on: it runs eagerly
+                frozen = [self.frozen.denoiser] if self.frozen.storage_dtype is None else []
+                for model in (self.student, *frozen):
                     compile_in_place(model)
             self.speedups_applied = True
 
@@ -297,15 +299,12 @@ class DistillModule(L.LightningModule):
     ) -> list[str]:
         """The teacher parts training needs: the denoiser, the tokenizers, the training noise schedule, and
         the VAE and text encoders unless the data brings them pre-encoded."""
-        if is_transformer(denoiser_config):
-            towers = TEXT_PARTS[pipeline_family(resolve_source(source), revision)]
-            wanted = ["transformer", "noise_scheduler"] + [tokenizer for tokenizer, _ in towers]
-            wanted += [encoder for _, encoder in towers] * load_text_encoder
-        else:
-            sdxl = takes_added_conditioning(denoiser_config)
-            wanted = ["unet", "tokenizer", "noise_scheduler"] + ["tokenizer_2"] * sdxl
-            if load_text_encoder:
-                wanted += ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"]
+        family = pipeline_family(resolve_source(source), revision)
+        towers = text_towers(family, takes_added_conditioning(denoiser_config))
+        wanted = ["transformer" if is_transformer(denoiser_config) else "unet", "noise_scheduler"]
+        wanted += [tokenizer for tokenizer, _ in towers] + [
+            encoder for _, encoder in towers
+        ] * load_text_encoder
         return wanted + ["vae"] * load_vae
 
     def exported_student(self) -> torch.nn.Module:

@@ -194,14 +194,19 @@ def _flux(full: bool, t5_tokenizer):
     import diffusers
     from transformers import CLIPTextModel
 
-    # the models in the order their weights are drawn (a toy's weights stay what they were)
-    clip = CLIPTextModel(
-        text_encoder_config(build_tokenizer(), CLIP_L_WIDTHS if full else SD3_TEXT_WIDTHS[0])
-    )
+    # each build draws its weights in the order it always has, so a cached build equals a fresh one
+    def clip_tower():
+        return CLIPTextModel(
+            text_encoder_config(build_tokenizer(), CLIP_L_WIDTHS if full else SD3_TEXT_WIDTHS[0])
+        )
+
+    clip = None if full else clip_tower()
+    vae = _vae(FLUX_VAE, FULL_WIDTH_VAE_CONFIG if full else None)
+    clip = clip or clip_tower()
     transformer = FLUX_RANDOM_TRANSFORMER_CONFIG if full else FLUX_TOY_TRANSFORMER_CONFIG
     return diffusers.FluxPipeline(
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER_CONFIG),
-        vae=_vae(FLUX_VAE, FULL_WIDTH_VAE_CONFIG if full else None).eval(), text_encoder=clip.eval(),
+        vae=vae.eval(), text_encoder=clip.eval(),
         tokenizer=build_tokenizer(), tokenizer_2=t5_tokenizer,
         text_encoder_2=t5_encoder(t5_tokenizer, T5_XXL_WIDTHS if full else T5_TOY_WIDTHS).eval(), transformer=diffusers.FluxTransformer2DModel(**transformer).eval(),
     )  # fmt: skip

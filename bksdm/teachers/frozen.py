@@ -88,7 +88,7 @@ class FrozenTeacher:
         false), as StableDiffusionXLPipeline decides. ``storage_dtype`` (FP8): the denoiser's weights are
         kept in it and each layer's are upcast to ``dtype`` for its forward (diffusers' layerwise casting,
         which keeps norms, embeddings and patch projections in ``dtype``); the computation stays in
-        ``dtype``, the teacher's weights take half the memory of bf16."""
+        ``dtype``, the teacher's weights take less memory (FLUX.1-dev: 14.1 GiB against 22.2 in bf16)."""
         latent_config = (
             parts.vae.config if parts.vae is not None else vae_config(source, revision, vae_source)
         )

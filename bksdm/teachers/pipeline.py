@@ -7,6 +7,7 @@ import functools
 
 import torch
 
+from bksdm.teachers.conditioning import text_towers
 from bksdm.teachers.frozen import FrozenTeacher
 from bksdm.teachers.loading import load_components
 from bksdm.teachers.transformer_text import TEXT_PARTS, t5_length_of
@@ -32,10 +33,7 @@ def frozen_pipeline(frozen: FrozenTeacher, denoiser: torch.nn.Module, device: to
     )
 
     frozen.to(device)
-    if frozen.is_transformer:
-        encoders = [encoder for _, encoder in TEXT_PARTS[frozen.family]]
-    else:
-        encoders = ["text_encoder", "text_encoder_2"][: 1 + frozen.sdxl]
+    encoders = [encoder for _, encoder in text_towers(frozen.family, frozen.sdxl)]
     parts = {"vae": frozen.vae, **{encoder: getattr(frozen, encoder) for encoder in encoders}}
     missing = [name for name, part in parts.items() if part is None]
     if missing:
