@@ -295,7 +295,10 @@ def test_bad_prepare_settings_are_named(tmp_path):
         prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "mode=jpeg"))
     with pytest.raises(ConfigError, match="is not a folder"):
         prepare(prepare_config(f"data.root={tmp_path / 'nowhere'}", f"out={tmp_path / 'x'}"))
-    assert not (tmp_path / "x").exists()  # nothing written for a bad source
+    with pytest.raises(ValueError, match=r"dtype=float16 with text_embeddings=true and teacher=flux_toy: T5's"):
+        prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "teacher=flux_toy",
+                               "mode=latents", "text_embeddings=true", "dtype=float16"))  # fmt: skip
+    assert not (tmp_path / "x").exists()  # nothing written for a bad source or setting
 
 
 def test_prepare_prints_the_training_command_with_a_pattern_shell_and_hydra_both_read(tmp_path):
