@@ -9,6 +9,12 @@ stage of a four-stage U-Net works at 2x2 (the 64 px world's ran at 1x1, where it
 the mid block). A quarter of the scenes hold one object with ``world.py``'s caption ("a small red circle on
 the left"), so that every object is also seen alone.
 
+Labels are what the picture shows, whichever way its caption says it: "a red circle to the left of a blue
+square" and "a blue square to the right of a red circle" name one image, so a pair's labels name the
+left (or upper) object first, the other second, and the axis they are apart on. The two objects sit at
+nearly the same height (or column), so the axis is never in doubt; ``caption_labels`` gives any caption's
+labels, which is how an image drawn for a caption is scored.
+
 Held-out combinations: a two-object caption in which an object has a colour-shape binding of
 ``HELD_OUT_BINDINGS`` ("a red square", "a blue triangle") is never drawn in ``split="train"``, and only such
 captions are drawn in ``split="held_out"``; the single-object scenes of those bindings stay in training, so
@@ -32,15 +38,16 @@ SUPERSAMPLE = 2
 # radius range, fraction of the side: a small object spans about 2.5 latent cells of 16, a large one 4
 SIZES = {"small": (0.08, 0.1), "large": (0.13, 0.16)}
 RELATIONS = ("to the left of", "to the right of", "above", "below")
+AXES = ("horizontal", "vertical")  # left of / right of; above / below
 TWO_OBJECTS = 0.75  # the share of two-object scenes
 HELD_OUT_BINDINGS = (("red", "square"), ("blue", "triangle"))
 SPLITS = ("train", "held_out")
-# a label's slots, -1 where a scene has no such thing (a single object has no second object and no
-# relation; a pair has no position): the classifier's heads, in order
-LABEL_SLOTS = ("objects", "shape", "colour", "size", "position", "relation", "shape_2", "colour_2", "size_2")
+# a label's slots, -1 where a scene has no such thing (a single object has no second object and no axis; a
+# pair has no position): the classifier's heads, in order. A pair's first object is its left (or upper) one.
+LABEL_SLOTS = ("objects", "shape", "colour", "size", "position", "axis", "shape_2", "colour_2", "size_2")
 VALUES = {
     "objects": (1, 2), "shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES),
-    "position": tuple(POSITIONS), "relation": RELATIONS, "shape_2": SHAPES, "colour_2": tuple(COLOURS),
+    "position": tuple(POSITIONS), "axis": AXES, "shape_2": SHAPES, "colour_2": tuple(COLOURS),
     "size_2": tuple(SIZES),
 }  # fmt: skip
 
@@ -82,19 +89,41 @@ class Scene:
     @property
     def labels(self) -> tuple[int, ...]:
         """The index of each ``LABEL_SLOTS`` value, -1 where the scene has none."""
-        first = self.things[0]
-        second = self.things[1] if len(self.things) == 2 else None
-        named = {
-            "objects": len(self.things), "shape": first.shape, "colour": first.colour, "size": first.size,
-            "position": self.position, "relation": self.relation, "shape_2": second and second.shape,
-            "colour_2": second and second.colour, "size_2": second and second.size,
-        }  # fmt: skip
-        return tuple(-1 if named[slot] is None else VALUES[slot].index(named[slot]) for slot in LABEL_SLOTS)
+        return caption_labels(self.caption)
 
     @property
     def held_out(self) -> bool:
         """A two-object scene with a held-out colour-shape binding."""
         return len(self.things) == 2 and any((t.colour, t.shape) in HELD_OUT_BINDINGS for t in self.things)
+
+
+def caption_labels(text: str) -> tuple[int, ...]:
+    """The labels (``LABEL_SLOTS``) of what a caption of this world describes; ValueError naming the text
+    otherwise. A pair's are in reading order: "a B to the right of a A" is labelled as "a A to the left of
+    a B"."""
+    if text in _SINGLE_LABELS:
+        shape, colour, position, size = _SINGLE_LABELS[text]
+        named = {"objects": 1, "shape": shape, "colour": colour, "size": size, "position": position}
+    else:
+        for relation in RELATIONS:
+            first, _, second = text.partition(f" {relation} ")
+            if second:
+                break
+        objects = [name.split() for name in (first, second)]
+        if not second or any(len(words) != 4 or words[0] != "a" for words in objects):
+            raise ValueError(
+                f"caption {text!r} is not one of the relational mini world's (e.g. {pair_captions()[0]!r})"
+            )
+        if relation in ("to the right of", "below"):
+            objects.reverse()
+        (_, size, colour, shape), (_, size_2, colour_2, shape_2) = objects
+        axis = AXES[relation in ("above", "below")]
+        named = {"objects": 2, "shape": shape, "colour": colour, "size": size, "axis": axis, "shape_2": shape_2,
+                 "colour_2": colour_2, "size_2": size_2}  # fmt: skip
+    try:
+        return tuple(VALUES[slot].index(named[slot]) if slot in named else -1 for slot in LABEL_SLOTS)
+    except ValueError:
+        raise ValueError(f"caption {text!r} names a value the relational mini world does not have") from None
 
 
 def pair_captions(split: str | None = None) -> list[str]:
@@ -138,7 +167,8 @@ def _draw(rng: random.Random, two: bool) -> Scene:
     relation = rng.choice(RELATIONS)
     radii = [rng.uniform(*SIZES[size]) for *_, size in kinds]
     # along the relation's axis the first object sits in one half and the second in the other, apart by
-    # their radii and a margin (never touching); across it each wanders, so "left of" is not "at the left"
+    # their radii and a margin (never touching); across it the pair wanders together ("left of" is not "at
+    # the left"), each within 0.04 of a shared line, so that the axis is never in doubt
     while True:
         along = [rng.uniform(0.15, 0.45), rng.uniform(0.55, 0.85)]
         if along[1] - along[0] >= sum(radii) + 0.03 and all(
@@ -147,7 +177,8 @@ def _draw(rng: random.Random, two: bool) -> Scene:
             break
     if relation in ("to the right of", "below"):
         along.reverse()
-    across = [rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75)]
+    line = rng.uniform(0.25, 0.75)
+    across = [line + rng.uniform(-0.04, 0.04), line + rng.uniform(-0.04, 0.04)]
     horizontal = relation in ("to the left of", "to the right of")
     centres = [(a, c) if horizontal else (c, a) for a, c in zip(along, across, strict=True)]
     things = tuple(
@@ -198,3 +229,9 @@ class SceneWorld(MiniWorld):
     def item(self, index: int) -> tuple[Image.Image, str, tuple[int, ...]]:
         drawn = scene(index, self.seed, self.split)
         return render(drawn, self.resolution), drawn.caption, drawn.labels
+
+
+_SINGLE_LABELS = {  # world.py's captions -> (shape, colour, position, size)
+    single_caption(shape, colour, position, size): (shape, colour, position, size)
+    for shape, colour, position, size in itertools.product(SHAPES, COLOURS, POSITIONS, SIZES)
+}

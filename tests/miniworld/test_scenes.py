@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from bksdm.miniworld.scenes import (
+    AXES,
     HELD_OUT_BINDINGS,
     LABEL_SLOTS,
     RELATIONS,
     VALUES,
     SceneWorld,
+    caption_labels,
     pair_captions,
     render,
     scene,
@@ -53,21 +55,34 @@ def test_held_out_bindings_are_drawn_in_pairs_only_in_the_held_out_split():
     assert 0.6 < sum(len(s.things) == 2 for s in trained) / len(trained) < 0.8  # 0.75 drawn, 21% of them held
 
 
-def test_labels_name_what_the_caption_says():
-    for s in (scene(i) for i in range(60)):
+def test_labels_are_what_the_picture_shows_whichever_way_the_caption_says_it():
+    for s in (scene(i) for i in range(100)):
         named = {slot: VALUES[slot][i] for slot, i in zip(LABEL_SLOTS, s.labels, strict=True) if i >= 0}
-        words = s.caption
         assert named["objects"] == len(s.things)
-        assert f"{named['size']} {named['colour']} {named['shape']}" in words
-        if named["objects"] == 2:
-            assert words.endswith(
-                f"{named['relation']} a {named['size_2']} {named['colour_2']} {named['shape_2']}"
-            )
-            assert "position" not in named
-        else:
-            assert {"relation", "shape_2", "colour_2", "size_2"}.isdisjoint(named) and named[
-                "position"
-            ] in words
+        if len(s.things) == 1:
+            assert s.labels == caption_labels(s.caption) and named["position"] in s.caption
+            assert {"axis", "shape_2", "colour_2", "size_2"}.isdisjoint(named)
+            continue
+        axis = AXES.index(named["axis"])  # 0: x (left to right), 1: y (top to bottom)
+        first, second = sorted(s.things, key=lambda thing: thing.centre[axis])  # reading order
+        assert (named["shape"], named["colour"], named["size"]) == (first.shape, first.colour, first.size)
+        assert (named["shape_2"], named["colour_2"], named["size_2"]) == (
+            second.shape,
+            second.colour,
+            second.size,
+        )
+        assert abs(first.centre[1 - axis] - second.centre[1 - axis]) <= 0.08  # on one line: the axis is plain
+        # the same picture said the other way round has the same labels
+        converse = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
+                    "below": "above"}[s.relation]  # fmt: skip
+        said_back = f"a {s.things[1].name} {converse} a {s.things[0].name}"
+        assert caption_labels(said_back) == s.labels
+    with pytest.raises(
+        ValueError, match=r"caption 'a red cube near a blue sphere' is not one of the relational"
+    ):
+        caption_labels("a red cube near a blue sphere")
+    with pytest.raises(ValueError, match=r"names a value the relational mini world does not have"):
+        caption_labels("a small red cube to the left of a large blue square")
 
 
 def test_the_dataset_serves_128_px_scenes_whose_latents_are_16_wide():
