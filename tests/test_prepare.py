@@ -13,7 +13,7 @@ import torch
 import yaml
 from helpers.data import write_folder
 from helpers.paths import CONF
-from helpers.train_config import FAST
+from helpers.train_config import FAST, config
 from hydra import compose, initialize_config_dir
 
 from bksdm import train as train_app
@@ -241,11 +241,13 @@ def test_transformer_text_pre_encoded_gives_the_same_loss_as_encoding_on_the_fly
     assert f" arch={arch_name} " in command
     printed = shlex.split(command)[3:]  # python -m bksdm.train ...
     overrides = [o for o in FAST if o != "data=synthetic"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            *printed, *overrides, "data.random_flip=false", "callbacks.sample_grid=null",
-            f"paths.output_dir={tmp_path / 'run'}",
-        ])  # fmt: skip
+    cfg = config(
+        *printed,
+        *overrides,
+        "data.random_flip=false",
+        "callbacks.sample_grid=null",
+        output_dir=tmp_path / "run",
+    )
     module = train_app.train(cfg)
     assert module.trainer.global_step == 1
     assert module.frozen.vae is None and module.frozen.text_encoder is None
@@ -295,7 +297,9 @@ def test_bad_prepare_settings_are_named(tmp_path):
         prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "mode=jpeg"))
     with pytest.raises(ConfigError, match="is not a folder"):
         prepare(prepare_config(f"data.root={tmp_path / 'nowhere'}", f"out={tmp_path / 'x'}"))
-    with pytest.raises(ValueError, match=r"dtype=float16 with text_embeddings=true and teacher=flux_toy: T5's"):
+    with pytest.raises(
+        ValueError, match=r"dtype=float16 with text_embeddings=true and teacher=flux_toy: T5's"
+    ):
         prepare(prepare_config(f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'x'}", "teacher=flux_toy",
                                "mode=latents", "text_embeddings=true", "dtype=float16"))  # fmt: skip
     assert not (tmp_path / "x").exists()  # nothing written for a bad source or setting

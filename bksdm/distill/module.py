@@ -301,11 +301,9 @@ class DistillModule(L.LightningModule):
         the VAE and text encoders unless the data brings them pre-encoded."""
         family = pipeline_family(resolve_source(source), revision)
         towers = text_towers(family, takes_added_conditioning(denoiser_config))
-        wanted = ["transformer" if is_transformer(denoiser_config) else "unet", "noise_scheduler"]
-        wanted += [tokenizer for tokenizer, _ in towers] + [
-            encoder for _, encoder in towers
-        ] * load_text_encoder
-        return wanted + ["vae"] * load_vae
+        tokenizers, encoders = [tokenizer for tokenizer, _ in towers], [encoder for _, encoder in towers]
+        denoiser = "transformer" if is_transformer(denoiser_config) else "unet"
+        return [denoiser, "noise_scheduler", *tokenizers] + encoders * load_text_encoder + ["vae"] * load_vae
 
     def exported_student(self) -> torch.nn.Module:
         """The weights to export: the EMA student (averaged up to this step) when EMA is on, else the

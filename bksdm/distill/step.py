@@ -80,7 +80,8 @@ class DistillStep:
         """Latents (B, C, h, w), shifted and scaled by the VAE's factors, and the conditioning (text context
         (B, T, D); by family also pooled text, SDXL's size ids, PixArt's mask, FLUX's guidance), encoded once
         with the frozen parts or taken pre-encoded from the batch (``latent_mean`` and ``latent_std``,
-        ``text_embeds``, ``pooled_text_embeds`` and ``text_mask``); returned as ordinary fp32 tensors usable by autograd."""
+        ``text_embeds``, ``pooled_text_embeds`` and ``text_mask``); returned as ordinary fp32 tensors usable
+        by autograd."""
         frozen = self.frozen.to(device)
         randomness = randomness or SampleRandomness(None, device)
         captions = list(batch["caption"])

@@ -26,7 +26,7 @@ def startup_summary(module, teacher_name: str, batch_size: int, accumulation: in
         removal_line = f"removed  {len(removed)} units: {', '.join(removed)}"
         target = module.frozen.noise_scheduler.config.prediction_type
     loss = module.loss
-    storage = module.hparams.get("frozen_storage_dtype")
+    storage = module.hparams.frozen_storage_dtype
     stored = f" (weights stored in {storage})" if storage else ""
     lines = [
         f"teacher  {teacher_name} ({module.hparams.teacher_source}): {kind} {teacher_params:,} params, "

@@ -27,14 +27,20 @@ import itertools
 import random
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from bksdm.miniworld.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, MiniWorld, draw_shape
+from bksdm.miniworld.world import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    MiniWorld,
+    draw_background,
+    jittered,
+    render_shapes,
+)
 from bksdm.miniworld.world import caption as single_caption
 
 RESOLUTION = 128
-SUPERSAMPLE = 2
 # radius range, fraction of the side: a small object spans about 2.5 latent cells of 16, a large one 4
 SIZES = {"small": (0.08, 0.1), "large": (0.13, 0.16)}
 RELATIONS = ("to the left of", "to the right of", "above", "below")
@@ -153,8 +159,7 @@ def scene(index: int, seed: int = 0, split: str = "train") -> Scene:
 
 
 def _draw(rng: random.Random, two: bool) -> Scene:
-    tones = rng.sample(BACKGROUNDS, 2)
-    background = tuple(tones) if rng.random() < 0.5 else (tones[0],)
+    background = draw_background(rng)
     if not two:
         position = rng.choice(tuple(POSITIONS))
         cx, cy = POSITIONS[position]
@@ -192,20 +197,14 @@ def _thing(rng: random.Random, centre, shape=None, colour=None, size=None, radiu
     shape = shape or rng.choice(SHAPES)
     colour = colour or rng.choice(tuple(COLOURS))
     size = size or rng.choice(tuple(SIZES))
-    rgb = tuple(int(np.clip(c + rng.randint(-15, 15), 0, 255)) for c in COLOURS[colour])
+    rgb = jittered(rng, colour)
     return Thing(shape, colour, size, centre, radius or rng.uniform(*SIZES[size]), rgb)
 
 
 def render(item: Scene, resolution: int = RESOLUTION) -> Image.Image:
-    """The scene at ``resolution`` px, drawn at twice that and downsampled (antialiased edges)."""
-    side = resolution * SUPERSAMPLE
-    image = Image.new("RGB", (side, side), item.background[0])
-    draw = ImageDraw.Draw(image)
-    if len(item.background) == 2:
-        draw.rectangle((0, side // 2, side, side), fill=item.background[1])
-    for thing in item.things:
-        draw_shape(draw, thing.shape, thing.centre, thing.radius, thing.rgb, side)
-    return image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    """The scene at ``resolution`` px (``world.render_shapes``: supersampled, antialiased edges)."""
+    shapes = [(thing.shape, thing.centre, thing.radius, thing.rgb) for thing in item.things]
+    return render_shapes(shapes, item.background, resolution)
 
 
 class SceneWorld(MiniWorld):

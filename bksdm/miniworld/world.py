@@ -95,31 +95,44 @@ def scene(index: int, seed: int = 0) -> Scene:
     shape, colour, position, size = (rng.choice(values) for values in ATTRIBUTES.values())
     cx, cy = POSITIONS[position]
     centre = (cx + rng.uniform(-0.04, 0.04), cy + rng.uniform(-0.04, 0.04))
-    rgb = tuple(int(np.clip(c + rng.randint(-15, 15), 0, 255)) for c in COLOURS[colour])
-    tones = rng.sample(BACKGROUNDS, 2)
-    background = tuple(tones) if rng.random() < 0.5 else (tones[0],)
+    rgb = jittered(rng, colour)
+    background = draw_background(rng)
     return Scene(shape, colour, position, size, centre, rng.uniform(*SIZES[size]), rgb, background)
 
 
+def jittered(rng: random.Random, colour: str) -> tuple[int, int, int]:
+    """``colour``'s RGB with each channel moved by up to 15 levels (an unnamed nuisance)."""
+    return tuple(int(np.clip(c + rng.randint(-15, 15), 0, 255)) for c in COLOURS[colour])
+
+
+def draw_background(rng: random.Random) -> tuple[tuple[int, int, int], ...]:
+    """One background tone, or two (top and bottom halves), of ``BACKGROUNDS``."""
+    tones = rng.sample(BACKGROUNDS, 2)
+    return tuple(tones) if rng.random() < 0.5 else (tones[0],)
+
+
 def render(item: Scene, resolution: int = RESOLUTION) -> Image.Image:
+    return render_shapes([(item.shape, item.centre, item.radius, item.rgb)], item.background, resolution)
+
+
+def render_shapes(shapes, background, resolution: int) -> Image.Image:
+    """(shape, centre, radius, rgb) of ``SHAPES`` on ``background`` (one tone, or two halves) at ``resolution``
+    px; centres (x, y) and radii are fractions of the side. Drawn at ``SUPERSAMPLE`` times the resolution and
+    downsampled, so edges are antialiased."""
     side = resolution * SUPERSAMPLE
-    image = Image.new("RGB", (side, side), item.background[0])
+    image = Image.new("RGB", (side, side), background[0])
     draw = ImageDraw.Draw(image)
-    if len(item.background) == 2:
-        draw.rectangle((0, side // 2, side, side), fill=item.background[1])
-    draw_shape(draw, item.shape, item.centre, item.radius, item.rgb, side)
+    if len(background) == 2:
+        draw.rectangle((0, side // 2, side, side), fill=background[1])
+    for shape, centre, radius, rgb in shapes:
+        cx, cy, r = centre[0] * side, centre[1] * side, radius * side
+        if shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
+        elif shape == "square":
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=rgb)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=rgb)
     return image.resize((resolution, resolution), Image.Resampling.LANCZOS)
-
-
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre, radius: float, rgb, side: int) -> None:
-    """One shape of ``SHAPES`` at ``centre`` (x, y) with ``radius``, both fractions of the image ``side``."""
-    cx, cy, r = centre[0] * side, centre[1] * side, radius * side
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
-    elif shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=rgb)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=rgb)
 
 
 class MiniWorld(Dataset):
