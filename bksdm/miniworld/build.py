@@ -1,20 +1,30 @@
-"""Building the mini-world teacher and classifier from a seed: ``python -m bksdm.miniworld``.
+"""Building a mini world's teacher and classifier from a seed: ``python -m bksdm.miniworld [world=scenes]``.
 
 Writes ``<out>/teacher/`` (a StableDiffusionPipeline folder, loadable as any teacher), ``<out>/classifier.
-safetensors`` with ``classifier.json``, and ``<out>/report.json`` (training figures and the shipped
-teacher's caption accuracy). The folder appears whole or not at all.
+safetensors`` with ``classifier.json``, and ``<out>/report.json`` (training figures, the classifier's and
+the shipped teacher's accuracy, the mid-block check). The folder appears whole or not at all.
+
+The build is restartable: each finished stage (VAE, U-Net, classifier) is kept in ``work_dir`` with the
+random state it ended in, and the U-Net writes a checkpoint there at the end of every epoch, so rerunning
+the same command after a kill picks up where it stopped and builds the same bits an uninterrupted run
+does; a larger ``teacher.steps`` trains a finished teacher on. ``work_dir`` belongs to one set of settings
+and refuses others.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import random
+import shutil
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -27,78 +37,61 @@ from bksdm.miniworld.scoring import attribute_accuracy, generate
 from bksdm.miniworld.training import (
     ClassifierTraining,
     Pool,
+    StepBatches,
+    StepCheckpoint,
     TeacherTraining,
     VAETraining,
+    checkpoint_step,
     encode_pool,
     round_trip,
 )
-from bksdm.miniworld.world import all_captions
+from bksdm.miniworld.worlds import WorldKind, world_kind
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG, write_vocab_files
-from bksdm.training.atomic import atomic_directory
+from bksdm.training.atomic import atomic_directory, write_file_atomically
+from bksdm.training.csv_logger import AppendingCSVLogger
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
+STAGES = ("vae", "teacher", "classifier")
+# what the work folder's stages depend on; the rest (where things go, the device, the report, the stored
+# precision, how often the teacher is checkpointed, and teacher.steps, which may grow) can change between a
+# run and its resumption
+SETTINGS = ("seed", "world", "pool", "vae", "teacher", "classifier")
 
 
 def build(cfg: DictConfig) -> Path:
-    """Trains the three parts of the seed's mini world and writes them to ``cfg.out``."""
+    """Trains the three parts of the seed's mini world (resuming from ``cfg.work_dir``) and writes them to
+    ``cfg.out``."""
     if cfg.save_dtype not in DTYPES:
         raise ValueError(f"save_dtype={cfg.save_dtype!r}: accepted are {list(DTYPES)}")
+    kind = world_kind(cfg.world.name)
+    work = WorkFolder(Path(cfg.work_dir), cfg)
     L.seed_everything(cfg.seed, workers=True)
-    report: dict = {"seed": cfg.seed, "seconds": {}}
+    report: dict = {"seed": cfg.seed, "world": kind.name, "seconds": {}}
     clock = time.perf_counter()
-    pool = Pool(cfg.pool.train, cfg.seed)
-    held_out = Pool(cfg.pool.held_out, cfg.seed, offset=cfg.pool.train)  # items training never sees
+    captions = kind.captions()
+    pool = Pool(kind.items(cfg.pool.train, cfg.seed), captions)
+    # items training never sees: the train split's after the pool, and each held-out split's
+    held_out = {
+        "held_out_items": Pool(kind.items(cfg.pool.held_out, cfg.seed, offset=cfg.pool.train), captions)
+    }
+    held_out |= {f"{split}_split": Pool(kind.items(cfg.pool.held_out, cfg.seed, split=split), captions)
+                 for split in kind.held_out_splits}  # fmt: skip
     report["seconds"]["render"] = time.perf_counter() - clock
 
-    vae = models.vae(cfg.seed)
-    stage = VAETraining(vae, cfg.vae.lr, cfg.vae.kl_weight)
-    report["seconds"]["vae"] = fit(
-        stage, pool.loader(cfg.vae.batch_size, cfg.seed), cfg.vae.steps, "vae", cfg
-    )
-    vae.eval().requires_grad_(False)
-    trips = round_trip(vae, held_out.images)
-    mse = float(((uint8_to_unit(trips) - uint8_to_unit(held_out.images)) ** 2).mean())
-    report["vae_held_out_psnr_db"] = float(10 * torch.log10(torch.tensor(4.0 / mse)))
-    mean, std = encode_pool(vae, pool.images)
-    # SD's convention: latents scaled to unit variance
-    scaling_factor = float(1.0 / (mean + std * torch.randn_like(mean)).std())
-    vae.register_to_config(scaling_factor=scaling_factor)
-    report["scaling_factor"] = scaling_factor
+    vae, mean, std = train_vae(cfg, kind, pool, held_out["held_out_items"], work, report)
+    scaling_factor = vae.config.scaling_factor
 
-    tokenizer = models.tokenizer()
+    tokenizer = models.tokenizer(kind.text_tokens)
     text_encoder = models.text_encoder(cfg.seed, tokenizer)
-    texts = [text for text, _ in all_captions()] + [""]
-    ids = tokenizer(texts, padding="max_length", max_length=models.TEXT_TOKENS, return_tensors="pt").input_ids
+    ids = tokenizer([*captions, ""], padding="max_length", return_tensors="pt").input_ids
     with torch.no_grad():
         text_embeds = text_encoder(ids)[0]
+    unet = train_teacher(cfg, kind, pool, mean, std, text_embeds, scaling_factor, work, report)
+    classifier = train_classifier(cfg, kind, pool, held_out, vae, work, report)
 
-    unet = models.unet(cfg.seed)
-    stage = TeacherTraining(
-        unet, text_embeds, scaling_factor, cfg.teacher.lr, cfg.teacher.weight_decay,
-        cfg.teacher.warmup_steps, cfg.teacher.caption_dropout,
-    )  # fmt: skip
-    loader = pool.loader(cfg.teacher.batch_size, cfg.seed, mean, std)
-    report["seconds"]["teacher"] = fit(
-        stage, loader, cfg.teacher.steps, "teacher", cfg, gradient_clip_val=1.0
-    )
-    unet.eval().requires_grad_(False)
-
-    classifier = models.AttributeClassifier()
-    # generated images are VAE decodes: the classifier learns to read those as well as real ones
-    round_trips = round_trip(vae, pool.images[: cfg.classifier.round_trips])
-    images = torch.cat([pool.images, round_trips])
-    labels = torch.cat([pool.labels, pool.labels[: len(round_trips)]])
-    loader = DataLoader(
-        TensorDataset(images, labels), batch_size=cfg.classifier.batch_size, shuffle=True, drop_last=True,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )  # fmt: skip
-    stage = ClassifierTraining(classifier, cfg.classifier.lr)
-    report["seconds"]["classifier"] = fit(stage, loader, cfg.classifier.steps, "classifier", cfg)
-    classifier.eval().requires_grad_(False)
-    report["classifier_held_out"] = {
-        "real": attribute_accuracy(classifier, uint8_to_unit(held_out.images), held_out.captions),
-        "vae_round_trip": attribute_accuracy(classifier, uint8_to_unit(trips), held_out.captions),
-    }
+    latents = encode_pool(vae, held_out["held_out_items"].images[: cfg.report.mid_block_items])[0]
+    context = text_embeds[held_out["held_out_items"].caption_index[: len(latents)]]
+    report["mid_block_zeroed_change"] = mid_block_effect(unet, latents * scaling_factor, context, cfg.seed)
 
     out = Path(cfg.out)
     with atomic_directory(out) as staging:
@@ -114,36 +107,290 @@ def build(cfg: DictConfig) -> Path:
             {k: v.to(DTYPES[cfg.save_dtype]) for k, v in classifier.state_dict().items()},
             staging / "classifier.safetensors",
         )
-        (staging / "classifier.json").write_text(
-            json.dumps({"width": classifier.width, "feature_dim": classifier.feature_dim}) + "\n"
-        )
+        (staging / "classifier.json").write_text(json.dumps(classifier.config) + "\n")
         # the teacher as shipped (stored precision, reloaded): does it draw its captions?
-        report["teacher_accuracy"] = teacher_accuracy(staging, cfg.report)
+        for name, texts in report_captions(kind, cfg.report, held_out).items():
+            report[name] = teacher_accuracy(staging, texts, cfg.report, kind)
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
 
 
+def train_vae(
+    cfg: DictConfig, kind: WorldKind, pool: Pool, held_out: Pool, work: WorkFolder, report: dict
+) -> tuple[AutoencoderKL, torch.Tensor, torch.Tensor]:
+    """The trained VAE (its ``scaling_factor`` set) and the posterior mean and std of every pool image."""
+    folder = work.path / "vae"
+    if (record := work.finished("vae")) is not None:
+        report.update(record)
+        latents = torch.load(folder / "latents.pt")
+        return AutoencoderKL.from_pretrained(folder / "model").eval().requires_grad_(False), *latents
+    vae = models.vae(cfg.seed, kind.resolution)
+    stage = VAETraining(vae, cfg.vae.lr, cfg.vae.kl_weight, cfg.vae.crop)
+    seconds = fit(stage, pool.loader(cfg.vae.batch_size, cfg.seed), cfg.vae.steps, "vae", cfg)
+    vae.eval().requires_grad_(False)
+    trips = round_trip(vae, held_out.images)
+    mse = float(((uint8_to_unit(trips) - uint8_to_unit(held_out.images)) ** 2).mean())
+    mean, std = encode_pool(vae, pool.images)
+    # SD's convention: latents scaled to unit variance
+    scaling_factor = float(1.0 / (mean + std * torch.randn_like(mean)).std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    record = {
+        "vae_held_out_psnr_db": float(10 * torch.log10(torch.tensor(4.0 / mse))),
+        "scaling_factor": scaling_factor,
+    }
+    vae.save_pretrained(folder / "model")
+    torch.save((mean, std), folder / "latents.pt")
+    work.finish("vae", record)
+    report["seconds"]["vae"] = seconds
+    report.update(record)
+    return vae, mean, std
+
+
+def train_teacher(
+    cfg: DictConfig,
+    kind: WorldKind,
+    pool: Pool,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    text_embeds: torch.Tensor,
+    scaling_factor: float,
+    work: WorkFolder,
+    report: dict,
+) -> UNet2DConditionModel:
+    """The U-Net trained for ``teacher.steps``: from the work folder's finished one, on from its last
+    epoch's checkpoint, or from scratch."""
+    folder = work.path / "teacher"
+    checkpoint = folder / "last.ckpt"
+    record = work.finished("teacher", steps=cfg.teacher.steps)
+    if record is not None:
+        report.update(record)
+        return UNet2DConditionModel.from_pretrained(folder / "model").eval().requires_grad_(False)
+    unet = models.unet(cfg.seed, kind.resolution, cfg.teacher.block_out_channels)
+    stage = TeacherTraining(
+        unet, mean, std, pool.caption_index, text_embeds, scaling_factor, cfg.seed, cfg.teacher.lr,
+        cfg.teacher.weight_decay, cfg.teacher.warmup_steps, cfg.teacher.caption_dropout,
+    )  # fmt: skip
+    resume = checkpoint if checkpoint.is_file() else None
+    batches = StepBatches(
+        len(pool), cfg.teacher.batch_size, cfg.seed, checkpoint_step(resume) if resume else 0
+    )
+    report["seconds"]["teacher"] = fit(
+        stage, DataLoader(batches, batch_size=None), cfg.teacher.steps, "teacher", cfg, gradient_clip_val=1.0,
+        callbacks=[StepCheckpoint(checkpoint, cfg.teacher.checkpoint_every_n_steps)], ckpt_path=resume,
+    )  # fmt: skip
+    unet.eval().requires_grad_(False)
+    unet.save_pretrained(folder / "model")
+    record = {"teacher_parameters": sum(p.numel() for p in unet.parameters())}
+    work.finish("teacher", record, steps=cfg.teacher.steps)
+    report.update(record)
+    return unet
+
+
+def train_classifier(
+    cfg: DictConfig,
+    kind: WorldKind,
+    pool: Pool,
+    held_out: dict[str, Pool],
+    vae: AutoencoderKL,
+    work: WorkFolder,
+    report: dict,
+) -> models.AttributeClassifier:
+    """The classifier, trained on the pool, items of each held-out split (it is an instrument: it must read
+    the pairs the teacher never saw) and VAE round trips, and its held-out accuracy in ``report``."""
+    folder = work.path / "classifier"
+    if (record := work.finished("classifier")) is not None:
+        report.update(record)
+        return load_classifier(folder)
+    classifier = models.AttributeClassifier(heads=kind.slots, resolution=kind.resolution)
+    # the held-out splits' training items come after their evaluation items
+    extra = [
+        Pool(
+            kind.items(cfg.classifier.held_out_split_items, cfg.seed, cfg.pool.held_out, split),
+            kind.captions(),
+        )
+        for split in kind.held_out_splits
+    ]
+    images = torch.cat([pool.images, *(p.images for p in extra)])
+    labels = torch.cat([pool.labels, *(p.labels for p in extra)])
+    # generated images are VAE decodes: the classifier learns to read those as well as real ones
+    round_trips = round_trip(vae, images[: cfg.classifier.round_trips])
+    dataset = TensorDataset(torch.cat([images, round_trips]), torch.cat([labels, labels[: len(round_trips)]]))
+    loader = DataLoader(
+        dataset, batch_size=cfg.classifier.batch_size, shuffle=True, drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )  # fmt: skip
+    stage = ClassifierTraining(classifier, cfg.classifier.lr)
+    seconds = fit(stage, loader, cfg.classifier.steps, "classifier", cfg)
+    classifier.eval().requires_grad_(False)
+    scores = {}
+    for name, items in held_out.items():
+        pictures = {"real": items.images, "vae_round_trip": round_trip(vae, items.images)}
+        scores[name] = {
+            source: attribute_accuracy(
+                classifier, uint8_to_unit(images), items.captions, labels_of=kind.labels_of
+            )
+            for source, images in pictures.items()
+        }
+    # the 64 px world's report has always named its one held-out set "classifier_held_out"
+    record = {
+        "classifier_held_out": scores.pop("held_out_items"),
+        **{f"classifier_{k}": v for k, v in scores.items()},
+    }
+    save_file(classifier.state_dict(), folder / "classifier.safetensors")
+    (folder / "classifier.json").write_text(json.dumps(classifier.config) + "\n")
+    work.finish("classifier", record)
+    report["seconds"]["classifier"] = seconds
+    report.update(record)
+    return classifier
+
+
 def fit(
-    module: L.LightningModule, loader: DataLoader, steps: int, name: str, cfg: DictConfig, **options
+    module: L.LightningModule,
+    loader: DataLoader,
+    steps: int,
+    name: str,
+    cfg: DictConfig,
+    callbacks: list[L.Callback] = (),
+    ckpt_path: Path | None = None,
+    **options,
 ) -> float:
-    """Trains ``module`` for ``steps`` optimizer steps; its metrics go to ``<log_dir>/<name>/metrics.csv``.
-    Returns the seconds it took."""
+    """Trains ``module`` for ``steps`` optimizer steps (on from ``ckpt_path``); its metrics go to
+    ``<log_dir>/<name>/metrics.csv`` (a resumed stage appends to it). Returns the seconds it took."""
+    logger = AppendingCSVLogger(cfg.log_dir, name=name, version="")
+    if ckpt_path is not None:
+        drop_rows_from(Path(logger.log_dir) / "metrics.csv", checkpoint_step(ckpt_path))
     trainer = L.Trainer(
         max_steps=steps,
         max_epochs=-1,
-        logger=CSVLogger(cfg.log_dir, name=name, version=""),
+        logger=logger,
         enable_checkpointing=False,
         enable_model_summary=False,
         log_every_n_steps=cfg.log_every_n_steps,
         accelerator=cfg.accelerator,
         devices=1,
         deterministic=True,
-        callbacks=[StepProgressBar(refresh_rate=cfg.log_every_n_steps, description=name)],
+        callbacks=[StepProgressBar(refresh_rate=cfg.log_every_n_steps, description=name), *callbacks],
         **options,
     )
     start = time.perf_counter()
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
     return time.perf_counter() - start
+
+
+def drop_rows_from(metrics: Path, step: int) -> None:
+    """A resumed stage trains the steps from its checkpoint's on again: their rows leave ``metrics``."""
+    if not metrics.is_file():
+        return
+    with metrics.open(newline="") as lines:
+        reader = csv.DictReader(lines)
+        rows = [row for row in reader if int(row["step"]) < step]
+    with metrics.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class WorkFolder:
+    """A build's finished stages, each with the random state it ended in (``<stage>/finished.pt``), and
+    their files. It belongs to the settings it was started with (``settings.json``, the ``SETTINGS`` keys)
+    and refuses others, naming what changed."""
+
+    def __init__(self, path: Path, cfg: DictConfig):
+        self.path = path
+        chosen = {key: cfg[key] for key in SETTINGS}  # resolving all of cfg would need Hydra's run
+        settings = _flat(OmegaConf.to_container(OmegaConf.create(chosen), resolve=True), SETTINGS)
+        for free in ("teacher.steps", "teacher.checkpoint_every_n_steps"):
+            settings.pop(free, None)
+        file = path / "settings.json"
+        if file.is_file():
+            saved = json.loads(file.read_text())
+            changed = [f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}"
+                       for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key)]  # fmt: skip
+            if changed:
+                raise ValueError(
+                    f"work_dir={str(path)!r} holds a build started with other settings ({'; '.join(changed)}): "
+                    "rerun with its settings to resume it, or give another work_dir"
+                )
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            write_file_atomically(file, json.dumps(settings, indent=2) + "\n")
+        for stage in STAGES:
+            (path / stage).mkdir(exist_ok=True)
+
+    def finished(self, stage: str, steps: int | None = None) -> dict | None:
+        """The report entries of ``stage`` if it finished (for ``steps`` training steps, where given), with
+        the random state restored to where it ended; None if it has to run. A stage that runs again
+        unfinishes the later ones, whose random state followed from it."""
+        file = self.path / stage / "finished.pt"
+        if file.is_file():
+            saved = torch.load(file, weights_only=False)
+            if steps is None or saved["steps"] == steps:
+                _set_random_state(saved["random_state"])
+                return saved["record"]
+            if steps < saved["steps"]:
+                raise ValueError(
+                    f"{stage}.steps={steps}: the {stage} in work_dir={str(self.path)!r} has trained "
+                    f"{saved['steps']} steps already; give {saved['steps']} or more, or another work_dir"
+                )
+        (self.path / stage / "finished.pt").unlink(missing_ok=True)
+        for later in STAGES[STAGES.index(stage) + 1 :]:
+            shutil.rmtree(self.path / later)
+            (self.path / later).mkdir()
+        return None
+
+    def finish(self, stage: str, record: dict, steps: int | None = None) -> None:
+        file = self.path / stage / "finished.pt"
+        staging = file.with_name(".finished.pt.partial")
+        torch.save({"record": record, "steps": steps, "random_state": _random_state()}, staging)
+        staging.replace(file)
+
+
+def _flat(tree: dict, keys: tuple[str, ...], prefix: str = "") -> dict:
+    flat = {}
+    for key in keys:
+        value = tree.get(key)
+        if isinstance(value, dict):
+            flat |= _flat(value, tuple(value), f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _random_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def mid_block_effect(
+    unet: UNet2DConditionModel, latents: torch.Tensor, context: torch.Tensor, seed: int
+) -> float:
+    """How much the U-Net's noise prediction moves when its mid block's output is zeroed: the mean square
+    of the change over the mean square of the prediction, on ``latents`` (B, 4, h, w; scaled) noised at
+    uniformly drawn timesteps, with their captions' ``context`` (B, T, D). Near 0: the innermost stage is
+    ignored (the 64 px teacher's mid block works at 1x1)."""
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, context).sample
+    hook = unet.mid_block.register_forward_hook(lambda module, args, output: torch.zeros_like(output))
+    try:
+        zeroed = unet(noisy, timesteps, context).sample
+    finally:
+        hook.remove()
+    return float((zeroed - prediction).pow(2).mean() / prediction.pow(2).mean())
 
 
 def save_pipeline(
@@ -167,14 +414,26 @@ def save_pipeline(
         torch.nn.Module.to(model, torch.float32)
 
 
-def teacher_accuracy(folder: Path, settings: DictConfig) -> dict:
+def report_captions(kind: WorldKind, settings: DictConfig, held_out: dict[str, Pool]) -> dict[str, list[str]]:
+    """The captions the built teacher draws for its report, by report entry: every caption of the world
+    (``report.captions`` null), or those of the first ``report.captions`` items of each held-out set."""
+    if settings.captions is None:
+        return {"teacher_accuracy": kind.captions()}
+    return {
+        "teacher_accuracy" if name == "held_out_items" else f"teacher_accuracy_{name}": pool.captions[: settings.captions]
+        for name, pool in held_out.items()
+    }  # fmt: skip
+
+
+def teacher_accuracy(folder: Path, captions: list[str], settings: DictConfig, kind: WorldKind) -> dict:
     from diffusers import StableDiffusionPipeline
 
     from bksdm.teachers.loading import dtype_argument
 
     pipeline = StableDiffusionPipeline.from_pretrained(folder / "teacher", **dtype_argument(torch.float32))
     pipeline.set_progress_bar_config(disable=True)
-    captions = [text for text, _ in all_captions()]
     seeds = list(range(settings.seeds))
     images = generate(pipeline, captions, seeds, settings.num_inference_steps, settings.guidance_scale)
-    return attribute_accuracy(load_classifier(folder), images, captions * len(seeds))
+    return attribute_accuracy(
+        load_classifier(folder), images, captions * len(seeds), labels_of=kind.labels_of
+    )

@@ -1,13 +1,15 @@
-"""The mini-world teacher's parts (an SD-v1-shaped pipeline at 64 px) and the attribute classifier.
+"""The mini-world teacher's parts (an SD-v1-shaped pipeline) and the attribute classifier.
 
 Sizes follow the feasibility run in ``shared/reference/miniworld.md``: a 1.25M-parameter VAE (8x down,
-latents 4x8x8), a 3.3M-parameter U-Net with SD-v1's topology, and a small CLIP text encoder left at its
-seeded random initialisation (enough for the U-Net to read the captions), over the byte-level tokenizer.
+latents 4x8x8 at 64 px, 4x16x16 at 128 px), a U-Net with SD-v1's topology (3.3M parameters at widths
+32/64/64/64), and a small CLIP text encoder left at its seeded random initialisation (enough for the U-Net
+to read the captions), over the byte-level tokenizer.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -18,6 +20,7 @@ from bksdm.miniworld.world import ATTRIBUTES, RESOLUTION
 from bksdm.teachers.builtin import build_tokenizer, text_encoder_config
 
 TEXT_TOKENS = 40  # the longest caption is 33 byte tokens with its start and end tokens
+SCENE_TEXT_TOKENS = 56  # the relational world's longest is 54 (two objects and a relation)
 
 VAE_CONFIG = {
     "in_channels": 3,
@@ -45,51 +48,75 @@ UNET_CONFIG = {
 TEXT_WIDTHS = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
-def tokenizer() -> CLIPTokenizer:
+def tokenizer(max_length: int = TEXT_TOKENS) -> CLIPTokenizer:
     built = build_tokenizer()
-    built.model_max_length = TEXT_TOKENS
+    built.model_max_length = max_length
     return built
 
 
 def text_encoder(seed: int, vocabulary: CLIPTokenizer) -> CLIPTextModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        config = text_encoder_config(vocabulary, TEXT_WIDTHS, TEXT_TOKENS)
+        config = text_encoder_config(vocabulary, TEXT_WIDTHS, vocabulary.model_max_length)
         return CLIPTextModel(config).eval().requires_grad_(False)
 
 
-def vae(seed: int) -> AutoencoderKL:
+def vae(seed: int, resolution: int = RESOLUTION) -> AutoencoderKL:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoencoderKL(**VAE_CONFIG)
+        return AutoencoderKL(**{**VAE_CONFIG, "sample_size": resolution})
 
 
-def unet(seed: int) -> UNet2DConditionModel:
+def unet(
+    seed: int, resolution: int = RESOLUTION, block_out_channels: Sequence[int] | None = None
+) -> UNet2DConditionModel:
+    """SD-v1's topology for latents of ``resolution // 8``; ``block_out_channels`` (4 stages) over the
+    default widths 32/64/64/64."""
+    config = {**UNET_CONFIG, "sample_size": resolution // 8}
+    if block_out_channels is not None:
+        config["block_out_channels"] = list(block_out_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DConditionModel(**UNET_CONFIG)
+        return UNet2DConditionModel(**config)
 
 
 class AttributeClassifier(nn.Module):
-    """Reads shape, colour, position and size from a (B, 3, 64, 64) image in [-1, 1].
+    """Reads a world's label slots from a (B, 3, R, R) image in [-1, 1]: by default the 64 px world's
+    shape, colour, position and size; ``heads`` maps each slot to its number of values.
 
-    ``forward`` gives one logit tensor (B, n_values) per attribute; ``features`` the (B, 128) penultimate
-    embedding that mini-world FID is computed on.
+    ``forward`` gives one logit tensor (B, n_values) per slot; ``features`` the (B, feature_dim)
+    penultimate embedding that mini-world FID is computed on.
     """
 
-    def __init__(self, width: int = 32, feature_dim: int = 128):
+    def __init__(
+        self,
+        width: int = 32,
+        feature_dim: int = 128,
+        heads: dict[str, int] | None = None,
+        resolution: int = RESOLUTION,
+    ):
         super().__init__()
-        widths = [3, width, 2 * width, 4 * width, 4 * width]
+        heads = heads or {name: len(values) for name, values in ATTRIBUTES.items()}
+        # stride-2 convs down to 4 px, where positions and relations still show (4 layers at 64 px)
+        depth = (resolution // 4).bit_length() - 1
+        widths = [3, width, 2 * width] + [4 * width] * (depth - 2)
         layers = []
         for c_in, c_out in itertools.pairwise(widths):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
-        # 64 -> 4 px: position survives in the 4x4 map (other sizes are pooled to it)
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
         self.embed = nn.Sequential(nn.Flatten(), nn.Linear(widths[-1] * 16, feature_dim), nn.SiLU())
-        self.heads = nn.ModuleDict(
-            {name: nn.Linear(feature_dim, len(values)) for name, values in ATTRIBUTES.items()}
-        )
-        self.width, self.feature_dim = width, feature_dim
+        self.heads = nn.ModuleDict({name: nn.Linear(feature_dim, count) for name, count in heads.items()})
+        self.width, self.feature_dim, self.resolution = width, feature_dim, resolution
+
+    @property
+    def config(self) -> dict:
+        """What rebuilds it (``classifier.json``)."""
+        return {
+            "width": self.width,
+            "feature_dim": self.feature_dim,
+            "heads": {name: head.out_features for name, head in self.heads.items()},
+            "resolution": self.resolution,
+        }
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(self.body(images))

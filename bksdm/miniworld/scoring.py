@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from bksdm.miniworld.models import AttributeClassifier
-from bksdm.miniworld.world import ATTRIBUTES, parse_caption
+from bksdm.miniworld.world import parse_caption
 
 
 def noise_seed(index: int, num_captions: int) -> int:
@@ -72,11 +72,17 @@ def generate(
 
 @torch.no_grad()
 def attribute_accuracy(
-    classifier: AttributeClassifier, images: torch.Tensor, captions: Sequence[str], batch_size: int = 256
+    classifier: AttributeClassifier,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    batch_size: int = 256,
+    labels_of: Callable[[str], tuple[int, ...]] = parse_caption,
 ) -> dict[str, float]:
-    """Fraction of images (N, 3, H, W) in [-1, 1] whose shape, colour, position, size (and all four at
-    once, ``all``) the classifier reads as their caption says."""
-    labels = torch.tensor([parse_caption(text) for text in captions])
+    """Fraction of images (N, 3, H, W) in [-1, 1] whose label slots the classifier reads as their caption
+    says: per slot (the classifier's heads: shape, colour, position, size in the 64 px world), over the
+    images whose caption has that slot, and every slot at once (``all``). ``labels_of`` gives a caption's
+    labels in head order, -1 for a slot it has not (``worlds.WorldKind.labels_of``)."""
+    labels = torch.tensor([labels_of(text) for text in captions])
     classifier.eval()
     predicted = torch.cat(
         [
@@ -86,6 +92,11 @@ def attribute_accuracy(
             for i in range(0, len(images), batch_size)
         ]
     )
-    correct = predicted == labels
-    scores = {name: float(correct[:, i].float().mean()) for i, name in enumerate(ATTRIBUTES)}
+    present = labels >= 0
+    correct = (predicted == labels) | ~present
+    scores = {
+        name: float(correct[present[:, i], i].float().mean())
+        for i, name in enumerate(classifier.heads)
+        if present[:, i].any()
+    }
     return {**scores, "all": float(correct.all(1).float().mean())}

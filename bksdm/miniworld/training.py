@@ -10,32 +10,32 @@ decodes, so it must read those as well as real ones).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_constant_schedule_with_warmup
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from bksdm.data.transforms import uint8_to_unit
 from bksdm.miniworld.models import AttributeClassifier
-from bksdm.miniworld.world import ATTRIBUTES, MiniWorld, all_captions
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG
 
 
 class Pool:
-    """``size`` rendered items of the world of ``seed`` from item ``offset``: images (N, 3, 64, 64) uint8,
-    labels (N, 4) and caption indices (N,) into ``all_captions()``."""
+    """Rendered items of a world (``WorldKind.items``): images (N, 3, R, R) uint8, labels (N, slots) and
+    caption indices (N,) into ``captions`` (every caption of the world, in its fixed order)."""
 
-    def __init__(self, size: int, seed: int, offset: int = 0):
-        world = MiniWorld(size, seed=seed, offset=offset)
-        items = [world[i] for i in range(size)]
-        self.images = torch.stack([((s["pixel_values"] + 1) * 127.5).round().to(torch.uint8) for s in items])
-        self.labels = torch.stack([s["labels"] for s in items])
-        index = {text: i for i, (text, _) in enumerate(all_captions())}
-        self.caption_index = torch.tensor([index[s["caption"]] for s in items])
-        self.captions = [s["caption"] for s in items]
+    def __init__(self, items: Dataset, captions: Sequence[str]):
+        drawn = [items[i] for i in range(len(items))]
+        self.images = torch.stack([((s["pixel_values"] + 1) * 127.5).round().to(torch.uint8) for s in drawn])
+        self.labels = torch.stack([s["labels"] for s in drawn])
+        index = {text: i for i, text in enumerate(captions)}
+        self.caption_index = torch.tensor([index[s["caption"]] for s in drawn])
+        self.captions = [s["caption"] for s in drawn]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -48,12 +48,17 @@ class Pool:
 
 
 class VAETraining(L.LightningModule):
-    def __init__(self, vae: AutoencoderKL, lr: float, kl_weight: float):
+    """MSE + ``kl_weight`` x KL on whole images, or on a random ``crop`` x ``crop`` window of each: the VAE
+    is convolutional, so a 128 px world's VAE learns from 64 px windows at a quarter of the cost."""
+
+    def __init__(self, vae: AutoencoderKL, lr: float, kl_weight: float, crop: int | None = None):
         super().__init__()
-        self.vae, self.lr, self.kl_weight = vae, lr, kl_weight
+        self.vae, self.lr, self.kl_weight, self.crop = vae, lr, kl_weight, crop
 
     def training_step(self, batch, batch_idx):
         pixels = uint8_to_unit(batch[0])
+        if self.crop is not None:
+            pixels = random_crops(pixels, self.crop)
         posterior = self.vae.encode(pixels).latent_dist
         reconstruction = self.vae.decode(posterior.sample()).sample
         mse = F.mse_loss(reconstruction, pixels)
@@ -66,36 +71,50 @@ class VAETraining(L.LightningModule):
 
 
 class TeacherTraining(L.LightningModule):
-    """Epsilon-prediction training of the U-Net. ``latent_mean``/``latent_std`` (N, 4, 8, 8) are the
-    frozen VAE's posterior of every pool image (sampled each step, as SD's training does);
-    ``text_embeds`` (181, T, D) the text encoder's output for every caption and, last, the empty one."""
+    """Epsilon-prediction training of the U-Net on a pool: ``latent_mean``/``latent_std`` (N, 4, h, w) are
+    the frozen VAE's posterior of every pool image (sampled each step, as SD's training does),
+    ``caption_index`` (N,) their captions; ``text_embeds`` (C + 1, T, D) the text encoder's output for every
+    caption of the world and, last, the empty one. Batches are ``StepBatches``'; every random draw of a step
+    (latent sample, dropped captions, noise, timesteps) comes from a generator seeded by (seed, step), so a
+    resumed run trains bit-identically to an unstopped one."""
 
     def __init__(
         self,
         unet: UNet2DConditionModel,
+        latent_mean: torch.Tensor,
+        latent_std: torch.Tensor,
+        caption_index: torch.Tensor,
         text_embeds: torch.Tensor,
         scaling_factor: float,
+        seed: int,
         lr: float,
         weight_decay: float,
         warmup_steps: int,
         caption_dropout: float,
     ):
         super().__init__()
-        self.unet, self.scaling_factor = unet, scaling_factor
-        self.register_buffer("text_embeds", text_embeds, persistent=False)
+        self.unet, self.scaling_factor, self.seed = unet, scaling_factor, seed
+        # inputs, not state: kept out of checkpoints
+        for name, value in (("latent_mean", latent_mean), ("latent_std", latent_std),
+                            ("caption_index", caption_index), ("text_embeds", text_embeds)):  # fmt: skip
+            self.register_buffer(name, value, persistent=False)
         schedule = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
         self.noise_scheduler = DDPMScheduler(**{key: SD_SCHEDULER_CONFIG[key] for key in schedule})
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.caption_dropout = caption_dropout
 
     def training_step(self, batch, batch_idx):
-        _, _, caption_index, mean, std = batch
-        latents = (mean + std * torch.randn_like(mean)) * self.scaling_factor
-        dropped = torch.rand(len(caption_index), device=self.device) < self.caption_dropout
-        context = self.text_embeds[torch.where(dropped, len(self.text_embeds) - 1, caption_index)]
-        noise = torch.randn_like(latents)
-        steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (len(latents),), device=self.device)
+        step, indices = batch
+        draw = {"generator": torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + int(step)),
+                "device": self.device}  # fmt: skip
+        mean, std = self.latent_mean[indices], self.latent_std[indices]
+        latents = (mean + std * torch.randn(mean.shape, **draw)) * self.scaling_factor
+        dropped = torch.rand(len(indices), **draw) < self.caption_dropout
+        context = self.text_embeds[
+            torch.where(dropped, len(self.text_embeds) - 1, self.caption_index[indices])
+        ]
+        noise = torch.randn(latents.shape, **draw)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), **draw)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         loss = F.mse_loss(self.unet(noisy, timesteps, context).sample, noise)
         self.log("teacher/loss", loss, prog_bar=True)
@@ -108,7 +127,8 @@ class TeacherTraining(L.LightningModule):
 
 
 class ClassifierTraining(L.LightningModule):
-    """Cross-entropy summed over the four attribute heads; batches hold real images and VAE round trips."""
+    """Cross-entropy summed over the label slots (the classifier's heads), a slot a picture has not (-1)
+    left out; batches hold real images and VAE round trips."""
 
     def __init__(self, classifier: AttributeClassifier, lr: float):
         super().__init__()
@@ -117,7 +137,10 @@ class ClassifierTraining(L.LightningModule):
     def training_step(self, batch, batch_idx):
         images, labels = batch[0], batch[1]
         logits = self.classifier(uint8_to_unit(images))
-        loss = sum(F.cross_entropy(logits[name], labels[:, i]) for i, name in enumerate(ATTRIBUTES))
+        loss = sum(
+            F.cross_entropy(logits[name], labels[:, i], ignore_index=-1)
+            for i, name in enumerate(self.classifier.heads)
+        )
         self.log("classifier/loss", loss, prog_bar=True)
         return loss
 
@@ -133,6 +156,58 @@ class ClassifierTraining(L.LightningModule):
                 "interval": "step",
             },
         }
+
+
+def random_crops(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A ``size`` x ``size`` window of each image (B, C, H, W), placed at random (the global generator)."""
+    corners = torch.randint(0, images.shape[-1] - size + 1, (len(images), 2)).tolist()
+    windows = [image[:, y : y + size, x : x + size] for image, (y, x) in zip(images, corners, strict=True)]
+    return torch.stack(windows)
+
+
+class StepBatches(IterableDataset):
+    """``(step, pool indices (batch_size,))`` for every training step from ``start`` on, endlessly (the
+    trainer's ``max_steps`` ends it): a pass over the pool (an epoch) at a time, each in an order drawn from
+    (seed, epoch). A step's batch follows from the step alone, so a run resumed at any step draws what an
+    unstopped one would, whatever Lightning's loops make of a resumed epoch."""
+
+    def __init__(self, pool_size: int, batch_size: int, seed: int, start: int = 0):
+        if pool_size < batch_size:
+            raise ValueError(f"a pool of {pool_size} items cannot fill a batch of {batch_size}")
+        self.pool_size, self.batch_size, self.seed, self.start = pool_size, batch_size, seed, start
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        per_epoch = self.pool_size // self.batch_size
+        step = self.start
+        while True:
+            epoch, first = divmod(step, per_epoch)
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.pool_size, generator=generator)
+            for position in range(first, per_epoch):
+                yield step, order[position * self.batch_size : (position + 1) * self.batch_size]
+                step += 1
+
+
+class StepCheckpoint(L.Callback):
+    """Writes ``path`` every ``every_n_steps`` optimizer steps, replacing the last one atomically (a kill
+    mid-write leaves the previous checkpoint whole, which Lightning's ModelCheckpoint does not promise).
+    Resume with ``trainer.fit(..., ckpt_path=path)``."""
+
+    def __init__(self, path: str | Path, every_n_steps: int):
+        self.path, self.every_n_steps = Path(path), every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_name(f".{self.path.name}.partial")
+        trainer.save_checkpoint(staging)
+        staging.replace(self.path)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer steps a Lightning checkpoint has trained."""
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
 
 
 @torch.no_grad()

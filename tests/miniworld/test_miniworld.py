@@ -76,7 +76,8 @@ def test_build_trains_every_part_from_a_seed_and_writes_a_loadable_world(tmp_pat
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("miniworld", overrides=[
-            f"out={tmp_path / 'world'}", f"log_dir={tmp_path / 'logs'}", "pool.train=128", "pool.held_out=32",
+            f"out={tmp_path / 'world'}", f"work_dir={tmp_path / 'work'}", f"log_dir={tmp_path / 'logs'}",
+            "pool.train=128", "pool.held_out=32",
             "vae.steps=3", "teacher.steps=3", "classifier.steps=3", "classifier.round_trips=32",
             "report.seeds=1", "report.num_inference_steps=2", "log_every_n_steps=1",
         ])  # fmt: skip
@@ -85,6 +86,7 @@ def test_build_trains_every_part_from_a_seed_and_writes_a_loadable_world(tmp_pat
     assert all(f"{stage}: 100%" in bars and "3/3" in bars for stage in ("vae", "teacher", "classifier"))
     report = json.loads((out / "report.json").read_text())
     assert set(report["teacher_accuracy"]) == {"shape", "colour", "position", "size", "all"}
+    assert report["mid_block_zeroed_change"] >= 0 and report["world"] == "single"
     assert report["scaling_factor"] > 0 and set(report["seconds"]) == {
         "render",
         "vae",

@@ -1,0 +1,110 @@
+"""The mini-world build as issue 22 needs it: the relational world (world=scenes) builds, a killed build
+resumes to the same bits, and its work folder refuses settings it was not started with."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+PARTS = (
+    "teacher/unet/diffusion_pytorch_model.safetensors",
+    "teacher/vae/diffusion_pytorch_model.safetensors",
+    "classifier.safetensors",
+)
+
+
+def scenes_config(folder: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("miniworld", overrides=[
+            "world=scenes", f"out={folder / 'world'}", f"work_dir={folder / 'work'}", "pool.train=64",
+            "pool.held_out=8", "vae.steps=2", "teacher.batch_size=8", "teacher.block_out_channels=[16,32,32,32]",
+            "teacher.checkpoint_every_n_steps=5", "classifier.steps=2", "classifier.round_trips=8",
+            "classifier.held_out_split_items=8", "report.captions=2", "report.num_inference_steps=1",
+            "report.mid_block_items=4", "log_every_n_steps=1", "save_dtype=float32", *overrides,
+        ])  # fmt: skip
+
+
+def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path):
+    from bksdm.miniworld.assets import load_classifier
+    from bksdm.miniworld.build import build
+    from bksdm.miniworld.scenes import LABEL_SLOTS
+    from bksdm.teachers.loading import load_components
+
+    unstopped = build(scenes_config(tmp_path / "a", "teacher.steps=14"))
+    # a run stopped at step 9 (its last checkpoint at step 5), then the same command with more steps
+    build(scenes_config(tmp_path / "b", "teacher.steps=9"))
+    assert torch.load(tmp_path / "b/work/teacher/last.ckpt", weights_only=False)["global_step"] == 5
+    resumed = build(scenes_config(tmp_path / "b", "teacher.steps=14"))
+    for part in PARTS:
+        a, b = load_file(unstopped / part), load_file(resumed / part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    rows = [line.split(",")[1] for line in (tmp_path / "b/work/teacher/metrics.csv").read_text().split()[1:]]
+    assert rows == [str(step) for step in range(14)]  # the steps before the checkpoint kept, none twice
+
+    report = json.loads((resumed / "report.json").read_text())
+    assert report["world"] == "scenes" and report["mid_block_zeroed_change"] > 0
+    assert {"teacher_accuracy", "teacher_accuracy_held_out_split", "classifier_held_out",
+            "classifier_held_out_split"} <= set(report)  # fmt: skip
+    assert set(report["teacher_accuracy"]) <= {*LABEL_SLOTS, "all"}
+    parts = load_components(str(resumed / "teacher"))
+    assert parts.unet.config.sample_size == 16 and parts.vae.config.sample_size == 128
+    assert set(load_classifier(resumed)(torch.zeros(1, 3, 128, 128))) == set(LABEL_SLOTS)
+
+
+def test_the_work_folder_refuses_other_settings_and_fewer_steps_naming_them(tmp_path):
+    from bksdm.miniworld.build import WorkFolder
+
+    work = WorkFolder(tmp_path, scenes_config(tmp_path))
+    work.finish("teacher", {"teacher_parameters": 1}, steps=20)
+    again = WorkFolder(tmp_path, scenes_config(tmp_path, "teacher.steps=30", "accelerator=cpu"))
+    with pytest.raises(ValueError, match=r"teacher\.steps=10: .* has trained 20 steps already"):
+        again.finished("teacher", steps=10)
+    assert again.finished("teacher", steps=20) == {"teacher_parameters": 1}
+    with pytest.raises(ValueError, match=r"other settings \(teacher\.lr: 0\.001 -> 0\.002; vae\.steps: 2 -> 3\)"):
+        WorkFolder(tmp_path, scenes_config(tmp_path, "teacher.lr=2e-3", "vae.steps=3"))
+    assert json.loads((tmp_path / "settings.json").read_text())["teacher.lr"] == 0.001  # nothing overwritten
+
+
+def test_a_step_s_batch_follows_from_the_step_alone():
+    from bksdm.miniworld.training import StepBatches
+
+    def first(n, start=0):
+        batches = iter(StepBatches(10, 3, seed=0, start=start))
+        return [next(batches) for _ in range(n)]
+
+    steps = first(7)
+    assert [step for step, _ in steps] == list(range(7))
+    for (step, a), (again, b) in zip(steps[4:], first(3, start=4), strict=True):
+        assert step == again and torch.equal(a, b)
+    epoch = torch.cat([indices for _, indices in steps[:3]])
+    assert len(set(epoch.tolist())) == 9  # an epoch draws without replacement (10 // 3 batches)
+    with pytest.raises(ValueError, match="a pool of 2 items cannot fill a batch of 3"):
+        StepBatches(2, 3, seed=0)
+
+
+def test_accuracy_scores_each_slot_only_where_the_caption_has_it():
+    from bksdm.miniworld.models import AttributeClassifier
+    from bksdm.miniworld.scenes import LABEL_SLOTS, VALUES, caption_labels, pair_captions
+    from bksdm.miniworld.scoring import attribute_accuracy
+    from bksdm.miniworld.worlds import world_kind
+
+    kind = world_kind("scenes")
+    captions = [pair_captions()[0], "a small red circle on the left"]
+    classifier = AttributeClassifier(heads=kind.slots, resolution=128)
+    assert len(classifier.body) == 5 * 3 + 1  # five stride-2 convs down to 4 px, then the pooling
+    labels = [caption_labels(text) for text in captions]
+
+    def reads_labels(images):  # reads every slot right, the pair's single-object slot as value 0
+        return {slot: torch.nn.functional.one_hot(torch.tensor([max(row[i], 0) for row in labels]),
+                                                  len(VALUES[slot])).float() * 9
+                for i, slot in enumerate(LABEL_SLOTS)}  # fmt: skip
+
+    classifier.forward = reads_labels
+    scores = attribute_accuracy(classifier, torch.zeros(2, 3, 128, 128), captions, labels_of=kind.labels_of)
+    assert scores == {slot: 1.0 for slot in LABEL_SLOTS} | {"all": 1.0}
+    with pytest.raises(ValueError, match="world='mars': accepted are"):
+        world_kind("mars")
