@@ -1,6 +1,7 @@
 """MiniWorldEval: the student's mini-world scores every N optimizer steps (``callbacks=with_miniworld_eval``).
 
-Logs ``eval/accuracy/{shape,colour,position,size,all}``, ``eval/fid`` (classifier features) and
+Logs ``eval/accuracy/<slot>`` and ``eval/accuracy/all`` (``eval/accuracy_<split>_split/...`` for a held-out
+split's captions in the relational world), ``eval/fid`` (classifier features) and
 ``eval/error_to_teacher`` (also ``/unconditional`` and ``/guided``) for the exported student (the EMA
 weights when EMA is on), and keeps the history in ``<dirpath>/history.jsonl``. Rank 0 evaluates (under
 FSDP every rank first helps gather the weights).
@@ -24,8 +25,9 @@ class MiniWorldEval(EveryNSteps):
     dirpath: where ``history.jsonl`` goes.
     every_n_steps: evaluate when the global step is a multiple of it, at step 0 (the untrained student)
         when ``at_start``, and at the end of training.
-    world: a built mini world's folder (teacher and classifier); None: the shipped one. It must be the
-        world of the run's teacher.
+    world: a built mini world's folder (teacher and classifier; its report says which world it is); None:
+        the shipped one. It must be the world of the run's teacher (the config's default,
+        ``teacher.world_dir``).
     num_images, num_real, num_latents, num_inference_steps, guidance_scale, batch_size: see
         ``bksdm.miniworld.evaluation``.
     """
@@ -44,6 +46,10 @@ class MiniWorldEval(EveryNSteps):
         batch_size: int = 90,
     ):
         super().__init__(every_n_steps)
+        if world is not None:
+            from bksdm.miniworld.assets import world_of
+
+            world_of(world)  # a missing or unbuilt folder is named now, not after the first steps
         self.dirpath, self.at_start, self.world = Path(dirpath), at_start, world
         self.num_images, self.num_real, self.num_latents = num_images, num_real, num_latents
         self.num_inference_steps, self.guidance_scale, self.batch_size = (
@@ -60,7 +66,7 @@ class MiniWorldEval(EveryNSteps):
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict | None:
-        from bksdm.miniworld.assets import ASSETS, load_classifier
+        from bksdm.miniworld.assets import ASSETS, load_classifier, world_of
         from bksdm.miniworld.evaluation import MiniWorldReference, evaluate_student
 
         self._last_step = step = trainer.global_step
@@ -70,9 +76,9 @@ class MiniWorldEval(EveryNSteps):
         with pl_module.frozen.sampling_precision(pl_module.device):
             if self.reference is None:  # the teacher's side, once (the classifier stays on the CPU)
                 teacher = frozen_pipeline(pl_module.frozen, pl_module.frozen.unet, pl_module.device)
-                classifier = load_classifier(self.world or ASSETS)
+                world = self.world or ASSETS
                 self.reference = MiniWorldReference.build(
-                    teacher, classifier, self.num_real, self.num_latents
+                    teacher, load_classifier(world), self.num_real, self.num_latents, kind=world_of(world)
                 )
             scores = evaluate_student(
                 frozen_pipeline(pl_module.frozen, student, pl_module.device), self.reference, self.num_images,

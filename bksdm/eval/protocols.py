@@ -121,7 +121,6 @@ class PromptsProtocol:
 
 
 ERRORS = ("error_to_teacher", "error_to_teacher/unconditional", "error_to_teacher/guided")
-ATTRIBUTES_AND_ALL = ("shape", "colour", "position", "size", "all")
 
 
 class MiniWorldProtocol:
@@ -141,10 +140,10 @@ class MiniWorldProtocol:
 
     # setting -> (the one value taken, why)
     FIXED: ClassVar[dict[str, tuple[Any, str]]] = {
-        "prompts": (None, "the prompts are the world's own 180 captions"),
+        "prompts": (None, "the prompts are the world's own captions"),
         "real": (None, "the real images are held-out items of the world"),
         "seed": (None, "each round of the captions has its own seed (0, 1, ...)"),
-        "resolution": (None, "the world's images are 64 px"),
+        "resolution": (None, "the world's images have its own size (64 or 128 px)"),
         "dtype": ("float32", "the teacher and the student run in float32"),
         "generator_device": ("cpu", "the latents are drawn on the CPU"),
         "devices": (1, "it runs in one process (minutes on a CPU)"),
@@ -160,6 +159,7 @@ class MiniWorldProtocol:
         from bksdm.cli import config_checks
         from bksdm.cli.errors import ConfigError
         from bksdm.eval.generation import check_model, check_scheduler, images_manifest, open_images_folder
+        from bksdm.miniworld.assets import ASSETS, world_of
         from bksdm.miniworld.evaluation import image_captions
 
         for key, (value, reason) in self.FIXED.items():
@@ -171,27 +171,31 @@ class MiniWorldProtocol:
         with config_checks():
             check_model(cfg.model)
             check_scheduler(cfg.scheduler)
+            kind = world_of(self.world or ASSETS)
+            cycle = len(kind.evaluation_captions())
             if isinstance(cfg.num_images, bool) or not isinstance(cfg.num_images, int) or cfg.num_images < 2:
                 raise ValueError(
                     f"num_images={cfg.num_images!r}: accepted are 2 or more images (FID needs 2; 1000 or more "
-                    "to mean much), cycling through the world's 180 captions"
+                    f"to mean much), cycling through the world's {cycle} evaluation captions"
                 )
             manifest = images_manifest(
-                cfg.model, image_captions(cfg.num_images), seed=None, scheduler=cfg.scheduler,
+                cfg.model, [text for text, _ in image_captions(cfg.num_images, kind)], seed=None, scheduler=cfg.scheduler,
                 num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                 resolution=None, dtype=cfg.dtype, generator_device="cpu",
             )  # fmt: skip
-            manifest["noise"] = "image i: seed (i // 180) * 100003 + i % 180, on the CPU"
+            manifest["noise"] = f"image i: seed (i // {cycle}) * 100003 + i % {cycle}, on the CPU"
             return open_images_folder(Path(cfg.out) / "images", manifest, overwrite=cfg.overwrite)
 
     def run(self, cfg: DictConfig, folder) -> dict[str, Any]:
         from bksdm.eval.generation import load_pipeline
-        from bksdm.miniworld.assets import ASSETS, load_classifier, teacher_path
+        from bksdm.miniworld.assets import ASSETS, load_classifier, teacher_path, world_of
         from bksdm.miniworld.evaluation import MiniWorldReference, evaluate_student
 
         world = self.world or ASSETS
         teacher = load_pipeline(str(teacher_path(world)), cfg.dtype, cfg.device, cfg.scheduler)
-        reference = MiniWorldReference.build(teacher, load_classifier(world), self.num_real, self.num_latents)
+        reference = MiniWorldReference.build(
+            teacher, load_classifier(world), self.num_real, self.num_latents, kind=world_of(world)
+        )
         student = load_pipeline(cfg.model, cfg.dtype, cfg.device, cfg.scheduler)
         student.set_progress_bar_config(disable=True)
         folder.claim()
@@ -212,15 +216,20 @@ class MiniWorldProtocol:
 
 
 def miniworld_table(results: list[Mapping[str, Any]]) -> str:
-    """A markdown table of ``eval=miniworld`` results, one row each."""
+    """A markdown table of ``eval=miniworld`` results, one row each: every label slot's accuracy, and the
+    all-slot accuracy on each held-out split (a dash where a result's world has no such column)."""
+    keys = list(dict.fromkeys(key for result in results for key in result))
+    accuracies = [key for key in keys if key.startswith("accuracy/")]
+    accuracies += [key for key in keys if key.startswith("accuracy_") and key.endswith("/all")]
+    names = [key.removeprefix("accuracy/").replace("accuracy_", "").replace("/", " ") for key in accuracies]
     header = (
-        "| model | " + " | ".join(f"acc. {n}" for n in ATTRIBUTES_AND_ALL)
+        "| model | " + " | ".join(f"acc. {name}" for name in names)
         + " | FID (classifier) | error to teacher | unconditional | guided | images |\n"
     )  # fmt: skip
-    rule = "|---" * (len(ATTRIBUTES_AND_ALL) + 6) + "|\n"
+    rule = "|---" * (len(accuracies) + 6) + "|\n"
     rows = [
         f"| {result['model']} | "
-        + " | ".join(f"{result[f'accuracy/{n}']:.3f}" for n in ATTRIBUTES_AND_ALL)
+        + " | ".join(f"{result[key]:.3f}" if key in result else "-" for key in accuracies)
         + f" | {result['fid']:.2f} | "
         + " | ".join(f"{result[k]:.5f}" for k in ERRORS)
         + f" | {result.get('num_images', '-')} |\n"

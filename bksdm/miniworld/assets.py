@@ -8,6 +8,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from bksdm.miniworld.models import AttributeClassifier
+from bksdm.miniworld.worlds import WorldKind, world_kind
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -35,3 +36,15 @@ def load_classifier(folder: str | Path = ASSETS) -> AttributeClassifier:
     classifier = AttributeClassifier(**json.loads((folder / "classifier.json").read_text()))
     classifier.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
     return classifier.eval().requires_grad_(False)
+
+
+def world_of(folder: str | Path = ASSETS) -> WorldKind:
+    """The world a built folder's teacher and classifier belong to: its ``report.json``'s ``world`` (builds
+    from before the relational world have none, and are of the 64 px one)."""
+    report = Path(folder) / "report.json"
+    if not report.is_file():
+        raise FileNotFoundError(
+            f"no mini-world report in {str(folder)!r} (expected report.json); "
+            "build one with `python -m bksdm.miniworld out=<folder>`"
+        )
+    return world_kind(json.loads(report.read_text()).get("world", "single"))

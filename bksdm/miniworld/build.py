@@ -4,10 +4,10 @@ Writes ``<out>/teacher/`` (a StableDiffusionPipeline folder, loadable as any tea
 safetensors`` with ``classifier.json``, and ``<out>/report.json`` (training figures, the classifier's and
 the shipped teacher's accuracy, the mid-block check). The folder appears whole or not at all.
 
-The build is restartable: each finished stage (VAE, U-Net, classifier) is kept in ``work_dir`` with the
-random state it ended in, and the U-Net writes a checkpoint there at the end of every epoch, so rerunning
-the same command after a kill picks up where it stopped and builds the same bits an uninterrupted run
-does; a larger ``teacher.steps`` trains a finished teacher on. ``work_dir`` belongs to one set of settings
+The build is restartable: each finished stage (VAE, classifier, U-Net) is kept in ``work_dir`` with the
+random state it ended in, and the U-Net writes a checkpoint there every ``teacher.checkpoint_every_n_steps``
+steps, so rerunning the same command after a kill picks up where it stopped and builds the same bits an
+uninterrupted run does; a larger ``teacher.steps`` trains a finished teacher on. ``work_dir`` belongs to one set of settings
 and refuses others.
 """
 
@@ -51,7 +51,7 @@ from bksdm.training.atomic import atomic_directory, write_file_atomically
 from bksdm.training.csv_logger import AppendingCSVLogger
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
-STAGES = ("vae", "teacher", "classifier")
+STAGES = ("vae", "classifier", "teacher")  # the classifier first: it can score the teacher on the way
 # what the work folder's stages depend on; the rest (where things go, the device, the report, the stored
 # precision, how often the teacher is checkpointed, and teacher.steps, which may grow) can change between a
 # run and its resumption
@@ -86,8 +86,8 @@ def build(cfg: DictConfig) -> Path:
     ids = tokenizer([*captions, ""], padding="max_length", return_tensors="pt").input_ids
     with torch.no_grad():
         text_embeds = text_encoder(ids)[0]
-    unet = train_teacher(cfg, kind, pool, mean, std, text_embeds, scaling_factor, work, report)
     classifier = train_classifier(cfg, kind, pool, held_out, vae, work, report)
+    unet = train_teacher(cfg, kind, pool, mean, std, text_embeds, scaling_factor, work, report)
 
     latents = encode_pool(vae, held_out["held_out_items"].images[: cfg.report.mid_block_items])[0]
     context = text_embeds[held_out["held_out_items"].caption_index[: len(latents)]]

@@ -1,9 +1,14 @@
-"""Evaluation on the mini world (``eval=miniworld``): does a student draw its captions, how close are its
+"""Evaluation on a mini world (``eval=miniworld``): does a student draw its captions, how close are its
 images to real ones, and how close are its noise predictions to the teacher's?
 
-- attribute accuracy: the classifier reads shape, colour, position and size from each generated image
-  (every caption of the world in turn, ``num_images`` in all), per attribute and all four at once;
-- FID on the classifier's 128-d features against held-out real items of the world (real items that no
+The world (``worlds.WorldKind``: the 64 px single-object one, or the relational ``scenes``) is the one its
+folder was built for (``assets.world_of``).
+
+- attribute accuracy: the classifier reads each label slot (shape, colour, position and size in the 64 px
+  world) from each generated image (the world's evaluation captions in turn, ``num_images`` in all), per
+  slot and all at once; ``accuracy/*`` over the captions training draws, ``accuracy_<split>_split/*`` over
+  a held-out split's (the relational world's held-out colour-shape bindings);
+- FID on the classifier's features against held-out real items of the world (real items that no
   training saw; with 128 dimensions, 1000 or more generated images give a usable number);
 - error to the teacher: mean squared difference of the student's and the teacher's noise predictions on
   fixed held-out noisy latents (held-out images, noise and timesteps drawn from a fixed seed), for the
@@ -26,9 +31,7 @@ from PIL import Image
 from bksdm.eval.metrics import FeatureStats, frechet_distance
 from bksdm.miniworld.models import AttributeClassifier
 from bksdm.miniworld.scoring import attribute_accuracy, generate_pixels, noise_seed, to_signed
-from bksdm.miniworld.world import MiniWorld, all_captions
-
-HELD_OUT_OFFSET = 10_000_000  # world items from here on are never trained on (training uses far fewer)
+from bksdm.miniworld.worlds import EVALUATION_OFFSET, WORLDS, WorldKind
 
 
 @dataclass
@@ -44,6 +47,7 @@ class MiniWorldReference:
     teacher_prediction: torch.Tensor  # (N, 4, h, w)
     empty_context: torch.Tensor  # (1, T, D): the empty caption's embedding
     teacher_unconditional: torch.Tensor  # (N, 4, h, w): the teacher's prediction for the empty caption
+    kind: WorldKind = WORLDS["single"]
 
     @classmethod
     @torch.no_grad()
@@ -54,12 +58,14 @@ class MiniWorldReference:
         num_real: int = 2000,
         num_latents: int = 256,
         seed: int = 0,
+        kind: WorldKind = WORLDS["single"],
     ):
-        """``teacher``: a StableDiffusionPipeline of the mini-world teacher (fp32, CPU or GPU)."""
-        real = MiniWorld(num_real, seed=0, offset=HELD_OUT_OFFSET)
+        """``teacher``: a StableDiffusionPipeline of the mini-world teacher (fp32, CPU or GPU) of a world
+        of ``kind``."""
+        real = kind.items(num_real, 0, EVALUATION_OFFSET)
         images = torch.stack([real[i]["pixel_values"] for i in range(num_real)])
         real_stats = FeatureStats.of(batched(classifier.features, images))
-        held_out = MiniWorld(num_latents, seed=0, offset=HELD_OUT_OFFSET + num_real)
+        held_out = kind.items(num_latents, 0, EVALUATION_OFFSET + num_real)
         samples = [held_out[i] for i in range(num_latents)]
         unet, vae, device = teacher.unet, teacher.vae, teacher.unet.device
         generator = torch.Generator().manual_seed(seed)
@@ -79,8 +85,9 @@ class MiniWorldReference:
         prediction = _predict(unet, noisy, steps, context)
         unconditional = _predict(unet, noisy, steps, empty.expand_as(context))
         return cls(
-            classifier, real_stats, noisy.cpu(), steps, context.cpu(), prediction, empty.cpu(), unconditional
-        )
+            classifier, real_stats, noisy.cpu(), steps, context.cpu(), prediction, empty.cpu(), unconditional,
+            kind,
+        )  # fmt: skip
 
 
 def noise_latents(
@@ -96,10 +103,10 @@ def batched(function, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tens
     return torch.cat([function(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
-def image_captions(num_images: int) -> list[str]:
-    """The caption of each of ``num_images`` images: the world's 180 captions in turn."""
-    captions = [text for text, _ in all_captions()]
-    return [captions[index % len(captions)] for index in range(num_images)]
+def image_captions(num_images: int, kind: WorldKind = WORLDS["single"]) -> list[tuple[str, str]]:
+    """The (caption, split) of each of ``num_images`` images: the world's evaluation captions in turn."""
+    cycle = kind.evaluation_captions()
+    return [cycle[index % len(cycle)] for index in range(num_images)]
 
 
 def student_images(
@@ -110,16 +117,18 @@ def student_images(
     batch_size: int = 90,
     progress: bool = False,
     folder: Path | None = None,
+    kind: WorldKind = WORLDS["single"],
 ) -> torch.Tensor:
-    """Images (num_images, 3, H, W) in [-1, 1]: image ``i`` of caption ``i % 180`` from noise seeded by
-    ``noise_seed(i, 180)``. ``folder``: every image is also a PNG there (``000000.png``, ...), and the
-    images already there are read instead of drawn, so an interrupted evaluation resumes (the folder
-    checked against the run's settings first: ``bksdm.eval.generation.open_images_folder``)."""
+    """Images (num_images, 3, H, W) in [-1, 1]: image ``i`` of caption ``i % n`` of the world's ``n``
+    evaluation captions, from noise seeded by ``noise_seed(i, n)``. ``folder``: every image is also a PNG
+    there (``000000.png``, ...), and the images already there are read instead of drawn, so an interrupted
+    evaluation resumes (the folder checked against the run's settings first:
+    ``bksdm.eval.generation.open_images_folder``)."""
     from bksdm.eval.generation import image_path, write_image
 
-    texts = image_captions(num_images)
+    texts = [text for text, _ in image_captions(num_images, kind)]
     todo = [i for i in range(num_images) if folder is None or not image_path(folder, i).is_file()]
-    jobs = [(texts[i], noise_seed(i, len(all_captions()))) for i in todo]
+    jobs = [(texts[i], noise_seed(i, len(kind.evaluation_captions()))) for i in todo]
     drawn = generate_pixels(
         pipeline,
         jobs,
@@ -186,24 +195,33 @@ def evaluate_student(
     folder: Path | None = None,
 ) -> dict[str, float]:
     """The scores of ``pipeline`` (the teacher's VAE and text encoder around a student U-Net):
-    ``accuracy/{shape,colour,position,size,all}``, ``fid`` (classifier features) and
-    ``error_to_teacher`` (also ``/unconditional`` and ``/guided`` at ``guidance_scale``). ``num_images``
-    cycles through the 180 captions (a multiple of 180 weighs each alike), seed by seed. ``folder``:
-    the images are written there and those already there are kept (``student_images``)."""
+    ``accuracy/<slot>`` and ``accuracy/all`` (``accuracy_<split>_split/...`` for a held-out split's
+    captions), ``fid`` (classifier features) and ``error_to_teacher`` (also ``/unconditional`` and
+    ``/guided`` at ``guidance_scale``). ``num_images`` cycles through the world's evaluation captions (180
+    in the 64 px world, 1000 in the relational one: a multiple weighs them as meant), seed by seed.
+    ``folder``: the images are written there and those already there are kept (``student_images``)."""
     if num_images < 2:
         raise ValueError(
             f"num_images={num_images!r}: FID needs at least 2 images (1000 or more to mean much)"
         )
-    texts = image_captions(num_images)
+    kind = reference.kind
+    captions = image_captions(num_images, kind)
     images = student_images(
-        pipeline, num_images, num_inference_steps, guidance_scale, batch_size, progress, folder
+        pipeline, num_images, num_inference_steps, guidance_scale, batch_size, progress, folder, kind
     )
-    accuracy = attribute_accuracy(reference.classifier, images, texts)
+    accuracy = {}
+    for split in dict.fromkeys(split for _, split in captions):
+        chosen = [i for i, (_, s) in enumerate(captions) if s == split]
+        prefix = "accuracy" if split == "train" else f"accuracy_{split}_split"
+        scores = attribute_accuracy(
+            reference.classifier, images[chosen], [captions[i][0] for i in chosen], labels_of=kind.labels_of
+        )
+        accuracy |= {f"{prefix}/{name}": value for name, value in scores.items()}
     fid = frechet_distance(
         FeatureStats.of(batched(reference.classifier.features, images)), reference.real_stats
     )
     return {
-        **{f"accuracy/{name}": value for name, value in accuracy.items()},
+        **accuracy,
         "fid": fid,
         **errors_to_teacher(pipeline.unet, reference, guidance_scale),
     }

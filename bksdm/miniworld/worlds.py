@@ -28,24 +28,49 @@ class WorldKind:
     slots: dict[str, int]  # label slot -> number of values: the classifier's heads, in label order
     captions: Callable[[], list[str]]  # every caption, in a fixed order
     labels_of: Callable[[str], tuple[int, ...]]  # a caption's labels, -1 for a slot it has not
-    items: Callable[..., Dataset]  # (num_samples, seed, offset, split) -> items as ``MiniWorld`` gives them
+    # (num_samples, seed, offset, split, resolution=None: the world's) -> items as ``MiniWorld`` gives them
+    items: Callable[..., Dataset]
     held_out_splits: tuple[str, ...]  # what a held-out pool is drawn from, besides later train items
+    # the (caption, split) pairs an evaluation's images cycle through, in order: a multiple of its length
+    # weighs them as meant; split "train" is what training draws, the others are held-out combinations
+    evaluation_captions: Callable[[], list[tuple[str, str]]]
 
 
-def _single_items(num_samples: int, seed: int, offset: int = 0, split: str = "train") -> Dataset:
+def _single_items(
+    num_samples: int, seed: int, offset: int = 0, split: str = "train", resolution: int | None = None
+) -> Dataset:
     if split != "train":
         raise ValueError(f"split={split!r}: the single-object world has one split, 'train'")
-    return world.MiniWorld(num_samples, seed=seed, offset=offset)
+    return world.MiniWorld(num_samples, resolution or world.RESOLUTION, seed=seed, offset=offset)
 
 
-def _scene_items(num_samples: int, seed: int, offset: int = 0, split: str = "train") -> Dataset:
-    return scenes.SceneWorld(num_samples, seed=seed, offset=offset, split=split)
+def _scene_items(
+    num_samples: int, seed: int, offset: int = 0, split: str = "train", resolution: int | None = None
+) -> Dataset:
+    return scenes.SceneWorld(
+        num_samples, resolution or scenes.RESOLUTION, seed=seed, offset=offset, split=split
+    )
 
 
 @cache
 def _scene_captions() -> list[str]:
     singles = [text for text, _ in world.all_captions()]
     return singles + scenes.pair_captions()
+
+
+EVALUATION_OFFSET = 10_000_000  # world items from here on are never trained on (training uses far fewer)
+SCENE_EVALUATION_ROUND = 1000  # captions in one round of the relational world's evaluation
+
+
+@cache
+def _scene_evaluation_captions() -> list[tuple[str, str]]:
+    """One round of 1000: the captions of held-out items of the world (a quarter of one object, as training
+    draws them), and in every fifth place a held-out-binding pair's, which training never draws."""
+    captions = []
+    for position in range(SCENE_EVALUATION_ROUND):
+        split = "held_out" if position % 5 == 4 else "train"
+        captions.append((scenes.scene(EVALUATION_OFFSET + position, seed=0, split=split).caption, split))
+    return captions
 
 
 WORLDS = {
@@ -58,6 +83,7 @@ WORLDS = {
         labels_of=world.parse_caption,
         items=_single_items,
         held_out_splits=(),
+        evaluation_captions=lambda: [(text, "train") for text, _ in world.all_captions()],
     ),
     "scenes": WorldKind(
         name="scenes",
@@ -68,6 +94,7 @@ WORLDS = {
         labels_of=scenes.caption_labels,
         items=_scene_items,
         held_out_splits=("held_out",),
+        evaluation_captions=_scene_evaluation_captions,
     ),
 }
 

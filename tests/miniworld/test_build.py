@@ -2,30 +2,17 @@
 resumes to the same bits, and its work folder refuses settings it was not started with."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers.miniworld import scenes_config
 from safetensors.torch import load_file
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 PARTS = (
     "teacher/unet/diffusion_pytorch_model.safetensors",
     "teacher/vae/diffusion_pytorch_model.safetensors",
     "classifier.safetensors",
 )
-
-
-def scenes_config(folder: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("miniworld", overrides=[
-            "world=scenes", f"out={folder / 'world'}", f"work_dir={folder / 'work'}", "pool.train=64",
-            "pool.held_out=8", "vae.steps=2", "teacher.batch_size=8", "teacher.block_out_channels=[16,32,32,32]",
-            "teacher.checkpoint_every_n_steps=5", "classifier.steps=2", "classifier.round_trips=8",
-            "classifier.held_out_split_items=8", "report.captions=2", "report.num_inference_steps=1",
-            "report.mid_block_items=4", "log_every_n_steps=1", "save_dtype=float32", *overrides,
-        ])  # fmt: skip
 
 
 def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path):
@@ -64,7 +51,9 @@ def test_the_work_folder_refuses_other_settings_and_fewer_steps_naming_them(tmp_
     with pytest.raises(ValueError, match=r"teacher\.steps=10: .* has trained 20 steps already"):
         again.finished("teacher", steps=10)
     assert again.finished("teacher", steps=20) == {"teacher_parameters": 1}
-    with pytest.raises(ValueError, match=r"other settings \(teacher\.lr: 0\.001 -> 0\.002; vae\.steps: 2 -> 3\)"):
+    with pytest.raises(
+        ValueError, match=r"other settings \(teacher\.lr: 0\.001 -> 0\.002; vae\.steps: 2 -> 3\)"
+    ):
         WorkFolder(tmp_path, scenes_config(tmp_path, "teacher.lr=2e-3", "vae.steps=3"))
     assert json.loads((tmp_path / "settings.json").read_text())["teacher.lr"] == 0.001  # nothing overwritten
 

@@ -1,0 +1,95 @@
+"""Students of the relational world (issue 22): a built scenes teacher is distilled with
+``teacher=miniworld_scenes data=miniworld callbacks=with_miniworld_eval``, and ``eval=miniworld`` scores in
+the world the built folder belongs to, held-out colour-shape bindings apart."""
+
+import collections
+import json
+
+import pytest
+from helpers.miniworld import scenes_config
+from helpers.paths import CONF
+from helpers.train_config import config
+
+pytestmark = pytest.mark.xdist_group("scenes_world")  # the tests sharing the built world share a worker
+
+
+@pytest.fixture(scope="module")
+def scenes_world(tmp_path_factory):
+    from bksdm.miniworld.build import build
+
+    return build(scenes_config(tmp_path_factory.mktemp("scenes"), "teacher.steps=2"))
+
+
+def test_the_relational_world_s_evaluation_mixes_held_out_bindings_in_every_fifth_place():
+    from bksdm.miniworld.scenes import HELD_OUT_BINDINGS, caption_labels
+    from bksdm.miniworld.worlds import world_kind
+
+    cycle = world_kind("scenes").evaluation_captions()
+    assert len(cycle) == 1000 and cycle == world_kind("scenes").evaluation_captions()
+    assert collections.Counter(split for _, split in cycle) == {"train": 800, "held_out": 200}
+    assert all((split == "held_out") == (position % 5 == 4) for position, (_, split) in enumerate(cycle))
+    bound = [" ".join(binding) for binding in HELD_OUT_BINDINGS]
+    for text, split in cycle:
+        labels = caption_labels(text)  # every one a caption of the world
+        in_pair = labels[0] == 1 and any(binding in text for binding in bound)
+        assert in_pair == (split == "held_out"), text
+    singles = sum(caption_labels(text)[0] == 0 for text, _ in cycle)
+    assert 200 < singles < 300  # a quarter of the train split's draws are of one object
+    single = world_kind("single").evaluation_captions()
+    assert len(single) == 180 and {split for _, split in single} == {"train"}
+
+
+def test_a_built_folder_says_which_world_it_belongs_to(tmp_path):
+    from bksdm.miniworld.assets import world_of
+
+    assert world_of().name == "single"  # the shipped 64 px world
+    with pytest.raises(FileNotFoundError, match=r"no mini-world report in .*python -m bksdm\.miniworld"):
+        world_of(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps({"world": "cubes"}))
+    with pytest.raises(ValueError, match=r"world='cubes': accepted are \['single', 'scenes'\]"):
+        world_of(tmp_path)
+
+
+def test_a_scenes_teacher_is_distilled_on_its_own_world_and_scored_in_it(tmp_path, scenes_world):
+    from bksdm import train as train_app
+
+    cfg = config(
+        "experiment=demo", "teacher=miniworld_scenes", f"teacher.world_dir={scenes_world}",
+        "callbacks=with_miniworld_eval", "trainer.max_steps=1", "data.batch_size=2", "callbacks.sample_grid=null",
+        "callbacks.miniworld_eval.num_images=10", "callbacks.miniworld_eval.num_real=20",
+        "callbacks.miniworld_eval.num_latents=4", "callbacks.miniworld_eval.num_inference_steps=1",
+        output_dir=tmp_path,
+    )  # fmt: skip
+    assert (cfg.data.world, cfg.data.resolution, cfg.callbacks.miniworld_eval.world) == (
+        "scenes", 128, str(scenes_world),
+    )  # fmt: skip
+    module = train_app.train(cfg)
+    assert module.trainer.global_step == 1
+    item = module.trainer.datamodule.build_dataset()[0]
+    assert item["pixel_values"].shape == (3, 128, 128) and len(item["labels"]) == 9
+    history = [json.loads(line) for line in (tmp_path / "eval" / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [0, 1]
+    assert all(
+        0 <= row["accuracy/axis"] <= 1 and 0 <= row["accuracy_held_out_split/all"] <= 1 for row in history
+    )
+
+
+def test_eval_miniworld_scores_a_built_scenes_teacher_in_its_world(tmp_path, scenes_world):
+    from hydra import compose, initialize_config_dir
+
+    from bksdm.evaluate import evaluate
+
+    overrides = [
+        "eval=miniworld", f"eval.world={scenes_world}", f"model={scenes_world / 'teacher'}", f"out={tmp_path}",
+        "num_images=10", "num_inference_steps=1", "eval.num_real=20", "eval.num_latents=4", "device=cpu",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        result = evaluate(compose("evaluate", overrides=overrides))
+    assert [result[k] for k in ("error_to_teacher", "error_to_teacher/guided")] == [0.0, 0.0]  # itself
+    assert {"accuracy/objects", "accuracy/axis", "accuracy/shape_2", "accuracy/all"} <= set(result)
+    assert {"accuracy_held_out_split/all", "accuracy_held_out_split/colour_2"} <= set(result)
+    assert len(list((tmp_path / "images").glob("*.png"))) == 10
+    manifest = json.loads((tmp_path / "images" / "manifest.json").read_text())
+    assert "(i // 1000) * 100003 + i % 1000" in manifest["noise"]
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| acc. axis |" in table and "| acc. held_out_split all |" in table
