@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
@@ -47,6 +47,7 @@ from bksdm.miniworld.training import (
 )
 from bksdm.miniworld.worlds import WorldKind, world_kind
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG, write_vocab_files
+from bksdm.teachers.loading import dtype_argument
 from bksdm.training.atomic import atomic_directory, write_file_atomically
 from bksdm.training.csv_logger import AppendingCSVLogger
 
@@ -109,8 +110,9 @@ def build(cfg: DictConfig) -> Path:
         )
         (staging / "classifier.json").write_text(json.dumps(classifier.config) + "\n")
         # the teacher as shipped (stored precision, reloaded): does it draw its captions?
+        shipped = StableDiffusionPipeline.from_pretrained(staging / "teacher", **dtype_argument(torch.float32))
         for name, texts in report_captions(kind, cfg.report, held_out).items():
-            report[name] = teacher_accuracy(staging, texts, cfg.report, kind)
+            report[name] = teacher_accuracy(shipped, load_classifier(staging), texts, cfg.report, kind)
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
 
@@ -398,7 +400,7 @@ def save_pipeline(
 ) -> None:
     """The parts as a StableDiffusionPipeline folder with SD's scheduler, and ``sampling.json``: the
     guidance scale and step count it is drawn with by default (``sampling`` over SD's)."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import PNDMScheduler
 
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -425,15 +427,12 @@ def report_captions(kind: WorldKind, settings: DictConfig, held_out: dict[str, P
     }  # fmt: skip
 
 
-def teacher_accuracy(folder: Path, captions: list[str], settings: DictConfig, kind: WorldKind) -> dict:
-    from diffusers import StableDiffusionPipeline
-
-    from bksdm.teachers.loading import dtype_argument
-
-    pipeline = StableDiffusionPipeline.from_pretrained(folder / "teacher", **dtype_argument(torch.float32))
+def teacher_accuracy(
+    pipeline, classifier: models.AttributeClassifier, captions: list[str], settings: DictConfig, kind: WorldKind
+) -> dict:
+    """The classifier's per-slot accuracy on the teacher ``pipeline``'s images of ``captions``, drawn with
+    ``settings`` (``report``: seeds, num_inference_steps, guidance_scale)."""
     pipeline.set_progress_bar_config(disable=True)
     seeds = list(range(settings.seeds))
     images = generate(pipeline, captions, seeds, settings.num_inference_steps, settings.guidance_scale)
-    return attribute_accuracy(
-        load_classifier(folder), images, captions * len(seeds), labels_of=kind.labels_of
-    )
+    return attribute_accuracy(classifier, images, captions * len(seeds), labels_of=kind.labels_of)
