@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_constant_schedule_with_warmup
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from bksdm.data.transforms import uint8_to_unit
 from bksdm.miniworld.models import AttributeClassifier
+from bksdm.miniworld.world import MiniWorld
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG
 
 
@@ -29,13 +30,17 @@ class Pool:
     """Rendered items of a world (``WorldKind.items``): images (N, 3, R, R) uint8, labels (N, slots) and
     caption indices (N,) into ``captions`` (every caption of the world, in its fixed order)."""
 
-    def __init__(self, items: Dataset, captions: Sequence[str]):
-        drawn = [items[i] for i in range(len(items))]
-        self.images = torch.stack([((s["pixel_values"] + 1) * 127.5).round().to(torch.uint8) for s in drawn])
-        self.labels = torch.stack([s["labels"] for s in drawn])
+    def __init__(self, items: MiniWorld, captions: Sequence[str]):
+        first = items.picture(0)[0]  # filled in place: a list of the pictures would hold the pool twice
+        self.images = torch.empty((len(items), *first.shape), dtype=torch.uint8)  # 2.5 GB at 50,000 x 128 px
+        labels, self.captions = [], []
+        for i in range(len(items)):
+            self.images[i], text, label = items.picture(i)
+            labels.append(label)
+            self.captions.append(text)
+        self.labels = torch.stack(labels)
         index = {text: i for i, text in enumerate(captions)}
-        self.caption_index = torch.tensor([index[s["caption"]] for s in drawn])
-        self.captions = [s["caption"] for s in drawn]
+        self.caption_index = torch.tensor([index[text] for text in self.captions])
 
     def __len__(self) -> int:
         return len(self.images)
