@@ -28,7 +28,7 @@ def test_every_experiment_composes_and_trains_a_step(experiment, tmp_path):
     # the ablation's periodic evaluation, cut to a smoke test (it scores the toy teacher's images here)
     smaller = [f"callbacks.miniworld_eval.{k}={v}" for k, v in
                (("num_images", 4), ("num_real", 8), ("num_latents", 4), ("num_inference_steps", 2))]  # fmt: skip
-    extra = smaller if experiment == "miniworld_ablation" else []
+    extra = smaller if experiment in ("miniworld_ablation", "miniworld_scenes_ablation") else []
     cfg = config(f"experiment={experiment}", *FAST, *extra, output_dir=tmp_path)
     module = train_app.train(cfg)
     assert module.trainer.global_step == 1

@@ -1,6 +1,6 @@
-"""Students of the relational world (issue 22): a built scenes teacher is distilled with
-``teacher=miniworld_scenes data=miniworld callbacks=with_miniworld_eval``, and ``eval=miniworld`` scores in
-the world the built folder belongs to, held-out colour-shape bindings apart."""
+"""Students of the relational world (issue 22): a built scenes teacher is distilled as the ablation does
+(``experiment=miniworld_scenes_ablation``: teacher=miniworld_scenes, data=miniworld, with_miniworld_eval),
+and ``eval=miniworld`` scores in the world the built folder belongs to, held-out colour-shape bindings apart."""
 
 import collections
 import json
@@ -54,14 +54,14 @@ def test_a_scenes_teacher_is_distilled_on_its_own_world_and_scored_in_it(tmp_pat
     from bksdm import train as train_app
 
     cfg = config(
-        "experiment=demo", "teacher=miniworld_scenes", f"teacher.world_dir={scenes_world}",
-        "callbacks=with_miniworld_eval", "trainer.max_steps=1", "data.batch_size=2", "callbacks.sample_grid=null",
+        "experiment=miniworld_scenes_ablation", f"teacher.world_dir={scenes_world}", "loss=kd_full",
+        "trainer.max_steps=1", "data.batch_size=2", "callbacks.sample_grid.num_inference_steps=1",
         "callbacks.miniworld_eval.num_images=10", "callbacks.miniworld_eval.num_real=20",
         "callbacks.miniworld_eval.num_latents=4", "callbacks.miniworld_eval.num_inference_steps=1",
         output_dir=tmp_path,
     )  # fmt: skip
-    assert (cfg.data.world, cfg.data.resolution, cfg.callbacks.miniworld_eval.world) == (
-        "scenes", 128, str(scenes_world),
+    assert (cfg.data.world, cfg.data.resolution, cfg.data.num_samples, cfg.callbacks.miniworld_eval.world) == (
+        "scenes", 128, 1000, str(scenes_world),
     )  # fmt: skip
     module = train_app.train(cfg)
     assert module.trainer.global_step == 1
