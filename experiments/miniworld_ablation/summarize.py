@@ -7,8 +7,10 @@ step; a run whose last score is not at trainer.max_steps is still running and le
 standard deviation over seeds, with the untrained student of each arch and, given --teacher, the
 teacher's own scores from `python -m bksdm.evaluate eval=miniworld model=builtin:miniworld`),
 results.json (every score of every run) and accuracy.png / fid.png / error.png / guided_error.png (the
-score against steps, one panel per arch, one line per loss, the band spanning the seeds). Plots need
-matplotlib (pip install -e ".[plots]").
+score against steps, one panel per arch, one line per loss, the band spanning the seeds). A sweep of the
+relational world (experiment=miniworld_scenes_ablation) also gets the relation axis's accuracy and the
+accuracy on held-out colour-shape bindings (held_out_accuracy.png). Plots need matplotlib
+(pip install -e ".[plots]").
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ SCORES = {"accuracy/all": "accuracy (all four attributes)", "fid": "FID (classif
           "error_to_teacher/guided": "guided error to the teacher (MSE, guidance 3)"}  # fmt: skip
 PLOTS = {"accuracy/all": "accuracy.png", "fid": "fid.png", "error_to_teacher": "error.png",
          "error_to_teacher/guided": "guided_error.png"}  # fmt: skip
+# the relational world's sweeps (experiment=miniworld_scenes_ablation) score these too
+RELATIONAL = {"accuracy/axis": "relation axis accuracy",
+              "accuracy_held_out_split/all": "accuracy on held-out bindings (all slots)"}  # fmt: skip
+RELATIONAL_PLOTS = {"accuracy_held_out_split/all": "held_out_accuracy.png"}
 
 
 def read_runs(sweep: Path) -> tuple[list[dict], list[str]]:
@@ -55,6 +61,13 @@ def read_runs(sweep: Path) -> tuple[list[dict], list[str]]:
     return runs, unfinished
 
 
+def scores_of(runs: list[dict]) -> dict[str, str]:
+    """The scores to show, by key, with their labels: the relational world's too where every run has them."""
+    if all(key in run["history"][-1] for run in runs for key in RELATIONAL):
+        return {**SCORES, "accuracy/all": "accuracy (all slots)", **RELATIONAL}
+    return SCORES
+
+
 def spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3g}"
@@ -62,6 +75,7 @@ def spread(values: list[float]) -> str:
 
 
 def table(runs: list[dict], teacher: dict | None = None) -> str:
+    scores = scores_of(runs)
     groups, untrained = defaultdict(list), {}
     for run in runs:
         groups[run["loss"], run["arch"]].append(run["history"][-1])
@@ -73,17 +87,16 @@ def table(runs: list[dict], teacher: dict | None = None) -> str:
     order = sorted(groups, key=lambda key: (ARCHS.index(key[1]) if key[1] in ARCHS else 99,
                                             rows.index(key[0]) if key[0] in rows else 99))  # fmt: skip
     lines = [
-        "| arch | loss | steps | seeds | " + " | ".join(SCORES.values()) + " |",
-        "|---" * (4 + len(SCORES)) + "|",
+        "| arch | loss | steps | seeds | " + " | ".join(scores.values()) + " |",
+        "|---" * (4 + len(scores)) + "|",
     ]
     if teacher is not None:
-        lines.append(
-            "| teacher | (itself) | - | - | " + " | ".join(f"{teacher[s]:.3g}" for s in SCORES) + " |"
-        )
+        cells = [f"{teacher[s]:.3g}" if s in teacher else "-" for s in scores]
+        lines.append("| teacher | (itself) | - | - | " + " | ".join(cells) + " |")
     for loss, arch in order:
         finals = groups[loss, arch]
         steps = sorted({row["step"] for row in finals})
-        cells = [spread([row[score] for row in finals]) for score in SCORES]
+        cells = [spread([row[score] for row in finals]) for score in scores]
         lines.append(
             f"| {arch} | {loss} | {'/'.join(map(str, steps))} | {len(finals)} | " + " | ".join(cells) + " |"
         )
@@ -109,14 +122,14 @@ def plot(runs: list[dict], score: str, path: Path, teacher: dict | None = None) 
             values = [[next(row[score] for row in h if row["step"] == s) for h in chosen] for s in steps]
             axis.plot(steps, [statistics.mean(v) for v in values], marker="o", label=loss)
             axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
-        if teacher is not None:
+        if teacher is not None and score in teacher:
             axis.axhline(teacher[score], color="black", linestyle="--", linewidth=1, label="teacher")
         if score != "accuracy/all":  # both fall by orders of magnitude from the untrained student
             axis.set_yscale("log")
         axis.set_title(f"arch={arch}")
         axis.set_xlabel("optimizer steps")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel(SCORES[score])
+    axes[0][0].set_ylabel(scores_of(runs)[score])
     axes[0][-1].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -140,7 +153,8 @@ def main() -> None:
     (args.out / "results.md").write_text(table(runs, teacher))
     (args.out / "results.json").write_text(json.dumps({"teacher": teacher, "runs": runs}, indent=1) + "\n")
     if not args.no_plots:
-        for score, name in PLOTS.items():
+        relational = RELATIONAL_PLOTS if set(scores_of(runs)) > set(SCORES) else {}
+        for score, name in {**PLOTS, **relational}.items():
             plot(runs, score, args.out / name, teacher)
     print(table(runs, teacher))
     if unfinished:

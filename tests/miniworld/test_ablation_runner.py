@@ -1,7 +1,10 @@
-"""experiments/miniworld_ablation/run.sh: the sweep as workers sharing one list of runs, for either world."""
+"""experiments/miniworld_ablation: run.sh (the sweep as workers sharing one list of runs) and summarize.py,
+for the relational world's sweep as for the 64 px one's."""
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from helpers.paths import ROOT
@@ -56,3 +59,27 @@ def test_the_runner_sweeps_caption_dropouts_into_folders_of_their_own(tmp_path):
         f"distill.caption_dropout={p} hydra.sweep.dir={folder}"
         for p, folder in (("0", base), ("0.1", f"{base}_caption_dropout0.1"))
     ]
+
+
+def test_a_relational_sweep_s_summary_shows_the_relation_and_the_held_out_bindings(tmp_path):
+    scores = {"accuracy/all": 0.4, "accuracy/axis": 0.9, "accuracy_held_out_split/all": 0.2, "fid": 9.0,
+              "error_to_teacher": 0.1, "error_to_teacher/unconditional": 0.1, "error_to_teacher/guided": 0.3}  # fmt: skip
+    for loss in ("task", "kd_full"):
+        run = tmp_path / "sweep" / f"{loss}-small-seed0"
+        (run / ".hydra").mkdir(parents=True)
+        (run / "eval").mkdir()
+        (run / ".hydra/hydra.yaml").write_text(
+            f"hydra:\n  runtime:\n    choices:\n      loss: {loss}\n      arch: small\n"
+        )
+        (run / ".hydra/config.yaml").write_text("seed: 0\ntrainer:\n  max_steps: 1000\n  accelerator: cpu\n")
+        rows = [{**scores, "step": 0}, {**scores, "step": 1000}]
+        (run / "eval/history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    script = ROOT / "experiments/miniworld_ablation/summarize.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "sweep"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header = (tmp_path / "out/results.md").read_text().splitlines()[0]
+    assert header.endswith("| accuracy (all slots) | FID (classifier features) | error to the teacher (MSE) | "
+                           "empty-caption error (MSE) | guided error to the teacher (MSE, guidance 3) | relation axis "
+                           "accuracy | accuracy on held-out bindings (all slots) |")  # fmt: skip
+    assert (tmp_path / "out/held_out_accuracy.png").stat().st_size > 1000
