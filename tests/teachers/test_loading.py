@@ -151,6 +151,8 @@ def test_teacher_presets_hold_only_settings_that_are_read():
         "unet_config",
         "transformer_config",
         "sampling",
+        "world",  # a mini-world teacher's world and folder: data=miniworld and its evaluation read them
+        "world_dir",
     }
     for preset in sorted((CONF / "teacher").glob("*.yaml")):
         assert set(OmegaConf.load(preset)) <= read, preset.name
