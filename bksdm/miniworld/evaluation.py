@@ -9,7 +9,8 @@ folder was built for (``assets.world_of``).
   slot and all at once; ``accuracy/*`` over the captions training draws, ``accuracy_<split>_split/*`` over
   a held-out split's (the relational world's held-out colour-shape bindings);
 - FID on the classifier's features against held-out real items of the world (real items that no
-  training saw; with 128 dimensions, 1000 or more generated images give a usable number);
+  training saw, in the evaluation captions' mix of splits; with 128 dimensions, 1000 or more generated
+  images give a usable number);
 - error to the teacher: mean squared difference of the student's and the teacher's noise predictions on
   fixed held-out noisy latents (held-out images, noise and timesteps drawn from a fixed seed), for the
   captions (``error_to_teacher``), for the empty caption (``error_to_teacher/unconditional``) and for
@@ -62,8 +63,12 @@ class MiniWorldReference:
     ):
         """``teacher``: a StableDiffusionPipeline of the mini-world teacher (fp32, CPU or GPU) of a world
         of ``kind``."""
-        real = kind.items(num_real, 0, EVALUATION_OFFSET)
-        images = torch.stack([real[i]["pixel_values"] for i in range(num_real)])
+        # real items in the evaluation captions' mix of splits, so that FID compares like with like
+        splits = [split for _, split in kind.evaluation_captions()]
+        images = torch.stack([
+            kind.items(1, 0, EVALUATION_OFFSET + i, splits[i % len(splits)])[0]["pixel_values"]
+            for i in range(num_real)
+        ])  # fmt: skip
         real_stats = FeatureStats.of(batched(classifier.features, images))
         held_out = kind.items(num_latents, 0, EVALUATION_OFFSET + num_real)
         samples = [held_out[i] for i in range(num_latents)]
