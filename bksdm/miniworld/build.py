@@ -110,7 +110,9 @@ def build(cfg: DictConfig) -> Path:
         )
         (staging / "classifier.json").write_text(json.dumps(classifier.config) + "\n")
         # the teacher as shipped (stored precision, reloaded): does it draw its captions?
-        shipped = StableDiffusionPipeline.from_pretrained(staging / "teacher", **dtype_argument(torch.float32))
+        shipped = StableDiffusionPipeline.from_pretrained(
+            staging / "teacher", **dtype_argument(torch.float32)
+        )
         for name, texts in report_captions(kind, cfg.report, held_out).items():
             report[name] = teacher_accuracy(shipped, load_classifier(staging), texts, cfg.report, kind)
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -212,11 +214,13 @@ def train_classifier(
         )
         for split in kind.held_out_splits
     ]
-    images = torch.cat([pool.images, *(p.images for p in extra)])
-    labels = torch.cat([pool.labels, *(p.labels for p in extra)])
-    # generated images are VAE decodes: the classifier learns to read those as well as real ones
-    round_trips = round_trip(vae, images[: cfg.classifier.round_trips])
-    dataset = TensorDataset(torch.cat([images, round_trips]), torch.cat([labels, labels[: len(round_trips)]]))
+    # generated images are VAE decodes: the classifier learns to read those as well as real ones, of the
+    # pool's first items and of every held-out split item (whose round trips it would misread otherwise)
+    tripped = [pool.images[: cfg.classifier.round_trips], *(p.images for p in extra)]
+    tripped_labels = [pool.labels[: cfg.classifier.round_trips], *(p.labels for p in extra)]
+    images = torch.cat([pool.images, *(p.images for p in extra), *(round_trip(vae, i) for i in tripped)])
+    labels = torch.cat([pool.labels, *(p.labels for p in extra), *tripped_labels])
+    dataset = TensorDataset(images, labels)
     loader = DataLoader(
         dataset, batch_size=cfg.classifier.batch_size, shuffle=True, drop_last=True,
         generator=torch.Generator().manual_seed(cfg.seed),
@@ -428,7 +432,11 @@ def report_captions(kind: WorldKind, settings: DictConfig, held_out: dict[str, P
 
 
 def teacher_accuracy(
-    pipeline, classifier: models.AttributeClassifier, captions: list[str], settings: DictConfig, kind: WorldKind
+    pipeline,
+    classifier: models.AttributeClassifier,
+    captions: list[str],
+    settings: DictConfig,
+    kind: WorldKind,
 ) -> dict:
     """The classifier's per-slot accuracy on the teacher ``pipeline``'s images of ``captions``, drawn with
     ``settings`` (``report``: seeds, num_inference_steps, guidance_scale)."""
