@@ -7,8 +7,8 @@ the shipped teacher's accuracy, the mid-block check). The folder appears whole o
 The build is restartable: each finished stage (VAE, classifier, U-Net) is kept in ``work_dir`` with the
 random state it ended in, and the U-Net writes a checkpoint there every ``teacher.checkpoint_every_n_steps``
 steps, so rerunning the same command after a kill picks up where it stopped and builds the same bits an
-uninterrupted run does; a larger ``teacher.steps`` trains a finished teacher on. ``work_dir`` belongs to one set of settings
-and refuses others.
+uninterrupted run does; a larger ``teacher.steps`` trains a finished teacher on. ``work_dir`` belongs to
+one set of settings and refuses others.
 """
 
 from __future__ import annotations
@@ -71,12 +71,7 @@ def build(cfg: DictConfig) -> Path:
     clock = time.perf_counter()
     captions = kind.captions()
     pool = Pool(kind.items(cfg.pool.train, cfg.seed), captions)
-    # items training never sees: the train split's after the pool, and each held-out split's
-    held_out = {
-        "held_out_items": Pool(kind.items(cfg.pool.held_out, cfg.seed, offset=cfg.pool.train), captions)
-    }
-    held_out |= {f"{split}_split": Pool(kind.items(cfg.pool.held_out, cfg.seed, split=split), captions)
-                 for split in kind.held_out_splits}  # fmt: skip
+    held_out = held_out_pools(cfg, kind)
     report["seconds"]["render"] = time.perf_counter() - clock
 
     vae, mean, std = train_vae(cfg, kind, pool, held_out["held_out_items"], work, report)
@@ -113,10 +108,21 @@ def build(cfg: DictConfig) -> Path:
         shipped = StableDiffusionPipeline.from_pretrained(
             staging / "teacher", **dtype_argument(torch.float32)
         )
+        stored_classifier = load_classifier(staging)
         for name, texts in report_captions(kind, cfg.report, held_out).items():
-            report[name] = teacher_accuracy(shipped, load_classifier(staging), texts, cfg.report, kind)
+            report[name] = teacher_accuracy(shipped, stored_classifier, texts, cfg.report, kind)
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
+
+
+def held_out_pools(cfg: DictConfig, kind: WorldKind) -> dict[str, Pool]:
+    """The items training never sees, by report name: the train split's after the pool
+    (``held_out_items``), and each held-out split's (``<split>_split``), ``pool.held_out`` of each."""
+    captions = kind.captions()
+    pools = {"held_out_items": Pool(kind.items(cfg.pool.held_out, cfg.seed, offset=cfg.pool.train), captions)}
+    for split in kind.held_out_splits:
+        pools[f"{split}_split"] = Pool(kind.items(cfg.pool.held_out, cfg.seed, split=split), captions)
+    return pools
 
 
 def train_vae(
@@ -162,7 +168,7 @@ def train_teacher(
     report: dict,
 ) -> UNet2DConditionModel:
     """The U-Net trained for ``teacher.steps``: from the work folder's finished one, on from its last
-    epoch's checkpoint, or from scratch."""
+    checkpoint, or from scratch."""
     folder = work.path / "teacher"
     checkpoint = folder / "last.ckpt"
     record = work.finished("teacher", steps=cfg.teacher.steps)
@@ -404,13 +410,7 @@ def save_pipeline(
 ) -> None:
     """The parts as a StableDiffusionPipeline folder with SD's scheduler, and ``sampling.json``: the
     guidance scale and step count it is drawn with by default (``sampling`` over SD's)."""
-    from diffusers import PNDMScheduler
-
-    pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )  # fmt: skip
+    pipeline = assemble_pipeline(vae, text_encoder, tokenizer, unet)
     for model in (vae, text_encoder, unet):
         torch.nn.Module.to(model, dtype)
     pipeline.save_pretrained(folder, safe_serialization=True)
@@ -418,6 +418,17 @@ def save_pipeline(
     write_sampling(folder, sampling or {})
     for model in (vae, text_encoder, unet):
         torch.nn.Module.to(model, torch.float32)
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
+    """The parts as the StableDiffusionPipeline a build ships: SD's scheduler config, PNDM sampling."""
+    from diffusers import PNDMScheduler
+
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
 
 
 def report_captions(kind: WorldKind, settings: DictConfig, held_out: dict[str, Pool]) -> dict[str, list[str]]:

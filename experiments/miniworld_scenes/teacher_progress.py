@@ -15,16 +15,21 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+from diffusers import AutoencoderKL
 from hydra import compose, initialize_config_dir
 
 from bksdm.bench.run import cpu_model
 from bksdm.miniworld import models
 from bksdm.miniworld.assets import load_classifier
-from bksdm.miniworld.build import mid_block_effect, report_captions, teacher_accuracy
-from bksdm.miniworld.training import Pool, encode_pool
+from bksdm.miniworld.build import (
+    assemble_pipeline,
+    held_out_pools,
+    mid_block_effect,
+    report_captions,
+    teacher_accuracy,
+)
+from bksdm.miniworld.training import encode_pool
 from bksdm.miniworld.worlds import world_kind
-from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG
 
 HERE = Path(__file__).resolve().parent
 CONF = HERE.parents[1] / "conf"
@@ -46,18 +51,10 @@ def main(overrides: list[str]) -> dict:
     unet = models.unet(cfg.seed, kind.resolution, cfg.teacher.block_out_channels)
     unet.load_state_dict({k.removeprefix("unet."): v for k, v in checkpoint["state_dict"].items()})
     tokenizer = models.tokenizer(kind.text_tokens)
-    pipeline = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(work / "vae/model"), text_encoder=models.text_encoder(cfg.seed, tokenizer),
-        tokenizer=tokenizer, unet=unet.eval(), scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+    vae = AutoencoderKL.from_pretrained(work / "vae/model")
+    pipeline = assemble_pipeline(vae, models.text_encoder(cfg.seed, tokenizer), tokenizer, unet.eval())
     classifier = load_classifier(work / "classifier")
-    captions = kind.captions()
-    held_out = {
-        "held_out_items": Pool(kind.items(cfg.pool.held_out, cfg.seed, offset=cfg.pool.train), captions)
-    }
-    held_out |= {f"{split}_split": Pool(kind.items(cfg.pool.held_out, cfg.seed, split=split), captions)
-                 for split in kind.held_out_splits}  # fmt: skip
+    held_out = held_out_pools(cfg, kind)
     row = {"step": int(checkpoint["global_step"])}
     with torch.no_grad():
         for name, texts in report_captions(kind, cfg.report, held_out).items():
