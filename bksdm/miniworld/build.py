@@ -5,8 +5,8 @@ safetensors`` with ``classifier.json``, and ``<out>/report.json`` (training figu
 the shipped teacher's accuracy, the mid-block check). The folder appears whole or not at all.
 
 The build is restartable: each finished stage (VAE, classifier, U-Net) is kept in ``work_dir`` with the
-random state it ended in, and the U-Net writes a checkpoint there every ``teacher.checkpoint_every_n_steps``
-steps, so rerunning the same command after a kill picks up where it stopped and builds the same bits an
+random state it ended in, and the VAE and the U-Net write a checkpoint there every
+``checkpoint_every_n_steps`` steps, so rerunning the same command after a kill picks up where it stopped and builds the same bits an
 uninterrupted run does; a larger ``teacher.steps`` trains a finished teacher on. ``work_dir`` belongs to
 one set of settings and refuses others.
 """
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import shutil
 import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from omegaconf import DictConfig, OmegaConf
@@ -37,13 +35,16 @@ from bksdm.miniworld.scoring import attribute_accuracy, generate
 from bksdm.miniworld.training import (
     ClassifierTraining,
     Pool,
+    ShuffledEpochBatches,
     StepBatches,
     StepCheckpoint,
     TeacherTraining,
     VAETraining,
     checkpoint_step,
     encode_pool,
+    random_state,
     round_trip,
+    set_random_state,
 )
 from bksdm.miniworld.worlds import WorldKind, world_kind
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG, write_vocab_files
@@ -135,8 +136,12 @@ def train_vae(
         latents = torch.load(folder / "latents.pt")
         return AutoencoderKL.from_pretrained(folder / "model").eval().requires_grad_(False), *latents
     vae = models.vae(cfg.seed, kind.resolution)
-    stage = VAETraining(vae, cfg.vae.lr, cfg.vae.kl_weight, cfg.vae.crop)
-    seconds = fit(stage, pool.loader(cfg.vae.batch_size, cfg.seed), cfg.vae.steps, "vae", cfg)
+    stage = VAETraining(vae, pool.images, cfg.vae.lr, cfg.vae.kl_weight, cfg.vae.crop)
+    checkpoint = folder / "last.ckpt"
+    batches = ShuffledEpochBatches(len(pool), cfg.vae.batch_size, cfg.seed, checkpoint_step(checkpoint))
+    # a generator of its own: the loader would draw its workers' seed from the global one, which crops use
+    loader = DataLoader(batches, batch_size=None, generator=torch.Generator())
+    seconds = fit(stage, loader, cfg.vae.steps, "vae", cfg, checkpoint)
     vae.eval().requires_grad_(False)
     trips = round_trip(vae, held_out.images)
     mse = float(((uint8_to_unit(trips) - uint8_to_unit(held_out.images)) ** 2).mean())
@@ -170,7 +175,6 @@ def train_teacher(
     """The U-Net trained for ``teacher.steps``: from the work folder's finished one, on from its last
     checkpoint, or from scratch."""
     folder = work.path / "teacher"
-    checkpoint = folder / "last.ckpt"
     record = work.finished("teacher", steps=cfg.teacher.steps)
     if record is not None:
         report.update(record)
@@ -180,14 +184,17 @@ def train_teacher(
         unet, mean, std, pool.caption_index, text_embeds, scaling_factor, cfg.seed, cfg.teacher.lr,
         cfg.teacher.weight_decay, cfg.teacher.warmup_steps, cfg.teacher.caption_dropout,
     )  # fmt: skip
-    resume = checkpoint if checkpoint.is_file() else None
-    batches = StepBatches(
-        len(pool), cfg.teacher.batch_size, cfg.seed, checkpoint_step(resume) if resume else 0
-    )
+    checkpoint = folder / "last.ckpt"
+    batches = StepBatches(len(pool), cfg.teacher.batch_size, cfg.seed, checkpoint_step(checkpoint))
     report["seconds"]["teacher"] = fit(
-        stage, DataLoader(batches, batch_size=None), cfg.teacher.steps, "teacher", cfg, gradient_clip_val=1.0,
-        callbacks=[StepCheckpoint(checkpoint, cfg.teacher.checkpoint_every_n_steps)], ckpt_path=resume,
-    )  # fmt: skip
+        stage,
+        DataLoader(batches, batch_size=None),
+        cfg.teacher.steps,
+        "teacher",
+        cfg,
+        checkpoint,
+        gradient_clip_val=1.0,
+    )
     unet.eval().requires_grad_(False)
     unet.save_pretrained(folder / "model")
     record = {"teacher_parameters": sum(p.numel() for p in unet.parameters())}
@@ -262,15 +269,20 @@ def fit(
     steps: int,
     name: str,
     cfg: DictConfig,
-    callbacks: list[L.Callback] = (),
-    ckpt_path: Path | None = None,
+    checkpoint: Path | None = None,
     **options,
 ) -> float:
-    """Trains ``module`` for ``steps`` optimizer steps (on from ``ckpt_path``); its metrics go to
+    """Trains ``module`` for ``steps`` optimizer steps, writing ``checkpoint`` every
+    ``cfg.checkpoint_every_n_steps`` (where given) and resuming from it if it exists; its metrics go to
     ``<log_dir>/<name>/metrics.csv`` (a resumed stage appends to it). Returns the seconds it took."""
     logger = AppendingCSVLogger(cfg.log_dir, name=name, version="")
-    if ckpt_path is not None:
-        drop_rows_from(Path(logger.log_dir) / "metrics.csv", checkpoint_step(ckpt_path))
+    callbacks = [StepProgressBar(refresh_rate=cfg.log_every_n_steps, description=name)]
+    resume = None
+    if checkpoint is not None:
+        callbacks.append(StepCheckpoint(checkpoint, cfg.checkpoint_every_n_steps))
+        if checkpoint.is_file():
+            resume = checkpoint
+            drop_rows_from(Path(logger.log_dir) / "metrics.csv", checkpoint_step(checkpoint))
     trainer = L.Trainer(
         max_steps=steps,
         max_epochs=-1,
@@ -281,11 +293,11 @@ def fit(
         accelerator=cfg.accelerator,
         devices=1,
         deterministic=True,
-        callbacks=[StepProgressBar(refresh_rate=cfg.log_every_n_steps, description=name), *callbacks],
+        callbacks=callbacks,
         **options,
     )
     start = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    trainer.fit(module, loader, ckpt_path=resume)
     return time.perf_counter() - start
 
 
@@ -311,8 +323,7 @@ class WorkFolder:
         self.path = path
         chosen = {key: cfg[key] for key in SETTINGS}  # resolving all of cfg would need Hydra's run
         settings = _flat(OmegaConf.to_container(OmegaConf.create(chosen), resolve=True), SETTINGS)
-        for free in ("teacher.steps", "teacher.checkpoint_every_n_steps"):
-            settings.pop(free, None)
+        settings.pop("teacher.steps")
         file = path / "settings.json"
         if file.is_file():
             saved = json.loads(file.read_text())
@@ -337,7 +348,7 @@ class WorkFolder:
         if file.is_file():
             saved = torch.load(file, weights_only=False)
             if steps is None or saved["steps"] == steps:
-                _set_random_state(saved["random_state"])
+                set_random_state(saved["random_state"])
                 return saved["record"]
             if steps < saved["steps"]:
                 raise ValueError(
@@ -353,7 +364,7 @@ class WorkFolder:
     def finish(self, stage: str, record: dict, steps: int | None = None) -> None:
         file = self.path / stage / "finished.pt"
         staging = file.with_name(".finished.pt.partial")
-        torch.save({"record": record, "steps": steps, "random_state": _random_state()}, staging)
+        torch.save({"record": record, "steps": steps, "random_state": random_state()}, staging)
         staging.replace(file)
 
 
@@ -366,21 +377,6 @@ def _flat(tree: dict, keys: tuple[str, ...], prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _random_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_random_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()

@@ -10,10 +10,12 @@ decodes, so it must read those as well as real ones).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -45,23 +47,23 @@ class Pool:
     def __len__(self) -> int:
         return len(self.images)
 
-    def loader(self, batch_size: int, seed: int, *extra: torch.Tensor) -> DataLoader:
-        """Shuffled batches of (images, labels, caption indices, *extra), reshuffled every epoch."""
-        dataset = TensorDataset(self.images, self.labels, self.caption_index, *extra)
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
-
 
 class VAETraining(L.LightningModule):
-    """MSE + ``kl_weight`` x KL on whole images, or on a random ``crop`` x ``crop`` window of each: the VAE
-    is convolutional, so a 128 px world's VAE learns from 64 px windows at a quarter of the cost."""
+    """MSE + ``kl_weight`` x KL on whole ``images`` (N, 3, R, R) uint8, or on a random ``crop`` x ``crop``
+    window of each: the VAE is convolutional, so a 128 px world's VAE learns from 64 px windows at a quarter
+    of the cost. Batches are ``ShuffledEpochBatches``'; crops and posterior samples come from the global
+    generator, whose state its checkpoints keep, so a resumed run trains bit-identically to an unstopped
+    one."""
 
-    def __init__(self, vae: AutoencoderKL, lr: float, kl_weight: float, crop: int | None = None):
+    def __init__(
+        self, vae: AutoencoderKL, images: torch.Tensor, lr: float, kl_weight: float, crop: int | None = None
+    ):
         super().__init__()
-        self.vae, self.lr, self.kl_weight, self.crop = vae, lr, kl_weight, crop
+        self.vae, self.images, self.lr, self.kl_weight, self.crop = vae, images, lr, kl_weight, crop
 
     def training_step(self, batch, batch_idx):
-        pixels = uint8_to_unit(batch[0])
+        _, indices = batch
+        pixels = uint8_to_unit(self.images[indices].to(self.device))
         if self.crop is not None:
             pixels = random_crops(pixels, self.crop)
         posterior = self.vae.encode(pixels).latent_dist
@@ -73,6 +75,12 @@ class VAETraining(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.vae.parameters(), lr=self.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["random_state"] = random_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        set_random_state(checkpoint["random_state"])
 
 
 class TeacherTraining(L.LightningModule):
@@ -193,6 +201,34 @@ class StepBatches(IterableDataset):
                 step += 1
 
 
+class ShuffledEpochBatches(IterableDataset):
+    """``(step, pool indices (batch_size,))`` from step ``start`` on, endlessly: the order of a DataLoader
+    that reshuffles the pool every epoch from one generator seeded with ``seed`` (and drops the last partial
+    batch). This is the order the VAE stage has always drawn (the shipped 64 px VAE keeps its bits); a
+    resumed run replays the epochs' shuffles, which costs index lists only, up to ``start``."""
+
+    def __init__(self, pool_size: int, batch_size: int, seed: int, start: int = 0):
+        if pool_size < batch_size:
+            raise ValueError(f"a pool of {pool_size} items cannot fill a batch of {batch_size}")
+        self.pool_size, self.batch_size, self.seed, self.start = pool_size, batch_size, seed, start
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        order = DataLoader(
+            TensorDataset(torch.arange(self.pool_size)), batch_size=self.batch_size, shuffle=True,
+            drop_last=True, generator=torch.Generator().manual_seed(self.seed),
+        )  # fmt: skip
+        step = 0
+        while True:
+            # len(order) batches from a fresh iterator, which is left undrained: so Lightning runs an epoch
+            # of a sized loader, and draining it would draw the shuffle a last time
+            epoch = iter(order)
+            for _ in range(len(order)):
+                (indices,) = next(epoch)
+                if step >= self.start:
+                    yield step, indices
+                step += 1
+
+
 class StepCheckpoint(L.Callback):
     """Writes ``path`` every ``every_n_steps`` optimizer steps, replacing the last one atomically (a kill
     mid-write leaves the previous checkpoint whole, which Lightning's ModelCheckpoint does not promise).
@@ -210,8 +246,31 @@ class StepCheckpoint(L.Callback):
         staging.replace(self.path)
 
 
+def random_state() -> dict:
+    """The global generators' states (torch, CUDA where present, Python, NumPy), as ``torch.load`` reads
+    with ``weights_only=True`` (Lightning's default for the checkpoints it resumes from): NumPy's key as a
+    tensor."""
+    kind, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy = (kind, torch.from_numpy(key.astype(np.int64)), position, has_gauss, cached_gaussian)
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, key, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def checkpoint_step(path: Path) -> int:
-    """The optimizer steps a Lightning checkpoint has trained."""
+    """The optimizer steps a Lightning checkpoint has trained (0 where there is none yet)."""
+    if not path.is_file():
+        return 0
     return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
 
 

@@ -13,7 +13,7 @@ def scenes_config(folder: Path, *overrides: str):
         return compose("miniworld", overrides=[
             "world=scenes", f"out={folder / 'world'}", f"work_dir={folder / 'work'}", "pool.train=64",
             "pool.held_out=8", "vae.steps=2", "teacher.batch_size=8", "teacher.block_out_channels=[16,32,32,32]",
-            "teacher.checkpoint_every_n_steps=5", "classifier.steps=2", "classifier.round_trips=8",
+            "checkpoint_every_n_steps=5", "classifier.steps=2", "classifier.round_trips=8",
             "classifier.held_out_split_items=8", "report.captions=2", "report.num_inference_steps=1",
             "report.mid_block_items=4", "log_every_n_steps=1", "save_dtype=float32", *overrides,
         ])  # fmt: skip

@@ -15,22 +15,46 @@ PARTS = (
 )
 
 
-def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path):
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path, monkeypatch):
     from bksdm.miniworld.assets import load_classifier
     from bksdm.miniworld.build import build
     from bksdm.miniworld.scenes import LABEL_SLOTS
+    from bksdm.miniworld.training import VAETraining
     from bksdm.teachers.loading import load_components
 
-    unstopped = build(scenes_config(tmp_path / "a", "teacher.steps=14"))
-    # a run stopped at step 9 (its last checkpoint at step 5), then the same command with more steps
-    build(scenes_config(tmp_path / "b", "teacher.steps=9"))
+    # 12 VAE steps are 3 epochs of the 64-item pool: the resumed one replays the epochs' shuffles
+    unstopped = build(scenes_config(tmp_path / "a", "vae.steps=12", "teacher.steps=14"))
+    # a run killed in the VAE's step 7 (its checkpoint at step 5), then one stopped at U-Net step 9 (its
+    # checkpoint at step 5), then the same command with more steps
+    vae_step = VAETraining.training_step
+
+    def killed_at_step_7(self, batch, batch_idx):
+        if self.global_step == 7:
+            raise Killed
+        return vae_step(self, batch, batch_idx)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(VAETraining, "training_step", killed_at_step_7)
+        with pytest.raises(Killed):
+            build(scenes_config(tmp_path / "b", "vae.steps=12", "teacher.steps=9"))
+    assert torch.load(tmp_path / "b/work/vae/last.ckpt", weights_only=False)["global_step"] == 5
+    build(scenes_config(tmp_path / "b", "vae.steps=12", "teacher.steps=9"))
     assert torch.load(tmp_path / "b/work/teacher/last.ckpt", weights_only=False)["global_step"] == 5
-    resumed = build(scenes_config(tmp_path / "b", "teacher.steps=14"))
+    resumed = build(scenes_config(tmp_path / "b", "vae.steps=12", "teacher.steps=14"))
     for part in PARTS:
         a, b = load_file(unstopped / part), load_file(resumed / part)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
-    rows = [line.split(",")[1] for line in (tmp_path / "b/work/teacher/metrics.csv").read_text().split()[1:]]
-    assert rows == [str(step) for step in range(14)]  # the steps before the checkpoint kept, none twice
+    for stage, steps in (("vae", 12), ("teacher", 14)):
+        rows = [
+            line.split(",")[1] for line in (tmp_path / f"b/work/{stage}/metrics.csv").read_text().split()[1:]
+        ]
+        assert rows == [str(step) for step in range(steps)], (
+            stage
+        )  # steps before the checkpoint kept, none twice
 
     report = json.loads((resumed / "report.json").read_text())
     assert report["world"] == "scenes" and report["mid_block_zeroed_change"] > 0
