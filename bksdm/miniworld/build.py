@@ -179,7 +179,7 @@ def train_teacher(
     if record is not None:
         report.update(record)
         return UNet2DConditionModel.from_pretrained(folder / "model").eval().requires_grad_(False)
-    unet = models.unet(cfg.seed, kind.resolution, cfg.teacher.block_out_channels)
+    unet = teacher_unet(cfg, kind)
     stage = TeacherTraining(
         unet, mean, std, pool.caption_index, text_embeds, scaling_factor, cfg.seed, cfg.teacher.lr,
         cfg.teacher.weight_decay, cfg.teacher.warmup_steps, cfg.teacher.caption_dropout,
@@ -201,6 +201,11 @@ def train_teacher(
     work.finish("teacher", record, steps=cfg.teacher.steps)
     report.update(record)
     return unet
+
+
+def teacher_unet(cfg: DictConfig, kind: WorldKind) -> UNet2DConditionModel:
+    """The teacher's U-Net as the build starts it, from the seed."""
+    return models.unet(cfg.seed, kind.resolution, cfg.teacher.block_out_channels, cfg.teacher.attention_heads)
 
 
 def train_classifier(

@@ -68,13 +68,19 @@ def vae(seed: int, resolution: int = RESOLUTION) -> AutoencoderKL:
 
 
 def unet(
-    seed: int, resolution: int = RESOLUTION, block_out_channels: Sequence[int] | None = None
+    seed: int,
+    resolution: int = RESOLUTION,
+    block_out_channels: Sequence[int] | None = None,
+    attention_heads: Sequence[int] | None = None,
 ) -> UNet2DConditionModel:
     """SD-v1's topology for latents of ``resolution // 8``; ``block_out_channels`` (4 stages) over the
-    default widths 32/64/64/64."""
+    default widths 32/64/64/64, ``attention_heads`` (one count per stage) over SD-v1's 8 in every stage
+    (diffusers calls the count ``attention_head_dim``)."""
     config = {**UNET_CONFIG, "sample_size": resolution // 8}
     if block_out_channels is not None:
         config["block_out_channels"] = list(block_out_channels)
+    if attention_heads is not None:
+        config["attention_head_dim"] = list(attention_heads)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return UNet2DConditionModel(**config)

@@ -27,6 +27,7 @@ from bksdm.miniworld.build import (
     mid_block_effect,
     report_captions,
     teacher_accuracy,
+    teacher_unet,
 )
 from bksdm.miniworld.training import encode_pool
 from bksdm.miniworld.worlds import world_kind
@@ -48,7 +49,7 @@ def main(overrides: list[str]) -> dict:
     torch.manual_seed(cfg.seed)
     kind = world_kind(cfg.world.name)
     checkpoint = torch.load(work / "teacher/last.ckpt", map_location="cpu", weights_only=False)
-    unet = models.unet(cfg.seed, kind.resolution, cfg.teacher.block_out_channels)
+    unet = teacher_unet(cfg, kind)
     unet.load_state_dict({k.removeprefix("unet."): v for k, v in checkpoint["state_dict"].items()})
     tokenizer = models.tokenizer(kind.text_tokens)
     vae = AutoencoderKL.from_pretrained(work / "vae/model")

@@ -63,6 +63,7 @@ def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path,
     assert set(report["teacher_accuracy"]) <= {*LABEL_SLOTS, "all"}
     parts = load_components(str(resumed / "teacher"))
     assert parts.unet.config.sample_size == 16 and parts.vae.config.sample_size == 128
+    assert list(parts.unet.config.attention_head_dim) == [1, 2, 4, 4]  # conf/world/scenes.yaml's heads
     assert set(load_classifier(resumed)(torch.zeros(1, 3, 128, 128))) == set(LABEL_SLOTS)
 
 
