@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 CONF = HERE.parents[1] / "conf"
 
 
-def main(overrides: list[str]) -> dict:
+def main(overrides: list[str], log: Path = HERE / "teacher_progress.jsonl") -> dict:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("miniworld", overrides=["world=scenes", *overrides])
     work = Path(cfg.work_dir)
@@ -68,7 +68,7 @@ def main(overrides: list[str]) -> dict:
         row["mid_block_zeroed_change"] = mid_block_effect(unet, scaled, context, cfg.seed)
     row["seconds"] = round(time.perf_counter() - clock, 1)
     row["cpu"] = cpu_model()
-    with open(HERE / "teacher_progress.jsonl", "a") as handle:
+    with open(log, "a") as handle:
         handle.write(json.dumps(row) + "\n")
     return row
 

@@ -6,18 +6,21 @@ import collections
 import json
 
 import pytest
-from helpers.miniworld import scenes_config
-from helpers.paths import CONF
+from helpers.miniworld import scenes_config, scenes_overrides
+from helpers.paths import CONF, ROOT
 from helpers.train_config import config
 
 pytestmark = pytest.mark.xdist_group("scenes_world")  # the tests sharing the built world share a worker
+
+
+BUILT = ("teacher.steps=2", "checkpoint_every_n_steps=2")  # its U-Net's last checkpoint is the finished one
 
 
 @pytest.fixture(scope="module")
 def scenes_world(tmp_path_factory):
     from bksdm.miniworld.build import build
 
-    return build(scenes_config(tmp_path_factory.mktemp("scenes"), "teacher.steps=2"))
+    return build(scenes_config(tmp_path_factory.mktemp("scenes"), *BUILT))
 
 
 def test_the_relational_world_s_evaluation_mixes_held_out_bindings_in_every_fifth_place():
@@ -93,3 +96,20 @@ def test_eval_miniworld_scores_a_built_scenes_teacher_in_its_world(tmp_path, sce
     assert "(i // 1000) * 100003 + i % 1000" in manifest["noise"]
     table = (tmp_path / "metrics.md").read_text()
     assert "| acc. axis |" in table and "| acc. held_out_split all |" in table
+
+
+def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scores_the_teacher(
+    tmp_path, scenes_world
+):
+    import importlib.util
+
+    script = ROOT / "experiments/miniworld_scenes/teacher_progress.py"
+    spec = importlib.util.spec_from_file_location("teacher_progress", script)
+    teacher_progress = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(teacher_progress)
+    log = tmp_path / "progress.jsonl"
+    row = teacher_progress.main(scenes_overrides(scenes_world.parent, *BUILT), log)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [row] and row["step"] == 2
+    report = json.loads((scenes_world / "report.json").read_text())
+    for figure in ("teacher_accuracy", "teacher_accuracy_held_out_split", "mid_block_zeroed_change"):
+        assert row[figure] == pytest.approx(report[figure]), figure
