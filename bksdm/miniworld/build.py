@@ -6,9 +6,9 @@ the shipped teacher's accuracy, the mid-block check). The folder appears whole o
 
 The build is restartable: each finished stage (VAE, classifier, U-Net) is kept in ``work_dir`` with the
 random state it ended in, and the VAE and the U-Net write a checkpoint there every
-``checkpoint_every_n_steps`` steps, so rerunning the same command after a kill picks up where it stopped and builds the same bits an
-uninterrupted run does; a larger ``teacher.steps`` trains a finished teacher on. ``work_dir`` belongs to
-one set of settings and refuses others.
+``checkpoint_every_n_steps`` steps, so rerunning the same command after a kill picks up where it stopped
+and builds the same bits an uninterrupted run does; a larger ``teacher.steps`` trains a finished teacher
+on. ``work_dir`` belongs to one set of settings and refuses others.
 """
 
 from __future__ import annotations
