@@ -136,7 +136,7 @@ def train_vae(
         latents = torch.load(folder / "latents.pt")
         return AutoencoderKL.from_pretrained(folder / "model").eval().requires_grad_(False), *latents
     vae = models.vae(cfg.seed, kind.resolution)
-    stage = VAETraining(vae, pool.images, cfg.vae.lr, cfg.vae.kl_weight, cfg.vae.crop)
+    stage = VAETraining(vae, pool.images, cfg.vae.lr, cfg.vae.kl_weight, cfg.vae.crop, cfg.vae.lr_schedule)
     checkpoint = folder / "last.ckpt"
     batches = ShuffledEpochBatches(len(pool), cfg.vae.batch_size, cfg.seed, checkpoint_step(checkpoint))
     # a generator of its own: the loader would draw its workers' seed from the global one, which crops use

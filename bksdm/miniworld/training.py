@@ -56,10 +56,19 @@ class VAETraining(L.LightningModule):
     one."""
 
     def __init__(
-        self, vae: AutoencoderKL, images: torch.Tensor, lr: float, kl_weight: float, crop: int | None = None
+        self,
+        vae: AutoencoderKL,
+        images: torch.Tensor,
+        lr: float,
+        kl_weight: float,
+        crop: int | None = None,
+        lr_schedule: str = "constant",
     ):
         super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"vae.lr_schedule={lr_schedule!r}: accepted are {list(LR_SCHEDULES)}")
         self.vae, self.images, self.lr, self.kl_weight, self.crop = vae, images, lr, kl_weight, crop
+        self.lr_schedule = lr_schedule
 
     def training_step(self, batch, batch_idx):
         _, indices = batch
@@ -74,7 +83,10 @@ class VAETraining(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.vae.parameters(), lr=self.lr)
+        optimizer = torch.optim.AdamW(self.vae.parameters(), lr=self.lr)
+        if self.lr_schedule == "constant":
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": cosine_schedule(optimizer, self.trainer.max_steps)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["random_state"] = random_state()
@@ -159,16 +171,21 @@ class ClassifierTraining(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.classifier.parameters(), lr=self.lr)
-        total = self.trainer.max_steps
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": torch.optim.lr_scheduler.LambdaLR(
-                    optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
-                ),
-                "interval": "step",
-            },
-        }
+        return {"optimizer": optimizer, "lr_scheduler": cosine_schedule(optimizer, self.trainer.max_steps)}
+
+
+# how the VAE's learning rate runs: a constant one (the 64 px world's) left the 128 px world's VAE drifting to
+# its last step, with a colour cast (orange read as yellow) that its step-1500 weights had not had
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> dict:
+    """Lightning's scheduler entry: the rate falls from the optimizer's to 0 over ``total_steps``, by half a
+    cosine, stepped every optimizer step."""
+    decay = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    )
+    return {"scheduler": decay, "interval": "step"}
 
 
 def random_crops(images: torch.Tensor, size: int) -> torch.Tensor:

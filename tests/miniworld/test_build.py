@@ -122,3 +122,10 @@ def test_accuracy_scores_each_slot_only_where_the_caption_has_it():
     assert scores == {slot: 1.0 for slot in LABEL_SLOTS} | {"all": 1.0}
     with pytest.raises(ValueError, match="world='mars': accepted are"):
         world_kind("mars")
+
+
+def test_the_vae_s_learning_rate_schedule_is_one_it_knows():
+    from bksdm.miniworld.training import VAETraining
+
+    with pytest.raises(ValueError, match=r"vae\.lr_schedule='linear': accepted are \['constant', 'cosine'\]"):
+        VAETraining(None, None, lr=1e-3, kl_weight=0.0, lr_schedule="linear")
