@@ -259,7 +259,7 @@ class StepCheckpoint(L.Callback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_name(f".{self.path.name}.partial")
-        trainer.save_checkpoint(staging)
+        trainer.save_checkpoint(staging, weights_only=False)  # the optimizer too: a resume needs it
         staging.replace(self.path)
 
 
