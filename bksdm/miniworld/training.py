@@ -218,16 +218,11 @@ class StepBatches(IterableDataset):
                 step += 1
 
 
-class ShuffledEpochBatches(IterableDataset):
-    """``(step, pool indices (batch_size,))`` from step ``start`` on, endlessly: the order of a DataLoader
-    that reshuffles the pool every epoch from one generator seeded with ``seed`` (and drops the last partial
-    batch). This is the order the VAE stage has always drawn (the shipped 64 px VAE keeps its bits); a
-    resumed run replays the epochs' shuffles, which costs index lists only, up to ``start``."""
-
-    def __init__(self, pool_size: int, batch_size: int, seed: int, start: int = 0):
-        if pool_size < batch_size:
-            raise ValueError(f"a pool of {pool_size} items cannot fill a batch of {batch_size}")
-        self.pool_size, self.batch_size, self.seed, self.start = pool_size, batch_size, seed, start
+class ShuffledEpochBatches(StepBatches):
+    """``StepBatches`` in another order: that of a DataLoader that reshuffles the pool every epoch from one
+    generator seeded with ``seed`` (and drops the last partial batch). This is the order the VAE stage has
+    always drawn (the shipped 64 px VAE keeps its bits); a resumed run replays the epochs' shuffles, which
+    costs index lists only, up to ``start``."""
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         order = DataLoader(
