@@ -33,6 +33,7 @@ from bksdm.miniworld import models
 from bksdm.miniworld.assets import load_classifier
 from bksdm.miniworld.scoring import attribute_accuracy, generate
 from bksdm.miniworld.training import (
+    PREDICTION_TYPES,
     ClassifierTraining,
     Pool,
     ShuffledEpochBatches,
@@ -65,6 +66,10 @@ def build(cfg: DictConfig) -> Path:
     ``cfg.out``."""
     if cfg.save_dtype not in DTYPES:
         raise ValueError(f"save_dtype={cfg.save_dtype!r}: accepted are {list(DTYPES)}")
+    if cfg.teacher.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"teacher.prediction_type={cfg.teacher.prediction_type!r}: accepted are {list(PREDICTION_TYPES)}"
+        )
     kind = world_kind(cfg.world.name)
     work = WorkFolder(Path(cfg.work_dir), cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -98,8 +103,9 @@ def build(cfg: DictConfig) -> Path:
             "num_inference_steps": cfg.report.num_inference_steps,
         }
         save_pipeline(
-            vae, text_encoder, tokenizer, unet, staging / "teacher", DTYPES[cfg.save_dtype], sampling
-        )
+            vae, text_encoder, tokenizer, unet, staging / "teacher", DTYPES[cfg.save_dtype], sampling,
+            cfg.teacher.prediction_type,
+        )  # fmt: skip
         save_file(
             {k: v.to(DTYPES[cfg.save_dtype]) for k, v in classifier.state_dict().items()},
             staging / "classifier.safetensors",
@@ -183,6 +189,7 @@ def train_teacher(
     stage = TeacherTraining(
         unet, mean, std, pool.caption_index, text_embeds, scaling_factor, cfg.seed, cfg.teacher.lr,
         cfg.teacher.weight_decay, cfg.teacher.warmup_steps, cfg.teacher.caption_dropout,
+        cfg.teacher.prediction_type,
     )  # fmt: skip
     checkpoint = folder / "last.ckpt"
     batches = StepBatches(len(pool), cfg.teacher.batch_size, cfg.seed, checkpoint_step(checkpoint))
@@ -407,11 +414,18 @@ def mid_block_effect(
 
 
 def save_pipeline(
-    vae, text_encoder, tokenizer, unet, folder: Path, dtype: torch.dtype, sampling: dict | None = None
+    vae,
+    text_encoder,
+    tokenizer,
+    unet,
+    folder: Path,
+    dtype: torch.dtype,
+    sampling: dict | None = None,
+    prediction_type: str = "epsilon",
 ) -> None:
     """The parts as a StableDiffusionPipeline folder with SD's scheduler, and ``sampling.json``: the
     guidance scale and step count it is drawn with by default (``sampling`` over SD's)."""
-    pipeline = assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    pipeline = assemble_pipeline(vae, text_encoder, tokenizer, unet, prediction_type)
     for model in (vae, text_encoder, unet):
         torch.nn.Module.to(model, dtype)
     pipeline.save_pretrained(folder, safe_serialization=True)
@@ -421,13 +435,17 @@ def save_pipeline(
         torch.nn.Module.to(model, torch.float32)
 
 
-def assemble_pipeline(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
-    """The parts as the StableDiffusionPipeline a build ships: SD's scheduler config, PNDM sampling."""
+def assemble_pipeline(
+    vae, text_encoder, tokenizer, unet, prediction_type: str = "epsilon"
+) -> StableDiffusionPipeline:
+    """The parts as the StableDiffusionPipeline a build ships: SD's scheduler config with the U-Net's
+    ``prediction_type``, PNDM sampling."""
     from diffusers import PNDMScheduler
 
+    scheduler = PNDMScheduler.from_config({**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type})
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )  # fmt: skip
 

@@ -2,8 +2,8 @@
 
 Each stage is a LightningModule over a pool of rendered images (uint8 in memory, so data costs nothing per
 step): the VAE first (MSE + a small KL), then the U-Net on latents encoded once by the frozen VAE with text
-embeddings computed once by the frozen text encoder (epsilon prediction, SD's DDPM schedule, captions
-dropped for guidance), and the classifier on real images and VAE round trips (generated images are VAE
+embeddings computed once by the frozen text encoder (epsilon or SD-v2's v prediction, SD's DDPM schedule,
+captions dropped for guidance), and the classifier on real images and VAE round trips (generated images are VAE
 decodes, so it must read those as well as real ones).
 """
 
@@ -95,8 +95,12 @@ class VAETraining(L.LightningModule):
         set_random_state(checkpoint["random_state"])
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the U-Net predicts: the noise, or SD-v2's velocity
+
+
 class TeacherTraining(L.LightningModule):
-    """Epsilon-prediction training of the U-Net on a pool: ``latent_mean``/``latent_std`` (N, 4, h, w) are
+    """Denoising training of the U-Net on a pool, predicting the noise or, with ``prediction_type``
+    ``"v_prediction"``, SD-v2's velocity: ``latent_mean``/``latent_std`` (N, 4, h, w) are
     the frozen VAE's posterior of every pool image (sampled each step, as SD's training does),
     ``caption_index`` (N,) their captions; ``text_embeds`` (C + 1, T, D) the text encoder's output for every
     caption of the world and, last, the empty one. Batches are ``StepBatches``'; every random draw of a step
@@ -116,6 +120,7 @@ class TeacherTraining(L.LightningModule):
         weight_decay: float,
         warmup_steps: int,
         caption_dropout: float,
+        prediction_type: str = "epsilon",
     ):
         super().__init__()
         self.unet, self.scaling_factor, self.seed = unet, scaling_factor, seed
@@ -124,7 +129,9 @@ class TeacherTraining(L.LightningModule):
                             ("caption_index", caption_index), ("text_embeds", text_embeds)):  # fmt: skip
             self.register_buffer(name, value, persistent=False)
         schedule = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-        self.noise_scheduler = DDPMScheduler(**{key: SD_SCHEDULER_CONFIG[key] for key in schedule})
+        self.noise_scheduler = DDPMScheduler(
+            **{key: SD_SCHEDULER_CONFIG[key] for key in schedule}, prediction_type=prediction_type
+        )
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.caption_dropout = caption_dropout
 
@@ -141,7 +148,11 @@ class TeacherTraining(L.LightningModule):
         noise = torch.randn(latents.shape, **draw)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), **draw)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        loss = F.mse_loss(self.unet(noisy, timesteps, context).sample, noise)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        loss = F.mse_loss(self.unet(noisy, timesteps, context).sample, target)
         self.log("teacher/loss", loss, prog_bar=True)
         return loss
 

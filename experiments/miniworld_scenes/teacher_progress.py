@@ -53,7 +53,9 @@ def main(overrides: list[str], log: Path = HERE / "teacher_progress.jsonl") -> d
     unet.load_state_dict({k.removeprefix("unet."): v for k, v in checkpoint["state_dict"].items()})
     tokenizer = models.tokenizer(kind.text_tokens)
     vae = AutoencoderKL.from_pretrained(work / "vae/model")
-    pipeline = assemble_pipeline(vae, models.text_encoder(cfg.seed, tokenizer), tokenizer, unet.eval())
+    pipeline = assemble_pipeline(
+        vae, models.text_encoder(cfg.seed, tokenizer), tokenizer, unet.eval(), cfg.teacher.prediction_type
+    )
     classifier = load_classifier(work / "classifier")
     held_out = held_out_pools(cfg, kind)
     row = {"step": int(checkpoint["global_step"])}

@@ -63,7 +63,8 @@ def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path,
     assert set(report["teacher_accuracy"]) <= {*LABEL_SLOTS, "all"}
     parts = load_components(str(resumed / "teacher"))
     assert parts.unet.config.sample_size == 16 and parts.vae.config.sample_size == 128
-    assert list(parts.unet.config.attention_head_dim) == [1, 2, 4, 4]  # conf/world/scenes.yaml's heads
+    assert list(parts.unet.config.attention_head_dim) == [1, 1, 4, 8]  # conf/world/scenes.yaml's heads
+    assert parts.noise_scheduler.config.prediction_type == "v_prediction"  # and its SD-v2 target
     assert set(load_classifier(resumed)(torch.zeros(1, 3, 128, 128))) == set(LABEL_SLOTS)
 
 
@@ -124,8 +125,38 @@ def test_accuracy_scores_each_slot_only_where_the_caption_has_it():
         world_kind("mars")
 
 
+def test_a_prediction_type_it_does_not_know_is_refused_before_anything_is_written(tmp_path):
+    from bksdm.miniworld.build import build
+
+    with pytest.raises(
+        ValueError, match=r"teacher\.prediction_type='sample': accepted are \['epsilon', 'v_prediction'\]"
+    ):
+        build(scenes_config(tmp_path, "teacher.prediction_type=sample"))
+    assert not (tmp_path / "work").exists()
+
+
 def test_the_vae_s_learning_rate_schedule_is_one_it_knows():
     from bksdm.miniworld.training import VAETraining
 
     with pytest.raises(ValueError, match=r"vae\.lr_schedule='linear': accepted are \['constant', 'cosine'\]"):
         VAETraining(None, None, lr=1e-3, kl_weight=0.0, lr_schedule="linear")
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize(
+    ("prediction_type", "low", "high"), [("epsilon", 0.5, 2.0), ("v_prediction", 20.0, 100.0)]
+)
+def test_the_teacher_learns_the_noise_or_sd_v2_s_velocity(prediction_type, low, high):
+    from bksdm.miniworld.training import TeacherTraining
+
+    class Silent(torch.nn.Module):  # predicts 0: the loss is the target's mean square
+        def forward(self, noisy, timesteps, context):
+            return type("Output", (), {"sample": torch.zeros_like(noisy)})
+
+    # latents of 10 everywhere: the velocity carries them (at most 100 in mean square), the noise does not (1)
+    stage = TeacherTraining(
+        Silent(), torch.full((8, 4, 2, 2), 10.0), torch.zeros(8, 4, 2, 2), torch.zeros(8, dtype=torch.long),
+        torch.zeros(2, 3, 4), scaling_factor=1.0, seed=0, lr=1e-3, weight_decay=0.0, warmup_steps=0,
+        caption_dropout=0.0, prediction_type=prediction_type,
+    )  # fmt: skip
+    assert low < stage.training_step((0, torch.arange(8)), 0).item() < high
