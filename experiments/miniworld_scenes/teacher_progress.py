@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from bksdm.bench.run import cpu_model
 from bksdm.miniworld import models
@@ -58,7 +59,10 @@ def main(overrides: list[str], log: Path = HERE / "teacher_progress.jsonl") -> d
     )
     classifier = load_classifier(work / "classifier")
     held_out = held_out_pools(cfg, kind)
-    row = {"step": int(checkpoint["global_step"])}
+    # the U-Net's design with each row: the log spans designs (the first row is of SD-v1's widths, epsilon)
+    design = ("block_out_channels", "attention_heads", "prediction_type")
+    settings = OmegaConf.to_container(cfg.teacher)
+    row = {"step": int(checkpoint["global_step"]), **{key: settings[key] for key in design}}
     with torch.no_grad():
         for name, texts in report_captions(kind, cfg.report, held_out).items():
             row[name] = teacher_accuracy(pipeline, classifier, texts, cfg.report, kind)

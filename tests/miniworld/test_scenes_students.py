@@ -110,6 +110,7 @@ def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scor
     log = tmp_path / "progress.jsonl"
     row = teacher_progress.main(scenes_overrides(scenes_world.parent, *BUILT), log)
     assert [json.loads(line) for line in log.read_text().splitlines()] == [row] and row["step"] == 2
+    assert row["prediction_type"] == "v_prediction" and row["block_out_channels"] == [16, 32, 32, 32]
     report = json.loads((scenes_world / "report.json").read_text())
     for figure in ("teacher_accuracy", "teacher_accuracy_held_out_split", "mid_block_zeroed_change"):
         assert row[figure] == pytest.approx(report[figure]), figure
