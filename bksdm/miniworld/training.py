@@ -3,8 +3,8 @@
 Each stage is a LightningModule over a pool of rendered images (uint8 in memory, so data costs nothing per
 step): the VAE first (MSE + a small KL), then the U-Net on latents encoded once by the frozen VAE with text
 embeddings computed once by the frozen text encoder (epsilon or SD-v2's v prediction, SD's DDPM schedule,
-captions dropped for guidance), and the classifier on real images and VAE round trips (generated images are VAE
-decodes, so it must read those as well as real ones).
+captions dropped for guidance), and the classifier on real images and VAE round trips (generated images are
+VAE decodes, so it must read those as well as real ones).
 """
 
 from __future__ import annotations
