@@ -97,6 +97,18 @@ class DistillLoss(nn.Module):
         return total, {k: v.detach() for k, v in terms.items()}
 
 
+def ddpm_task_target(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The task target (B, C, h, w) of a DDPM-scheduled denoiser: the ``noise`` for ``epsilon``
+    prediction, the velocity of ``latents`` and ``noise`` at ``timesteps`` for SD-v2's ``v_prediction``."""
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"teacher prediction_type {scheduler.config.prediction_type!r} is not supported")
+
+
 def task_prediction(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The part of a prediction the task target is for: all of it, or the noise half (the first C
     channels) of a learned-variance prediction (PixArt: 2C channels, noise then variance), whose variance

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bksdm.arch.report import VAE_SCALE
 from bksdm.distill.flow_matching import flow_matching_noise, is_flow_matching
-from bksdm.distill.losses import DistillLoss, task_prediction
+from bksdm.distill.losses import DistillLoss, ddpm_task_target, task_prediction
 from bksdm.distill.randomness import SampleRandomness
 from bksdm.distill.taps import FeatureTaps, TapPair
 from bksdm.teachers.conditioning import Conditioning, added_conditioning, size_ids
@@ -150,13 +150,7 @@ class DistillStep:
         noise = randomness.randn(latents.shape, latents.dtype)
         timesteps = randomness.randint(scheduler.config.num_train_timesteps, latents.shape[0])
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        if scheduler.config.prediction_type == "epsilon":
-            target = noise
-        elif scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            raise ValueError(f"teacher prediction_type {scheduler.config.prediction_type!r} is not supported")
-        return noisy, timesteps, target
+        return noisy, timesteps, ddpm_task_target(scheduler, latents, noise, timesteps)
 
     # 3. teacher forward -------------------------------------------------------------------------------
     def teacher_forward(

@@ -23,6 +23,7 @@ from diffusers.optimization import get_constant_schedule_with_warmup
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from bksdm.data.transforms import uint8_to_unit
+from bksdm.distill.losses import ddpm_task_target
 from bksdm.miniworld.models import AttributeClassifier
 from bksdm.miniworld.world import MiniWorld
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG
@@ -148,10 +149,7 @@ class TeacherTraining(L.LightningModule):
         noise = torch.randn(latents.shape, **draw)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), **draw)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        target = ddpm_task_target(self.noise_scheduler, latents, noise, timesteps)
         loss = F.mse_loss(self.unet(noisy, timesteps, context).sample, target)
         self.log("teacher/loss", loss, prog_bar=True)
         return loss
