@@ -58,6 +58,7 @@ def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path,
 
     report = json.loads((resumed / "report.json").read_text())
     assert report["world"] == "scenes" and report["mid_block_zeroed_change"] > 0
+    assert report["innermost_stage_zeroed_change"] > 0
     assert {"teacher_accuracy", "teacher_accuracy_held_out_split", "classifier_held_out",
             "classifier_held_out_split"} <= set(report)  # fmt: skip
     assert set(report["teacher_accuracy"]) <= {*LABEL_SLOTS, "all"}
@@ -160,3 +161,14 @@ def test_the_teacher_learns_the_noise_or_sd_v2_s_velocity(prediction_type, low, 
         caption_dropout=0.0, prediction_type=prediction_type,
     )  # fmt: skip
     assert low < stage.training_step((0, torch.arange(8)), 0).item() < high
+
+
+def test_zeroing_a_part_the_u_net_does_not_have_is_refused_naming_the_parts():
+    from bksdm.miniworld import models
+    from bksdm.miniworld.build import zeroed_change
+
+    unet = models.unet(0, 64)
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 64)
+    assert zeroed_change(unet, latents, context, 0, "up_blocks.3") > 0
+    with pytest.raises(ValueError, match=r"part='down_blocks.3'.*'mid_block', 'up_blocks.0'"):
+        zeroed_change(unet, latents, context, 0, "down_blocks.3")
