@@ -145,7 +145,7 @@ def train_vae(
         report.update(record)
         latents = torch.load(folder / "latents.pt")
         return AutoencoderKL.from_pretrained(folder / "model").eval().requires_grad_(False), *latents
-    vae = models.vae(cfg.seed, kind.resolution)
+    vae = models.vae(cfg.seed, kind.resolution, cfg.vae.block_out_channels)
     stage = VAETraining(vae, pool.images, cfg.vae.lr, cfg.vae.kl_weight, cfg.vae.crop, cfg.vae.lr_schedule)
     checkpoint = folder / "last.ckpt"
     batches = ShuffledEpochBatches(len(pool), cfg.vae.batch_size, cfg.seed, checkpoint_step(checkpoint))
@@ -216,7 +216,13 @@ def train_teacher(
 
 def teacher_unet(cfg: DictConfig, kind: WorldKind) -> UNet2DConditionModel:
     """The teacher's U-Net as the build starts it, from the seed."""
-    return models.unet(cfg.seed, kind.resolution, cfg.teacher.block_out_channels, cfg.teacher.attention_heads)
+    return models.unet(
+        cfg.seed,
+        models.latent_side(kind.resolution, cfg.vae.block_out_channels),
+        cfg.teacher.block_out_channels,
+        cfg.teacher.attention_heads,
+        cfg.teacher.top_stage_attention,
+    )
 
 
 def train_classifier(

@@ -61,26 +61,51 @@ def text_encoder(seed: int, vocabulary: CLIPTokenizer) -> CLIPTextModel:
         return CLIPTextModel(config).eval().requires_grad_(False)
 
 
-def vae(seed: int, resolution: int = RESOLUTION) -> AutoencoderKL:
+def vae(
+    seed: int, resolution: int = RESOLUTION, block_out_channels: Sequence[int] | None = None
+) -> AutoencoderKL:
+    """SD's VAE shape with ``block_out_channels`` (one width per stage) over 32/64/64/64: each stage past
+    the first halves the side, so 4 stages make latents of ``resolution // 8`` (SD's), 3 of ``resolution // 4``
+    (LDM-4's)."""
+    widths = list(block_out_channels or VAE_CONFIG["block_out_channels"])
+    config = {
+        **VAE_CONFIG,
+        "down_block_types": ["DownEncoderBlock2D"] * len(widths),
+        "up_block_types": ["UpDecoderBlock2D"] * len(widths),
+        "block_out_channels": widths,
+        "sample_size": resolution,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoencoderKL(**{**VAE_CONFIG, "sample_size": resolution})
+        return AutoencoderKL(**config)
+
+
+def latent_side(resolution: int, vae_block_out_channels: Sequence[int] | None = None) -> int:
+    """The side of ``vae(seed, resolution, vae_block_out_channels)``'s latents."""
+    stages = len(vae_block_out_channels or VAE_CONFIG["block_out_channels"])
+    return resolution // 2 ** (stages - 1)
 
 
 def unet(
     seed: int,
-    resolution: int = RESOLUTION,
+    sample_size: int = RESOLUTION // 8,
     block_out_channels: Sequence[int] | None = None,
     attention_heads: Sequence[int] | None = None,
+    top_stage_attention: bool = True,
 ) -> UNet2DConditionModel:
-    """SD-v1's topology for latents of ``resolution // 8``; ``block_out_channels`` (4 stages) over the
+    """SD-v1's topology for latents of side ``sample_size``; ``block_out_channels`` (4 stages) over the
     default widths 32/64/64/64, ``attention_heads`` (one count per stage) over SD-v1's 8 in every stage
-    (diffusers calls the count ``attention_head_dim``)."""
-    config = {**UNET_CONFIG, "sample_size": resolution // 8}
+    (diffusers calls the count ``attention_head_dim``). ``top_stage_attention=False`` leaves the outermost
+    stage without transformers, as SDXL does: at 32x32 latents their self-attention over 1,024 positions
+    made a CPU step 1.8x slower."""
+    config = {**UNET_CONFIG, "sample_size": sample_size}
     if block_out_channels is not None:
         config["block_out_channels"] = list(block_out_channels)
     if attention_heads is not None:
         config["attention_head_dim"] = list(attention_heads)
+    if not top_stage_attention:
+        config["down_block_types"] = ["DownBlock2D", *UNET_CONFIG["down_block_types"][1:]]
+        config["up_block_types"] = [*UNET_CONFIG["up_block_types"][:-1], "UpBlock2D"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return UNet2DConditionModel(**config)

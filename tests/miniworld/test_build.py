@@ -63,7 +63,9 @@ def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path,
             "classifier_held_out_split"} <= set(report)  # fmt: skip
     assert set(report["teacher_accuracy"]) <= {*LABEL_SLOTS, "all"}
     parts = load_components(str(resumed / "teacher"))
-    assert parts.unet.config.sample_size == 16 and parts.vae.config.sample_size == 128
+    # conf/world/scenes.yaml's 4x-down VAE, and a U-Net without transformers in its outermost stage
+    assert parts.unet.config.sample_size == 32 and parts.vae.config.sample_size == 128
+    assert parts.unet.config.down_block_types[0] == "DownBlock2D"
     assert list(parts.unet.config.attention_head_dim) == [1, 1, 4, 8]  # conf/world/scenes.yaml's heads
     assert parts.noise_scheduler.config.prediction_type == "v_prediction"  # and its SD-v2 target
     assert set(load_classifier(resumed)(torch.zeros(1, 3, 128, 128))) == set(LABEL_SLOTS)
@@ -167,7 +169,7 @@ def test_zeroing_a_part_the_u_net_does_not_have_is_refused_naming_the_parts():
     from bksdm.miniworld import models
     from bksdm.miniworld.build import zeroed_change
 
-    unet = models.unet(0, 64)
+    unet = models.unet(0, 8)
     latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 64)
     assert zeroed_change(unet, latents, context, 0, "up_blocks.3") > 0
     with pytest.raises(ValueError, match=r"part='down_blocks.3'.*'mid_block', 'up_blocks.0'"):
