@@ -10,6 +10,8 @@ from helpers.miniworld import scenes_config, scenes_overrides
 from helpers.paths import CONF, ROOT
 from helpers.train_config import config
 
+from bksdm.miniworld.build import ZEROED_PARTS
+
 pytestmark = pytest.mark.xdist_group("scenes_world")  # the tests sharing the built world share a worker
 
 
@@ -111,6 +113,8 @@ def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scor
     row = teacher_progress.main(scenes_overrides(scenes_world.parent, *BUILT), log)
     assert [json.loads(line) for line in log.read_text().splitlines()] == [row] and row["step"] == 2
     assert row["prediction_type"] == "v_prediction" and row["block_out_channels"] == [16, 32, 32, 32]
+    assert row["latent_side"] == 32 and row["top_stage_attention"] is False
     report = json.loads((scenes_world / "report.json").read_text())
-    for figure in ("teacher_accuracy", "teacher_accuracy_held_out_split", "mid_block_zeroed_change"):
+    figures = ("teacher_accuracy", "teacher_accuracy_held_out_split", *ZEROED_PARTS)
+    for figure in figures:
         assert row[figure] == pytest.approx(report[figure]), figure
