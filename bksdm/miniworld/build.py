@@ -59,7 +59,7 @@ STAGES = ("vae", "classifier", "teacher")  # the classifier first: it can score 
 # precision, how often the teacher is checkpointed, and teacher.steps, which may grow) can change between a
 # run and its resumption
 SETTINGS = ("seed", "world", "pool", "vae", "teacher", "classifier")
-# what the report calls each part zeroed_change zeroes: a teacher whose deep stages are idle
+# what the report calls each part zeroed_changes zeroes: a teacher whose deep stages are idle
 # gives the block-removed students nothing to lose (docs/miniworld.md)
 ZEROED_PARTS = {"mid_block_zeroed_change": "mid_block", "innermost_stage_zeroed_change": "up_blocks.0"}
 
@@ -96,8 +96,7 @@ def build(cfg: DictConfig) -> Path:
 
     latents = encode_pool(vae, held_out["held_out_items"].images[: cfg.report.mid_block_items])[0]
     context = text_embeds[held_out["held_out_items"].caption_index[: len(latents)]]
-    for name, part in ZEROED_PARTS.items():
-        report[name] = zeroed_change(unet, latents * scaling_factor, context, cfg.seed, part)
+    report.update(zeroed_changes(unet, latents * scaling_factor, context, cfg.seed))
 
     out = Path(cfg.out)
     with atomic_directory(out) as staging:
@@ -402,35 +401,39 @@ def _flat(tree: dict, keys: tuple[str, ...], prefix: str = "") -> dict:
 
 
 @torch.no_grad()
-def zeroed_change(
+def zeroed_changes(
     unet: UNet2DConditionModel,
     latents: torch.Tensor,
     context: torch.Tensor,
     seed: int,
-    part: str = "mid_block",
-) -> float:
-    """How much the U-Net's prediction moves when one ``part``'s output is zeroed (``mid_block``, or an up
-    stage: ``up_blocks.0`` is the innermost one, whose input is the mid block's): the mean square of the
-    change over the mean square of the prediction, on ``latents`` (B, 4, h, w; scaled) noised at uniformly
-    drawn timesteps, with their captions' ``context`` (B, T, D). Near 0: the part is ignored (the 64 px
-    teacher's mid block works at 1x1)."""
-    parts = ["mid_block", *(f"up_blocks.{i}" for i in range(len(unet.up_blocks)))]
-    if part not in parts:
-        raise ValueError(f"part={part!r}: accepted are {parts}")
+    parts: dict[str, str] = ZEROED_PARTS,
+) -> dict[str, float]:
+    """How much the U-Net's prediction moves when one part's output is zeroed, for each ``name: part`` of
+    ``parts`` (``mid_block``, or an up stage: ``up_blocks.0`` is the innermost one, whose input is the mid
+    block's): the mean square of the change over the mean square of the prediction, on ``latents``
+    (B, 4, h, w; scaled) noised at uniformly drawn timesteps, with their captions' ``context`` (B, T, D).
+    Near 0: the part is ignored (the 64 px teacher's mid block works at 1x1)."""
+    accepted = ["mid_block", *(f"up_blocks.{i}" for i in range(len(unet.up_blocks)))]
+    for part in parts.values():
+        if part not in accepted:
+            raise ValueError(f"part={part!r}: accepted are {accepted}")
     generator = torch.Generator().manual_seed(seed)
     scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, context).sample
-    hook = unet.get_submodule(part).register_forward_hook(
-        lambda module, args, output: torch.zeros_like(output)
-    )
-    try:
-        zeroed = unet(noisy, timesteps, context).sample
-    finally:
-        hook.remove()
-    return float((zeroed - prediction).pow(2).mean() / prediction.pow(2).mean())
+    changes = {}
+    for name, part in parts.items():
+        hook = unet.get_submodule(part).register_forward_hook(
+            lambda module, args, output: torch.zeros_like(output)
+        )
+        try:
+            zeroed = unet(noisy, timesteps, context).sample
+        finally:
+            hook.remove()
+        changes[name] = float((zeroed - prediction).pow(2).mean() / prediction.pow(2).mean())
+    return changes
 
 
 def save_pipeline(

@@ -23,13 +23,12 @@ from bksdm.bench.run import cpu_model
 from bksdm.miniworld import models
 from bksdm.miniworld.assets import load_classifier
 from bksdm.miniworld.build import (
-    ZEROED_PARTS,
     assemble_pipeline,
     held_out_pools,
     report_captions,
     teacher_accuracy,
     teacher_unet,
-    zeroed_change,
+    zeroed_changes,
 )
 from bksdm.miniworld.training import encode_pool
 from bksdm.miniworld.worlds import world_kind
@@ -74,8 +73,7 @@ def main(overrides: list[str], log: Path = HERE / "teacher_progress.jsonl") -> d
         ids = tokenizer(items.captions[: len(latents)], padding="max_length", return_tensors="pt").input_ids
         context = pipeline.text_encoder(ids)[0]
         scaled = latents * pipeline.vae.config.scaling_factor
-        for name, part in ZEROED_PARTS.items():
-            row[name] = zeroed_change(unet, scaled, context, cfg.seed, part)
+        row.update(zeroed_changes(unet, scaled, context, cfg.seed))
     row["seconds"] = round(time.perf_counter() - clock, 1)
     row["cpu"] = cpu_model()
     with open(log, "a") as handle:

@@ -167,10 +167,10 @@ def test_the_teacher_learns_the_noise_or_sd_v2_s_velocity(prediction_type, low, 
 
 def test_zeroing_a_part_the_u_net_does_not_have_is_refused_naming_the_parts():
     from bksdm.miniworld import models
-    from bksdm.miniworld.build import zeroed_change
+    from bksdm.miniworld.build import zeroed_changes
 
     unet = models.unet(0, 8)
     latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 64)
-    assert zeroed_change(unet, latents, context, 0, "up_blocks.3") > 0
+    assert zeroed_changes(unet, latents, context, 0, {"outer": "up_blocks.3"})["outer"] > 0
     with pytest.raises(ValueError, match=r"part='down_blocks.3'.*'mid_block', 'up_blocks.0'"):
-        zeroed_change(unet, latents, context, 0, "down_blocks.3")
+        zeroed_changes(unet, latents, context, 0, {"down": "down_blocks.3"})
