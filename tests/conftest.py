@@ -3,12 +3,18 @@
 Code the tests share is in helpers/ (importable as ``helpers`` because pytest puts this file's folder on
 sys.path); test files import from there, never from here or from each other."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("BKSDM_CACHE", tempfile.mkdtemp(prefix="bksdm-test-cache-"))
+if "BKSDM_CACHE" not in os.environ:
+    # the built toy teachers take about 2 GB: the process that made the cache removes it, or every run
+    # leaves one behind in /tmp (xdist workers inherit the variable, so they share it and leave it alone)
+    os.environ["BKSDM_CACHE"] = tempfile.mkdtemp(prefix="bksdm-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BKSDM_CACHE"], ignore_errors=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # subprocesses too (the CLI tests): two test workers share two cores, and two threads each would thrash
 os.environ["OMP_NUM_THREADS"] = "1"
