@@ -54,6 +54,8 @@ from bksdm.training.atomic import atomic_directory, write_file_atomically
 from bksdm.training.csv_logger import AppendingCSVLogger
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# Lightning's names: bf16 autocast made the scenes U-Net's CPU step 1.3x faster (avx512_bf16, no AMX)
+TEACHER_PRECISIONS = ("32-true", "bf16-mixed")
 STAGES = ("vae", "classifier", "teacher")  # the classifier first: it can score the teacher on the way
 # what the work folder's stages depend on; the rest (where things go, the device, the report, the stored
 # precision, how often the teacher is checkpointed, and teacher.steps, which may grow) can change between a
@@ -72,6 +74,10 @@ def build(cfg: DictConfig) -> Path:
     if cfg.teacher.prediction_type not in PREDICTION_TYPES:
         raise ValueError(
             f"teacher.prediction_type={cfg.teacher.prediction_type!r}: accepted are {list(PREDICTION_TYPES)}"
+        )
+    if cfg.teacher.precision not in TEACHER_PRECISIONS:
+        raise ValueError(
+            f"teacher.precision={cfg.teacher.precision!r}: accepted are {list(TEACHER_PRECISIONS)}"
         )
     kind = world_kind(cfg.world.name)
     work = WorkFolder(Path(cfg.work_dir), cfg)
@@ -204,6 +210,7 @@ def train_teacher(
         cfg,
         checkpoint,
         gradient_clip_val=1.0,
+        precision=cfg.teacher.precision,
     )
     unet.eval().requires_grad_(False)
     unet.save_pretrained(folder / "model")

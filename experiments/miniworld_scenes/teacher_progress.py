@@ -61,7 +61,7 @@ def main(overrides: list[str], log: Path = HERE / "teacher_progress.jsonl") -> d
     held_out = held_out_pools(cfg, kind)
     # the U-Net's design with each row: the log spans designs (the first row is of SD-v1's widths, epsilon;
     # rows without latent_side are of 16x16 latents)
-    design = ("block_out_channels", "attention_heads", "top_stage_attention", "prediction_type")
+    design = ("block_out_channels", "attention_heads", "top_stage_attention", "prediction_type", "precision")
     settings = OmegaConf.to_container(cfg.teacher)
     row = {"step": int(checkpoint["global_step"]), **{key: settings[key] for key in design}}
     row["latent_side"] = unet.config.sample_size

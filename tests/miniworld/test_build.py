@@ -68,6 +68,7 @@ def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path,
     assert parts.unet.config.down_block_types[0] == "DownBlock2D"
     assert list(parts.unet.config.attention_head_dim) == [1, 1, 4, 8]  # conf/world/scenes.yaml's heads
     assert parts.noise_scheduler.config.prediction_type == "v_prediction"  # and its SD-v2 target
+    assert json.loads((tmp_path / "b/work/settings.json").read_text())["teacher.precision"] == "bf16-mixed"
     assert set(load_classifier(resumed)(torch.zeros(1, 3, 128, 128))) == set(LABEL_SLOTS)
 
 
@@ -128,13 +129,18 @@ def test_accuracy_scores_each_slot_only_where_the_caption_has_it():
         world_kind("mars")
 
 
-def test_a_prediction_type_it_does_not_know_is_refused_before_anything_is_written(tmp_path):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("teacher.prediction_type=sample", r"teacher\.prediction_type='sample': accepted are \['epsilon', 'v_prediction'\]"),
+        ("teacher.precision=16-mixed", r"teacher\.precision='16-mixed': accepted are \['32-true', 'bf16-mixed'\]"),
+    ],
+)  # fmt: skip
+def test_an_unknown_teacher_setting_is_refused_before_anything_is_written(tmp_path, override, message):
     from bksdm.miniworld.build import build
 
-    with pytest.raises(
-        ValueError, match=r"teacher\.prediction_type='sample': accepted are \['epsilon', 'v_prediction'\]"
-    ):
-        build(scenes_config(tmp_path, "teacher.prediction_type=sample"))
+    with pytest.raises(ValueError, match=message):
+        build(scenes_config(tmp_path, override))
     assert not (tmp_path / "work").exists()
 
 
