@@ -4,8 +4,8 @@ the functions of bksdm.eval.metrics and to the reference libraries."""
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.gloo import gloo_group
 from torch import nn
 
 from bksdm.eval.extractors import StandInInception
@@ -100,8 +100,7 @@ def test_clip_score_is_the_mean_raw_cosine():
 
 
 def _two_ranks(rank: int, init_file: str, results) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init_file):
         fid, score, clip = fid_metric(), InceptionScore(splits=4), CLIPScore()
         mine = torch.arange(rank, 40, 2)  # the prompts of this rank, as evaluation splits them
         fid.load_real(FeatureStats.of(features(0)))
@@ -109,8 +108,6 @@ def _two_ranks(rank: int, init_file: str, results) -> None:
         score.update(features(3)[mine] * 3, mine)
         clip.update(features(4)[mine], features(5)[mine])
         results[rank] = (float(fid.compute()), *map(float, score.compute()), float(clip.compute()))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_ranks_give_the_one_process_numbers(tmp_path):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers.eval_data import write_real
+from helpers.gloo import gloo_group
 
 from bksdm.eval.extractors import StandInCLIP, StandInInception
 from bksdm.eval.ranks import contiguous_share, gather_rows, rank_and_size, strided_share
@@ -24,8 +24,7 @@ def test_without_a_world_one_rank_holds_everything():
 
 def _two_ranks(rank: int, init_file: str, folder: str, results) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init_file):
         real = f"{folder}/real"
         extractor, clip = StandInInception(), StandInCLIP()
         stats = real_statistics(real, extractor, 64, f"{folder}/cache", batch_size=2, split_over_ranks=True)
@@ -39,8 +38,6 @@ def _two_ranks(rank: int, init_file: str, folder: str, results) -> None:
             per_image=f"{folder}/clip_scores.csv", indices=mine,
         )  # fmt: skip
         results[rank] = (contiguous_share(12), mine, stats, embeddings, gathered, scores)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_ranks_split_the_real_images_and_score_as_one_process(tmp_path):

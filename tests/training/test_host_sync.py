@@ -2,20 +2,15 @@
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.gloo import gloo_group
 
 from bksdm.training.host_sync import ranks_agree
 
 
 def _agree(rank: int, init_file: str, results) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init_file):
         mine = rank == 0  # true on rank 0 only
         results[rank] = (ranks_agree(mine, every=True), ranks_agree(mine, every=False), ranks_agree(True))
-        # a rank that tears gloo down while its peer still reads the last collective can abort the peer
-        # (seen once under load: SIGABRT, "terminate called without an active exception")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ranks_agree_on_every_or_any(tmp_path):
