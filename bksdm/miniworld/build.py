@@ -358,9 +358,16 @@ class WorkFolder:
             changed = [f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}"
                        for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key)]  # fmt: skip
             if changed:
+                newer = sorted(set(settings) - set(saved))
+                hint = (
+                    f"; settings newer than the folder ({', '.join(newer)}): if it was built as their defaults, "
+                    f"add them to {str(file)!r} with those values to resume it"
+                    if newer
+                    else ""
+                )
                 raise ValueError(
                     f"work_dir={str(path)!r} holds a build started with other settings ({'; '.join(changed)}): "
-                    "rerun with its settings to resume it, or give another work_dir"
+                    f"rerun with its settings to resume it, or give another work_dir{hint}"
                 )
         else:
             path.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,14 @@ def test_the_work_folder_refuses_other_settings_and_fewer_steps_naming_them(tmp_
     ):
         WorkFolder(tmp_path, scenes_config(tmp_path, "teacher.lr=2e-3", "vae.steps=3"))
     assert json.loads((tmp_path / "settings.json").read_text())["teacher.lr"] == 0.001  # nothing overwritten
+    # a folder begun before a setting existed: the message says how to resume it
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    del saved["teacher.precision"]
+    (tmp_path / "settings.json").write_text(json.dumps(saved))
+    with pytest.raises(
+        ValueError, match=r"newer than the folder \(teacher\.precision\): if it was built as their defaults"
+    ):
+        WorkFolder(tmp_path, scenes_config(tmp_path))
 
 
 def test_a_step_s_batch_follows_from_the_step_alone():
