@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bksdm.callbacks.progress_bar import StepProgressBar
 from bksdm.data.transforms import uint8_to_unit
+from bksdm.distill.speed import check_choice
 from bksdm.eval.sampling import write_sampling
 from bksdm.miniworld import models
 from bksdm.miniworld.assets import load_classifier
@@ -69,16 +70,9 @@ ZEROED_PARTS = {"mid_block_zeroed_change": "mid_block", "innermost_stage_zeroed_
 def build(cfg: DictConfig) -> Path:
     """Trains the three parts of the seed's mini world (resuming from ``cfg.work_dir``) and writes them to
     ``cfg.out``."""
-    if cfg.save_dtype not in DTYPES:
-        raise ValueError(f"save_dtype={cfg.save_dtype!r}: accepted are {list(DTYPES)}")
-    if cfg.teacher.prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"teacher.prediction_type={cfg.teacher.prediction_type!r}: accepted are {list(PREDICTION_TYPES)}"
-        )
-    if cfg.teacher.precision not in TEACHER_PRECISIONS:
-        raise ValueError(
-            f"teacher.precision={cfg.teacher.precision!r}: accepted are {list(TEACHER_PRECISIONS)}"
-        )
+    check_choice("save_dtype", cfg.save_dtype, DTYPES)
+    check_choice("teacher.prediction_type", cfg.teacher.prediction_type, PREDICTION_TYPES)
+    check_choice("teacher.precision", cfg.teacher.precision, TEACHER_PRECISIONS)
     kind = world_kind(cfg.world.name)
     work = WorkFolder(Path(cfg.work_dir), cfg)
     L.seed_everything(cfg.seed, workers=True)
