@@ -28,22 +28,19 @@ def main(cfg: DictConfig) -> None:
     # here, not at the top: --help and --cfg job need neither torch nor diffusers
     from bksdm.arch.depth import is_transformer
     from bksdm.arch.report import render_report, report_dict
-    from bksdm.teachers.loading import teacher_denoiser_config
+    from bksdm.cli.train_setup import teacher_config, teacher_vae_scale
 
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} is not accepted: use one of {list(FORMATS)}")
-    if not isinstance(cfg.resolution, int) or cfg.resolution % 8:
+    teacher = teacher_config(cfg)
+    scale = teacher_vae_scale(cfg)
+    if not isinstance(cfg.resolution, int) or cfg.resolution % scale:
         raise ConfigError(
-            f"resolution={cfg.resolution!r} must be a pixel size divisible by 8 (SD's VAE factor)"
+            f"resolution={cfg.resolution!r} must be a pixel size divisible by {scale} (teacher="
+            f"{cfg.teacher.name}'s VAE factor)"
         )
-    embedded = cfg.teacher.get("transformer_config") or cfg.teacher.get("unet_config")
-    teacher = teacher_denoiser_config(
-        cfg.teacher.source,
-        OmegaConf.to_container(embedded, resolve=True) if embedded is not None else None,
-        cfg.teacher.revision,
-    )
     removal = OmegaConf.to_container(cfg.arch.removal, resolve=True)
-    latent = cfg.resolution // 8
+    latent = cfg.resolution // scale
     if is_transformer(teacher):
         from bksdm.arch.depth_report import depth_report_dict, render_depth_report
 

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bksdm.arch.report import TEXT_TOKENS, VAE_SCALE, sdxl_added_conditioning
+from bksdm.arch.report import TEXT_TOKENS, sdxl_added_conditioning
 from bksdm.bench.flops import _context_width
 from bksdm.teachers.denoiser_call import example_inputs
 from bksdm.teachers.frozen import FrozenTeacher
@@ -60,7 +60,7 @@ class FixedBatches(L.LightningDataModule):
 
     Args:
         batch_size: images per batch.
-        resolution: image side in pixels (the latent side is ``resolution // 8``).
+        resolution: image side in pixels (the latent side is ``resolution // frozen.vae_scale``).
         steps: batches to serve.
         frozen: the module's frozen teacher (its family and configs shape the batch).
         pre_encoded: True: latent distributions and text embeddings, as ``data=latents`` brings them
@@ -73,13 +73,16 @@ class FixedBatches(L.LightningDataModule):
         self, batch_size: int, resolution: int, steps: int, frozen: FrozenTeacher, pre_encoded: bool
     ):
         super().__init__()
-        if resolution % VAE_SCALE:
-            raise ValueError(f"bench.resolution={resolution}: accepted are multiples of {VAE_SCALE} pixels")
+        if resolution % frozen.vae_scale:
+            raise ValueError(
+                f"bench.resolution={resolution}: accepted are multiples of {frozen.vae_scale} pixels (the "
+                "teacher's VAE factor)"
+            )
         self.steps = steps
         generator = torch.Generator().manual_seed(0)
         batch: dict = {"caption": [CAPTION] * batch_size}
         if pre_encoded:
-            batch.update(stored_inputs(frozen, batch_size, resolution // VAE_SCALE, generator))
+            batch.update(stored_inputs(frozen, batch_size, resolution // frozen.vae_scale, generator))
         else:
             batch["pixel_values"] = (
                 torch.rand(batch_size, 3, resolution, resolution, generator=generator) * 2 - 1

@@ -108,11 +108,12 @@ def step_flops(
     vae: Mapping | None = None,
     text_encoders: Sequence = (),
     t5_tokens: int = 512,
+    vae_scale: int = VAE_SCALE,
 ) -> dict[str, int]:
     """FLOPs per optimizer step by part (``teacher_forward``, ``student_forward_backward``,
     ``vae_encode``, ``text_encode``: all text towers) and their ``total``. A part whose config is None (no
-    text tower: empty) is not run."""
-    latent = resolution // VAE_SCALE
+    text tower: empty) is not run. ``vae_scale``: pixels per latent cell."""
+    latent = resolution // vae_scale
     parts = {"student_forward_backward": denoiser_flops(student, latent, batch_size, backward=True)}
     if teacher is not None:
         parts["teacher_forward"] = denoiser_flops(teacher, latent, batch_size, backward=False)

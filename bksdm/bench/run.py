@@ -23,7 +23,13 @@ from bksdm.bench.phases import PhaseTimer
 from bksdm.bench.roofline import StepShape, roofline, step_bytes
 from bksdm.bench.timer import HostSyncEveryStep, StepTimer
 from bksdm.cli import config_checks
-from bksdm.cli.train_setup import build_module, check_model_config, check_precision, teacher_config
+from bksdm.cli.train_setup import (
+    build_module,
+    check_model_config,
+    check_precision,
+    teacher_config,
+    teacher_vae_scale,
+)
 from bksdm.cli.value_types import check_value_types
 from bksdm.teachers.frozen import DTYPES, resolve_frozen_dtype, resolve_storage_dtype
 from bksdm.teachers.loading import check_available_offline
@@ -133,8 +139,9 @@ def count_flops(
     images = cfg.bench.batch_size * cfg.trainer.accumulate_grad_batches
     needs_teacher = instantiate(cfg.loss).needs_teacher
     return step_flops(
-        teacher if needs_teacher else None, student, resolution, images, vae, text_encoders, t5_tokens
-    )
+        teacher if needs_teacher else None, student, resolution, images, vae, text_encoders, t5_tokens,
+        teacher_vae_scale(cfg),
+    )  # fmt: skip
 
 
 def bench_device(cfg: DictConfig) -> torch.device:
@@ -364,7 +371,7 @@ def count_memory(cfg: DictConfig, resolution: int) -> dict[str, float]:
     ]  # as on a GPU
     storage = resolve_storage_dtype(cfg.distill.get("frozen_storage_dtype"))
     compute = DTYPES[COMPUTE_DTYPES.get(str(cfg.trainer.precision), "float32")]
-    latent = resolution // 8
+    latent = resolution // teacher_vae_scale(cfg)
     activations = denoiser_activation_bytes(
         student, latent, cfg.bench.batch_size, compute, bool(cfg.distill.gradient_checkpointing)
     )

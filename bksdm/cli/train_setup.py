@@ -15,7 +15,7 @@ from bksdm.arch.report import VAE_SCALE, check_latent_size
 from bksdm.cli.value_types import check_value_types
 from bksdm.distill.taps import check_tap_pairs, resolve_tap_pairs
 from bksdm.teachers.frozen import resolve_frozen_dtype
-from bksdm.teachers.loading import teacher_denoiser_config
+from bksdm.teachers.loading import ComponentError, teacher_denoiser_config, vae_config, vae_scale
 from bksdm.training.resume import wandb_run_id
 
 DATA_LOCATIONS = {
@@ -97,14 +97,15 @@ def check_unet_config(cfg: DictConfig, teacher: dict, resolution: int | None, re
             "none (SD-v1/v2) and 'text_time' (SDXL's pooled text embedding and size and crop ids)"
         )
     if resolution is not None:
+        scale = teacher_vae_scale(cfg)
         try:
-            if resolution % VAE_SCALE:
-                raise ValueError(f"the VAE downsamples by {VAE_SCALE}")
-            check_latent_size(teacher, resolution // VAE_SCALE)
+            if resolution % scale:
+                raise ValueError(f"the VAE downsamples by {scale}")
+            check_latent_size(teacher, resolution // scale)
         except ValueError as error:
             raise ValueError(
                 f"{resolution_key}={resolution} cannot go through teacher={cfg.teacher.name}'s U-Net: {error}; "
-                f"accepted are multiples of {VAE_SCALE * 2 ** (len(teacher['block_out_channels']) - 1)} pixels "
+                f"accepted are multiples of {scale * 2 ** (len(teacher['block_out_channels']) - 1)} pixels "
                 f"(the teacher was trained at {cfg.teacher.resolution})"
             ) from error
 
@@ -179,9 +180,24 @@ def teacher_config(cfg: DictConfig) -> dict:
     embedded = cfg.teacher.get("transformer_config") or cfg.teacher.get("unet_config")
     return teacher_denoiser_config(
         cfg.teacher.source,
-        OmegaConf.to_container(embedded) if embedded is not None else None,
+        OmegaConf.to_container(embedded, resolve=True) if embedded is not None else None,
         cfg.teacher.revision,
     )
+
+
+def teacher_vae_scale(cfg: DictConfig) -> int:
+    """Pixels per latent cell of the teacher's VAE, read from its source's VAE config (the config file
+    only); SD's 8 for a preset that embeds its denoiser's config: every such teacher has an 8x VAE, and
+    a config-only report must not download."""
+    if cfg.teacher.get("transformer_config") or cfg.teacher.get("unet_config"):
+        return VAE_SCALE
+    try:
+        config = vae_config(cfg.teacher.source, cfg.teacher.revision, cfg.teacher.get("vae_source"))
+    except (OSError, ValueError) as error:
+        raise ComponentError(
+            f"could not read the VAE config of teacher.source={cfg.teacher.source!r}: {error}"
+        ) from error
+    return vae_scale(config)
 
 
 def tap_pairs_setting(cfg: DictConfig) -> str | list | dict:

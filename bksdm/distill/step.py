@@ -18,7 +18,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bksdm.arch.report import VAE_SCALE
 from bksdm.distill.flow_matching import flow_matching_noise, is_flow_matching
 from bksdm.distill.losses import DistillLoss, ddpm_task_target, task_prediction
 from bksdm.distill.randomness import SampleRandomness
@@ -129,7 +128,8 @@ class DistillStep:
                 "record the sizes; latent shards must be written by `python -m bksdm.prepare` with this "
                 "teacher (text_embeddings=true stores the pooled embedding too)"
             )
-        target_size = tuple(VAE_SCALE * side for side in latents.shape[-2:])  # (height, width) in pixels
+        # (height, width) in pixels
+        target_size = tuple(frozen.vae_scale * side for side in latents.shape[-2:])
         ids = size_ids(batch["original_size"].to(device), batch["crop_top_left"].to(device), target_size)
         conditioning.added = added_conditioning(conditioning.pooled, ids.float())
         return latents, conditioning

@@ -361,22 +361,27 @@ def check_model(source: str) -> None:
 
 
 def check_resolution(source: str, resolution: int | None) -> None:
-    """``resolution`` (pixels, or None: the U-Net's native size) fits the VAE's 8x and every downsampler
-    of ``source``'s U-Net, read from its config file where that is at hand before loading."""
+    """``resolution`` (pixels, or None: the U-Net's native size) fits the VAE's factor (SD's 8x, where
+    ``source``'s VAE config is not at hand) and every downsampler of ``source``'s U-Net, read from their
+    config files where those are at hand before loading."""
     if resolution is None:
         return
     from bksdm.arch.report import VAE_SCALE, check_latent_size
-    from bksdm.teachers.loading import teacher_denoiser_config
+    from bksdm.teachers.loading import teacher_denoiser_config, vae_config, vae_scale
 
+    try:
+        scale = vae_scale(vae_config(source))
+    except Exception:  # no config at hand before loading (a hub id not cached yet): the load says
+        scale = VAE_SCALE
     if (
         isinstance(resolution, bool)
         or not isinstance(resolution, int)
-        or resolution < VAE_SCALE
-        or resolution % VAE_SCALE
+        or resolution < scale
+        or resolution % scale
     ):
         raise ValueError(
-            f"resolution={resolution!r}: accepted are pixel sizes that are multiples of {VAE_SCALE} (the VAE "
-            f"downsamples {VAE_SCALE}x), or null: the U-Net's native size"
+            f"resolution={resolution!r}: accepted are pixel sizes that are multiples of {scale} (the VAE "
+            f"downsamples {scale}x), or null: the U-Net's native size"
         )
 
     try:
@@ -393,7 +398,7 @@ def check_resolution(source: str, resolution: int | None) -> None:
             )
         return
     try:
-        check_latent_size(config, resolution // VAE_SCALE)
+        check_latent_size(config, resolution // scale)
     except ValueError as error:
         raise ValueError(f"resolution={resolution} does not fit {source}'s U-Net: {error}") from error
 

@@ -4,9 +4,9 @@ objects in a spatial relation, generated deterministically from an integer index
 Where ``world.py``'s images hold one shape named by four independent attributes, a scene here binds
 attributes to objects and relates them: "a small red circle to the left of a large blue square". Nothing
 local tells which colour goes with which shape or which object is on which side, so the caption needs the
-global context a U-Net's deep stages provide. At 128 px an SD VAE's latents are 16x16 and the innermost
-stage of a four-stage U-Net works at 2x2 (the 64 px world's ran at 1x1, where its teacher learnt to ignore
-the mid block). A quarter of the scenes hold one object with ``world.py``'s caption ("a small red circle on
+global context a U-Net's deep stages provide. At 128 px the world's 4x-down VAE makes latents 32x32, and
+the innermost stage of a four-stage U-Net works at 4x4 (the 64 px world's ran at 1x1, where its teacher
+learnt to ignore the mid block; at 2x2, under an SD VAE's 16x16 latents, the built teachers did too). A quarter of the scenes hold one object with ``world.py``'s caption ("a small red circle on
 the left"), so that every object is also seen alone.
 
 Labels are what the picture shows, whichever way its caption says it: "a red circle to the left of a blue

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from bksdm.teachers.conditioning import Conditioning, encode_text, takes_added_conditioning
-from bksdm.teachers.loading import TRANSFORMER_FAMILIES, SDComponents, vae_config
+from bksdm.teachers.loading import TRANSFORMER_FAMILIES, SDComponents, vae_config, vae_scale
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FROZEN_DTYPES = ("auto", *DTYPES)
@@ -70,6 +70,7 @@ class FrozenTeacher:
     tokenizer_3: object | None = None
     latent_shift: float = 0.0  # the VAE's shift_factor (FLUX, SD3): latents are (z - shift) * scale
     storage_dtype: torch.dtype | None = None  # the denoiser's weights at rest (FP8), when not ``dtype``
+    vae_scale: int = 8  # pixels per latent cell of its VAE (``loading.vae_scale``): SD's 8, LDM-4's 4
 
     @classmethod
     def freeze(
@@ -115,6 +116,7 @@ class FrozenTeacher:
             tokenizer_2=parts.tokenizer_2, vae_dtype=vae_dtype, vae_source=vae_source, family=parts.family,
             transformer=parts.transformer, text_encoder_3=parts.text_encoder_3, tokenizer_3=parts.tokenizer_3,
             latent_shift=latent_config.get("shift_factor") or 0.0, storage_dtype=storage_dtype,
+            vae_scale=vae_scale(latent_config),
         )  # fmt: skip
 
     @property

@@ -227,6 +227,12 @@ def vae_config(source: str, revision: str | None = None, vae_source: str | None 
     return dict(AutoencoderKL.load_config(resolve_source(source), subfolder="vae", revision=revision))
 
 
+def vae_scale(config: Mapping) -> int:
+    """Pixels per latent cell of the VAE with this config: it halves the side at every stage but its
+    last, as diffusers' pipelines compute their ``vae_scale_factor`` (SD's 8; the scenes world's 4)."""
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
 def _checked(loaded):
     model, info = loaded
     missing = sorted(k for k in info.get("missing_keys") or [] if not k.endswith("position_ids"))

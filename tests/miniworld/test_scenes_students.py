@@ -118,3 +118,40 @@ def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scor
     figures = ("teacher_accuracy", "teacher_accuracy_held_out_split", *ZEROED_PARTS)
     for figure in figures:
         assert row[figure] == pytest.approx(report[figure]), figure
+
+
+def test_sizes_follow_the_scenes_vae_s_4x_not_sd_s_8x(monkeypatch, capsys, tmp_path, scenes_world):
+    """128 px scenes are 32x32 latents: the arch report and the bench count there, and 96 px (24x24 latents)
+    passes the training, sampling and bench checks, where SD's 8x would make 12x12 (three downsamplers
+    refuse it)."""
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    from bksdm.arch.__main__ import main
+    from bksdm.bench.flops import unet_flops
+    from bksdm.bench.run import benchmark
+    from bksdm.cli.train_setup import check_model_config, teacher_config
+    from bksdm.eval.generation import check_resolution
+
+    teacher = ["teacher=miniworld_scenes", f"teacher.world_dir={scenes_world}"]
+    monkeypatch.setattr(sys, "argv", ["bksdm.arch", *teacher, "format=json"])
+    main()
+    assert json.loads(capsys.readouterr().out)["latent_size"] == 32
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("bench", overrides=[*teacher, "bench.count_only=true", "bench.batch_size=2",
+                                          "bench.resolution=96"])  # fmt: skip
+    benchmark(cfg)
+    counts = json.loads(capsys.readouterr().out.splitlines()[-1])["flops_per_step"]["fast"]
+    assert counts["teacher_forward"] == unet_flops(teacher_config(cfg), 24, 2, backward=False)
+
+    check_resolution(str(scenes_world / "teacher"), 96)
+    with pytest.raises(ValueError, match=r"resolution=90: accepted are pixel sizes that are multiples of 4 "):
+        check_resolution(str(scenes_world / "teacher"), 90)
+    cfg = config("experiment=miniworld_scenes_ablation", *teacher[1:], output_dir=tmp_path)
+    check_model_config(cfg, 96)
+    with pytest.raises(
+        ValueError, match=r"data\.resolution=80 cannot go through .* latent size 20 does not fit"
+    ):
+        check_model_config(cfg, 80)
