@@ -1,9 +1,9 @@
 """The mini-world teacher's parts (an SD-v1-shaped pipeline) and the attribute classifier.
 
 Sizes follow the feasibility run in ``shared/reference/miniworld.md``: a 1.25M-parameter VAE (8x down,
-latents 4x8x8 at 64 px, 4x16x16 at 128 px), a U-Net with SD-v1's topology (3.3M parameters at widths
-32/64/64/64), and a small CLIP text encoder left at its seeded random initialisation (enough for the U-Net
-to read the captions), over the byte-level tokenizer.
+latents 4x8x8 at 64 px; the 128 px scenes world's has 3 stages, 4x down, latents 4x32x32), a U-Net with
+SD-v1's topology (3.3M parameters at widths 32/64/64/64), and a small CLIP text encoder left at its seeded
+random initialisation (enough for the U-Net to read the captions), over the byte-level tokenizer.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from bksdm.miniworld.world import (
 from bksdm.miniworld.world import caption as single_caption
 
 RESOLUTION = 128
-# radius range, fraction of the side: a small object spans about 2.5 latent cells of 16, a large one 4
+# radius range, fraction of the side: a small object spans 5-6 latent cells of 32, a large one 8-10
 SIZES = {"small": (0.08, 0.1), "large": (0.13, 0.16)}
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 AXES = ("horizontal", "vertical")  # left of / right of; above / below
