@@ -125,6 +125,25 @@ def test_config_errors_stop_the_run_before_anything_is_loaded_or_written(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_key_set_for_another_choice_of_the_group_is_named_with_how_to_drop_it(tmp_path, monkeypatch):
+    """The experiment sets data.num_samples for data=miniworld; the latent source has no such parameter."""
+    from bksdm.cli.value_types import check_value_types
+
+    monkeypatch.setattr(
+        "bksdm.distill.module.load_components", lambda *a, **k: pytest.fail("the teacher was loaded")
+    )
+    run = tmp_path / "run"
+    switched = ("experiment=miniworld_scenes_ablation", "data=miniworld_latents")
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.num_samples is not a setting of bksdm\.data\.\w+\.LatentDataModule \(accepted: \[.*'urls'.*\]\); "
+        r"a key set for another choice of the group \(by an experiment\?\) is dropped with '~data\.num_samples'$",
+    ):
+        train_app.train(config(*switched, output_dir=run))
+    assert not run.exists()
+    check_value_types(config(*switched, "~data.num_samples", output_dir=run))
+
+
 def test_a_config_error_is_one_line_without_a_traceback_and_leaves_no_run_folder(tmp_path):
     done = run_cli("experiment=demo", "optim.optimizer.lr=5e-5x", f"paths.log_dir={tmp_path / 'out'}",
                    cwd=tmp_path, HYDRA_FULL_ERROR="0")  # fmt: skip

@@ -1,8 +1,10 @@
-"""Numeric settings checked against the signature of what they configure, before anything is built.
+"""Settings checked against the signature of what they configure, before anything is built.
 
 Hydra reads ``lr=5e-5x`` as the string ``"5e-5x"``, and without a check the run loads the teacher and
 then fails deep inside torch. Every config node with a ``_target_`` is checked against that target's
-annotated parameters; a value whose type the annotation cannot take is named with its key.
+annotated parameters; a value whose type the annotation cannot take is named with its key. A key the
+target has no parameter for is named too, with the accepted ones: switching a group's choice keeps the
+keys an experiment set for the old one (``experiment=... data=latents`` keeps ``data.num_samples``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,25 @@ def _targets(node, path: str = "") -> Iterator[tuple[str, DictConfig]]:
         yield from _targets(_value(node, key), f"{path}{key}.")  # UNKNOWN: neither node nor list
 
 
+def unknown_keys(keys: list[str], target: Callable, path: str, target_name: str) -> Iterator[str]:
+    """A message for each of ``keys`` that ``target`` has no parameter for (none when it takes ``**kwargs``)."""
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [p.name for p in parameters if p.kind in named and p.name != "self"]
+    for key in keys:
+        if key not in accepted:
+            yield (
+                f"{path}{key} is not a setting of {target_name} (accepted: {accepted}); a key set for another "
+                f"choice of the group (by an experiment?) is dropped with '~{path}{key}'"
+            )
+
+
 UNKNOWN = object()  # a value that cannot be resolved here
 
 
@@ -123,7 +144,8 @@ def _value(node, key):
 
 
 def check_value_types(cfg: DictConfig, extra: Mapping[str, Callable] = ()) -> None:
-    """Raise ValueError naming every setting whose value its target's annotation does not accept.
+    """Raise ValueError naming every setting whose value its target's annotation does not accept, and
+    every setting of a ``_target_`` node that its target has no parameter for.
 
     ``extra``: config paths (``"distill"``) checked against a callable that is not their ``_target_``.
     """
@@ -133,15 +155,19 @@ def check_value_types(cfg: DictConfig, extra: Mapping[str, Callable] = ()) -> No
     for path, node, target in nodes:
         if node is None:
             continue
+        name = target if isinstance(target, str) else None  # only a node's own _target_ is held to its keys
         if isinstance(target, str):
             try:
                 target = get_object(target)
             except Exception:  # a target that does not import: instantiating it says so
                 continue
+        keys = [key for key in node if not str(key).startswith("_")]
+        if name is not None:
+            problems += unknown_keys(keys, target, path, name)
         values = {
             key: value
-            for key in node
-            if not str(key).startswith("_") and not OmegaConf.is_missing(node, key)
+            for key in keys
+            if not OmegaConf.is_missing(node, key)
             if (value := _value(node, key)) is not UNKNOWN
         }
         problems += type_errors(values, parameter_types(target), path)
