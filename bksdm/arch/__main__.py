@@ -6,7 +6,7 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
-from bksdm.cli import ConfigError, app
+from bksdm.cli import ConfigError, app, config_checks
 from bksdm.cli.help import EntryHelp
 
 FORMATS = ("table", "json")
@@ -32,8 +32,9 @@ def main(cfg: DictConfig) -> None:
 
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} is not accepted: use one of {list(FORMATS)}")
-    teacher = teacher_config(cfg)
-    scale = teacher_vae_scale(cfg)
+    with config_checks():  # an unbuilt mini-world teacher's folder is said in one line
+        teacher = teacher_config(cfg)
+        scale = teacher_vae_scale(cfg)
     if not isinstance(cfg.resolution, int) or cfg.resolution % scale:
         raise ConfigError(
             f"resolution={cfg.resolution!r} must be a pixel size divisible by {scale} (teacher="

@@ -177,6 +177,17 @@ def teacher_config(cfg: DictConfig) -> dict:
     """The teacher denoiser's config (U-Net or transformer): embedded in the teacher preset
     (``unet_config``, ``transformer_config``), else read from its source (the config file only, no
     weights)."""
+    world_dir, source = cfg.teacher.get("world_dir"), Path(cfg.teacher.source)
+    built = (
+        world_dir is None or source != Path(world_dir) / "teacher" or (source / "model_index.json").is_file()
+    )
+    if not built:
+        raise FileNotFoundError(
+            f"teacher={cfg.teacher.name} is read from the mini world built in teacher.world_dir={world_dir!r}, "
+            f"which holds no teacher/model_index.json: build it with `python -m bksdm.miniworld "
+            f"world={cfg.teacher.world}` (it resumes where a killed build stopped), or set teacher.world_dir "
+            "to a built folder"
+        )
     embedded = cfg.teacher.get("transformer_config") or cfg.teacher.get("unet_config")
     return teacher_denoiser_config(
         cfg.teacher.source,

@@ -155,3 +155,29 @@ def test_sizes_follow_the_scenes_vae_s_4x_not_sd_s_8x(monkeypatch, capsys, tmp_p
         ValueError, match=r"data\.resolution=80 cannot go through .* latent size 20 does not fit"
     ):
         check_model_config(cfg, 80)
+
+
+def test_an_unbuilt_world_folder_is_said_in_one_line_with_how_to_build_it(tmp_path, monkeypatch, capsys):
+    """The default teacher.world_dir is outputs/miniworld/scenes-seed0, which a fresh checkout lacks."""
+    import sys
+
+    from bksdm import train as train_app
+    from bksdm.arch.__main__ import main
+    from bksdm.cli import ConfigError
+
+    unbuilt = tmp_path / "scenes-seed0"
+    said = (
+        rf"^teacher=miniworld_scenes is read from the mini world built in teacher\.world_dir='{unbuilt}', "
+        r"which holds no teacher/model_index\.json: build it with `python -m bksdm\.miniworld world=scenes`"
+    )
+    monkeypatch.setattr(
+        sys, "argv", ["bksdm.arch", "teacher=miniworld_scenes", f"teacher.world_dir={unbuilt}"]
+    )
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the error itself, not Hydra's exit
+    with pytest.raises(ConfigError, match=said):
+        main()
+    run = tmp_path / "run"
+    cfg = config("experiment=miniworld_scenes_ablation", f"teacher.world_dir={unbuilt}", output_dir=run)
+    with pytest.raises(ConfigError, match=said):
+        train_app.train(cfg)
+    assert not run.exists() and not unbuilt.exists()
