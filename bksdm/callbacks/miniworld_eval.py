@@ -47,9 +47,10 @@ class MiniWorldEval(EveryNSteps):
     ):
         super().__init__(every_n_steps)
         if world is not None:
-            from bksdm.miniworld.assets import world_of
+            from bksdm.miniworld.assets import world_folder, world_of
 
-            world_of(world)  # a missing or unbuilt folder is named now, not after the first steps
+            # a missing or unbuilt folder is named now, not after the first steps
+            world_of(world_folder(world))
         self.dirpath, self.at_start, self.world = Path(dirpath), at_start, world
         self.num_images, self.num_real, self.num_latents = num_images, num_real, num_latents
         self.num_inference_steps, self.guidance_scale, self.batch_size = (
@@ -66,7 +67,7 @@ class MiniWorldEval(EveryNSteps):
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict | None:
-        from bksdm.miniworld.assets import ASSETS, load_classifier, world_of
+        from bksdm.miniworld.assets import load_classifier, world_folder, world_of
         from bksdm.miniworld.evaluation import MiniWorldReference, evaluate_student
 
         self._last_step = step = trainer.global_step
@@ -76,7 +77,7 @@ class MiniWorldEval(EveryNSteps):
         with pl_module.frozen.sampling_precision(pl_module.device):
             if self.reference is None:  # the teacher's side, once (the classifier stays on the CPU)
                 teacher = frozen_pipeline(pl_module.frozen, pl_module.frozen.unet, pl_module.device)
-                world = self.world or ASSETS
+                world = world_folder(self.world)
                 self.reference = MiniWorldReference.build(
                     teacher, load_classifier(world), self.num_real, self.num_latents, kind=world_of(world)
                 )

@@ -159,7 +159,7 @@ class MiniWorldProtocol:
         from bksdm.cli import config_checks
         from bksdm.cli.errors import ConfigError
         from bksdm.eval.generation import check_model, check_scheduler, images_manifest, open_images_folder
-        from bksdm.miniworld.assets import ASSETS, world_of
+        from bksdm.miniworld.assets import world_folder, world_of
         from bksdm.miniworld.evaluation import image_captions
 
         for key, (value, reason) in self.FIXED.items():
@@ -171,7 +171,7 @@ class MiniWorldProtocol:
         with config_checks():
             check_model(cfg.model)
             check_scheduler(cfg.scheduler)
-            kind = world_of(self.world or ASSETS)
+            kind = world_of(world_folder(self.world))
             cycle = len(kind.evaluation_captions())
             if isinstance(cfg.num_images, bool) or not isinstance(cfg.num_images, int) or cfg.num_images < 2:
                 raise ValueError(
@@ -188,10 +188,10 @@ class MiniWorldProtocol:
 
     def run(self, cfg: DictConfig, folder) -> dict[str, Any]:
         from bksdm.eval.generation import load_pipeline
-        from bksdm.miniworld.assets import ASSETS, load_classifier, teacher_path, world_of
+        from bksdm.miniworld.assets import load_classifier, teacher_path, world_folder, world_of
         from bksdm.miniworld.evaluation import MiniWorldReference, evaluate_student
 
-        world = self.world or ASSETS
+        world = world_folder(self.world)
         teacher = load_pipeline(str(teacher_path(world)), cfg.dtype, cfg.device, cfg.scheduler)
         reference = MiniWorldReference.build(
             teacher, load_classifier(world), self.num_real, self.num_latents, kind=world_of(world)

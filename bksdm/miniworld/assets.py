@@ -1,4 +1,5 @@
-"""The shipped mini-world teacher and classifier (``bksdm/miniworld/assets``), and loading a built one."""
+"""The shipped mini worlds' teachers and classifiers (``bksdm/miniworld/assets``: the 64 px world at the top,
+the relational one in ``scenes/`` once shipped), and loading a built one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,27 @@ from bksdm.miniworld.models import AttributeClassifier
 from bksdm.miniworld.worlds import WorldKind, world_kind
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+# the built folders shipped with the package, by the name a teacher source or a world setting gives them
+SHIPPED = {"builtin:miniworld": ASSETS, "builtin:miniworld-scenes": ASSETS / "scenes"}
+
+
+def world_folder(world: str | Path | None = None) -> Path:
+    """The folder of a built mini world: ``world`` itself, or a shipped world by its ``SHIPPED`` name
+    (None: ``builtin:miniworld``, the 64 px world)."""
+    name = "builtin:miniworld" if world is None else str(world)
+    if not name.startswith("builtin:"):
+        return Path(world)
+    if name not in SHIPPED:
+        raise ValueError(
+            f"world={name!r}: accepted are a built mini world's folder or one of {list(SHIPPED)}"
+        )
+    folder = SHIPPED[name]
+    if not (folder / "report.json").is_file():
+        raise FileNotFoundError(
+            f"{name} is not shipped with this version of bksdm: build it with `python -m bksdm.miniworld "
+            "world=scenes` and name its folder instead (teacher.world_dir=outputs/miniworld/scenes-seed0)"
+        )
+    return folder
 
 
 def teacher_path(folder: str | Path = ASSETS) -> Path:

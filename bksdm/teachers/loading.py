@@ -23,7 +23,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from bksdm.miniworld.assets import teacher_path
+from bksdm.miniworld.assets import teacher_path, world_folder
 from bksdm.teachers.builtin import random_pipeline_path
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
@@ -55,6 +55,7 @@ BUILTINS = {
     "sd35-random": functools.partial(random_pipeline_path, shape="sd35-random"),
     "pixart-random": functools.partial(random_pipeline_path, shape="pixart-random"),
     "miniworld": teacher_path,  # shipped with the package, trained by python -m bksdm.miniworld
+    "miniworld-scenes": lambda: teacher_path(world_folder("builtin:miniworld-scenes")),  # world=scenes
 }
 _TOKENIZER_PROBE = "a photo of an astronaut riding a horse on mars"
 

@@ -181,3 +181,34 @@ def test_an_unbuilt_world_folder_is_said_in_one_line_with_how_to_build_it(tmp_pa
     with pytest.raises(ConfigError, match=said):
         train_app.train(cfg)
     assert not run.exists() and not unbuilt.exists()
+
+
+def test_a_shipped_world_is_named_like_a_teacher_source(tmp_path, monkeypatch, scenes_world):
+    """builtin:miniworld-scenes names the relational world once it ships (bksdm/miniworld/assets/scenes),
+    as a teacher or model source and as the world an evaluation scores in."""
+    from hydra import compose, initialize_config_dir
+
+    from bksdm.evaluate import evaluate
+    from bksdm.miniworld.assets import ASSETS, SHIPPED, world_folder
+    from bksdm.teachers.loading import resolve_source
+
+    assert world_folder() == world_folder("builtin:miniworld") == ASSETS
+    assert world_folder(str(scenes_world)) == scenes_world
+    with pytest.raises(
+        ValueError, match=r"world='builtin:cubes': accepted are a built mini world's folder or "
+    ):
+        world_folder("builtin:cubes")
+    monkeypatch.setitem(SHIPPED, "builtin:miniworld-scenes", tmp_path / "unshipped")
+    with pytest.raises(FileNotFoundError, match=r"builtin:miniworld-scenes is not shipped with this version"):
+        world_folder("builtin:miniworld-scenes")
+
+    monkeypatch.setitem(SHIPPED, "builtin:miniworld-scenes", scenes_world)
+    assert resolve_source("builtin:miniworld-scenes") == str(scenes_world / "teacher")
+    overrides = [
+        "eval=miniworld", "eval.world=builtin:miniworld-scenes", "model=builtin:miniworld-scenes",
+        f"out={tmp_path / 'eval'}", "num_images=5", "num_inference_steps=1", "eval.num_real=20",
+        "eval.num_latents=4", "device=cpu",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        result = evaluate(compose("evaluate", overrides=overrides))
+    assert result["error_to_teacher"] == 0.0 and "accuracy_held_out_split/all" in result  # itself, scenes
