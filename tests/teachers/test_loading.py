@@ -95,7 +95,7 @@ def test_bad_sources_and_parts_are_named(tmp_path):
         ComponentError,
         match=r"unknown builtin teacher 'builtin:huge'.*\['builtin:toy', 'builtin:sd14-random', 'builtin:sdxl-toy', "
         r"'builtin:sdxl-random', 'builtin:flux-toy', 'builtin:sd3-toy', 'builtin:pixart-toy', 'builtin:flux-random', "
-        r"'builtin:sd35-random', 'builtin:pixart-random', 'builtin:miniworld'\]",
+        r"'builtin:sd35-random', 'builtin:pixart-random', 'builtin:miniworld', 'builtin:miniworld-scenes'\]",
     ):
         load_components("builtin:huge")
     with pytest.raises(ComponentError, match=r"(?s)could not load the unet of '.*nowhere'.*Accepted sources"):
