@@ -157,7 +157,7 @@ def test_sizes_follow_the_scenes_vae_s_4x_not_sd_s_8x(monkeypatch, capsys, tmp_p
         check_model_config(cfg, 80)
 
 
-def test_an_unbuilt_world_folder_is_said_in_one_line_with_how_to_build_it(tmp_path, monkeypatch, capsys):
+def test_an_unbuilt_world_folder_is_said_in_one_line_with_how_to_build_it(tmp_path, monkeypatch):
     """The default teacher.world_dir is outputs/miniworld/scenes-seed0, which a fresh checkout lacks."""
     import sys
 
