@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -65,6 +66,8 @@ SETTINGS = ("seed", "world", "pool", "vae", "teacher", "classifier")
 # what the report calls each part zeroed_changes zeroes: a teacher whose deep stages are idle
 # gives the block-removed students nothing to lose (docs/miniworld.md)
 ZEROED_PARTS = {"mid_block_zeroed_change": "mid_block", "innermost_stage_zeroed_change": "up_blocks.0"}
+
+log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig) -> Path:
@@ -142,8 +145,13 @@ def train_vae(
     folder = work.path / "vae"
     if (record := work.finished("vae")) is not None:
         report.update(record)
-        latents = torch.load(folder / "latents.pt")
-        return AutoencoderKL.from_pretrained(folder / "model").eval().requires_grad_(False), *latents
+        vae = AutoencoderKL.from_pretrained(folder / "model").eval().requires_grad_(False)
+        if not (folder / "latents.pt").is_file():
+            # a cache (1.6 GB for the scenes pool) that the finished stages carried to another machine leave
+            # behind (docs/miniworld.md); encoding draws nothing random, so the bits are the VAE's
+            log.info("vae: encoding the pool again into %s", folder / "latents.pt")
+            write_latents(folder / "latents.pt", encode_pool(vae, pool.images))
+        return vae, *torch.load(folder / "latents.pt")
     vae = models.vae(cfg.seed, kind.resolution, cfg.vae.block_out_channels)
     stage = VAETraining(vae, pool.images, cfg.vae.lr, cfg.vae.kl_weight, cfg.vae.crop, cfg.vae.lr_schedule)
     checkpoint = folder / "last.ckpt"
@@ -163,11 +171,18 @@ def train_vae(
         "scaling_factor": scaling_factor,
     }
     vae.save_pretrained(folder / "model")
-    torch.save((mean, std), folder / "latents.pt")
+    write_latents(folder / "latents.pt", (mean, std))
     work.finish("vae", record)
     report["seconds"]["vae"] = seconds
     report.update(record)
     return vae, mean, std
+
+
+def write_latents(file: Path, latents: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The pool's posterior mean and std, whole or not at all: a rerun trusts a latents file it finds."""
+    staging = file.with_name(f".{file.name}.partial")
+    torch.save(latents, staging)
+    staging.replace(file)
 
 
 def train_teacher(

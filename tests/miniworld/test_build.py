@@ -1,7 +1,9 @@
 """The mini-world build as issue 22 needs it: the relational world (world=scenes) builds, a killed build
-resumes to the same bits, and its work folder refuses settings it was not started with."""
+resumes to the same bits (as does one whose finished stages were carried to another machine), and its
+work folder refuses settings it was not started with."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path,
     from bksdm.miniworld.assets import load_classifier
     from bksdm.miniworld.build import build
     from bksdm.miniworld.scenes import LABEL_SLOTS
-    from bksdm.miniworld.training import VAETraining
+    from bksdm.miniworld.training import ClassifierTraining, VAETraining
     from bksdm.teachers.loading import load_components
 
     # 12 VAE steps are 3 epochs of the 64-item pool: the resumed one replays the epochs' shuffles
@@ -45,9 +47,7 @@ def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path,
     build(scenes_config(tmp_path / "b", "vae.steps=12", "teacher.steps=9"))
     assert torch.load(tmp_path / "b/work/teacher/last.ckpt", weights_only=False)["global_step"] == 5
     resumed = build(scenes_config(tmp_path / "b", "vae.steps=12", "teacher.steps=14"))
-    for part in PARTS:
-        a, b = load_file(unstopped / part), load_file(resumed / part)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert_same_bits(unstopped, resumed)
     for stage, steps in (("vae", 12), ("teacher", 14)):
         rows = [
             line.split(",")[1] for line in (tmp_path / f"b/work/{stage}/metrics.csv").read_text().split()[1:]
@@ -70,6 +70,28 @@ def test_a_killed_scenes_build_resumes_to_the_bits_of_an_unstopped_one(tmp_path,
     assert parts.noise_scheduler.config.prediction_type == "v_prediction"  # and its SD-v2 target
     assert json.loads((tmp_path / "b/work/settings.json").read_text())["teacher.precision"] == "bf16-mixed"
     assert set(load_classifier(resumed)(torch.zeros(1, 3, 128, 128))) == set(LABEL_SLOTS)
+
+    # the finished VAE and classifier carried to a fresh machine as docs/miniworld.md says (the work folder
+    # without vae/latents.pt, the checkpoints and the U-Net): only the U-Net trains, to the same bits
+    shutil.copytree(
+        tmp_path / "a/work",
+        tmp_path / "c/work",
+        ignore=shutil.ignore_patterns("latents.pt", "last.ckpt", "teacher"),
+    )
+
+    def trains(self, batch, batch_idx):
+        raise AssertionError(f"{type(self).__name__} trained again")
+
+    monkeypatch.setattr(VAETraining, "training_step", trains)
+    monkeypatch.setattr(ClassifierTraining, "training_step", trains)
+    assert_same_bits(unstopped, build(scenes_config(tmp_path / "c", "vae.steps=12", "teacher.steps=14")))
+    assert (tmp_path / "c/work/vae/latents.pt").is_file()  # encoded again, for the next rerun
+
+
+def assert_same_bits(world, other):
+    for part in PARTS:
+        a, b = load_file(world / part), load_file(other / part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
 
 
 def test_the_work_folder_refuses_other_settings_and_fewer_steps_naming_them(tmp_path):
