@@ -53,6 +53,7 @@ from bksdm.miniworld.worlds import WorldKind, world_kind
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG, write_vocab_files
 from bksdm.teachers.loading import dtype_argument
 from bksdm.training.atomic import atomic_directory, write_file_atomically
+from bksdm.training.checkpoint_io import save_atomically
 from bksdm.training.csv_logger import AppendingCSVLogger
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -146,12 +147,14 @@ def train_vae(
     if (record := work.finished("vae")) is not None:
         report.update(record)
         vae = AutoencoderKL.from_pretrained(folder / "model").eval().requires_grad_(False)
-        if not (folder / "latents.pt").is_file():
-            # a cache (1.6 GB for the scenes pool) that the finished stages carried to another machine leave
-            # behind (docs/miniworld.md); encoding draws nothing random, so the bits are the VAE's
-            log.info("vae: encoding the pool again into %s", folder / "latents.pt")
-            write_latents(folder / "latents.pt", encode_pool(vae, pool.images))
-        return vae, *torch.load(folder / "latents.pt")
+        if (folder / "latents.pt").is_file():
+            return vae, *torch.load(folder / "latents.pt")
+        # a cache (1.6 GB for the scenes pool) that the finished stages carried to another machine leave
+        # behind (docs/miniworld.md); encoding draws nothing random, so the bits are the VAE's
+        log.info("vae: encoding the pool again into %s", folder / "latents.pt")
+        latents = encode_pool(vae, pool.images)
+        save_atomically(latents, folder / "latents.pt")
+        return vae, *latents
     vae = models.vae(cfg.seed, kind.resolution, cfg.vae.block_out_channels)
     stage = VAETraining(vae, pool.images, cfg.vae.lr, cfg.vae.kl_weight, cfg.vae.crop, cfg.vae.lr_schedule)
     checkpoint = folder / "last.ckpt"
@@ -171,18 +174,11 @@ def train_vae(
         "scaling_factor": scaling_factor,
     }
     vae.save_pretrained(folder / "model")
-    write_latents(folder / "latents.pt", (mean, std))
+    save_atomically((mean, std), folder / "latents.pt")  # a rerun trusts a latents file it finds
     work.finish("vae", record)
     report["seconds"]["vae"] = seconds
     report.update(record)
     return vae, mean, std
-
-
-def write_latents(file: Path, latents: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """The pool's posterior mean and std, whole or not at all: a rerun trusts a latents file it finds."""
-    staging = file.with_name(f".{file.name}.partial")
-    torch.save(latents, staging)
-    staging.replace(file)
 
 
 def train_teacher(
@@ -406,10 +402,8 @@ class WorkFolder:
         return None
 
     def finish(self, stage: str, record: dict, steps: int | None = None) -> None:
-        file = self.path / stage / "finished.pt"
-        staging = file.with_name(".finished.pt.partial")
-        torch.save({"record": record, "steps": steps, "random_state": random_state()}, staging)
-        staging.replace(file)
+        saved = {"record": record, "steps": steps, "random_state": random_state()}
+        save_atomically(saved, self.path / stage / "finished.pt")
 
 
 def _flat(tree: dict, keys: tuple[str, ...], prefix: str = "") -> dict:

@@ -16,18 +16,23 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+def save_atomically(value: Any, path: Path) -> None:
+    """``torch.save(value, path)`` so that readers see either the old file or the whole new one."""
+    staging = path.with_name(f".{path.name}.partial")
+    with open(staging, "wb") as handle:
+        torch.save(value, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.partial")
-        with open(staging, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staging, path)
+        save_atomically(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(path)
