@@ -60,10 +60,15 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Lightning's names: bf16 autocast made the scenes U-Net's CPU step 1.3x faster (avx512_bf16, no AMX)
 TEACHER_PRECISIONS = ("32-true", "bf16-mixed")
 STAGES = ("vae", "classifier", "teacher")  # the classifier first: it can score the teacher on the way
-# what the work folder's stages depend on; the rest (where things go, the device, the report, the stored
-# precision, how often the teacher is checkpointed, and teacher.steps, which may grow) can change between a
-# run and its resumption
-SETTINGS = ("seed", "world", "pool", "vae", "teacher", "classifier")
+# the settings each stage depends on besides those of the stages before it (whose random state it goes on
+# from); the rest (where things go, the device, the report, the stored precision, how often the teacher is
+# checkpointed, and teacher.steps, which may grow) can change between a run and its resumption
+STAGE_SETTINGS = {
+    "vae": ("seed", "world", "pool", "vae"),
+    "classifier": ("classifier",),
+    "teacher": ("teacher",),
+}
+SETTINGS = tuple(key for keys in STAGE_SETTINGS.values() for key in keys)
 # what the report calls each part zeroed_changes zeroes: a teacher whose deep stages are idle
 # gives the block-removed students nothing to lose (docs/miniworld.md)
 ZEROED_PARTS = {"mid_block_zeroed_change": "mid_block", "innermost_stage_zeroed_change": "up_blocks.0"}
@@ -349,8 +354,10 @@ def drop_rows_from(metrics: Path, step: int) -> None:
 
 class WorkFolder:
     """A build's finished stages, each with the random state it ended in (``<stage>/finished.pt``), and
-    their files. It belongs to the settings it was started with (``settings.json``, the ``SETTINGS`` keys)
-    and refuses others, naming what changed."""
+    their files. It keeps the settings its stages were begun with (``settings.json``, the ``SETTINGS``
+    keys): a changed setting is taken only where no stage that depends on it has begun (so a carried
+    folder's U-Net may start with another ``teacher.precision``), and refused otherwise, naming what
+    changed and the stages that hold work."""
 
     def __init__(self, path: Path, cfg: DictConfig):
         self.path = path
@@ -360,25 +367,45 @@ class WorkFolder:
         file = path / "settings.json"
         if file.is_file():
             saved = json.loads(file.read_text())
-            changed = [f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}"
-                       for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key)]  # fmt: skip
+            changed = sorted(key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key))
             if changed:
-                newer = sorted(set(settings) - set(saved))
-                hint = (
-                    f"; settings newer than the folder ({', '.join(newer)}): if it was built as their defaults, "
-                    f"add them to {str(file)!r} with those values to resume it"
-                    if newer
-                    else ""
-                )
-                raise ValueError(
-                    f"work_dir={str(path)!r} holds a build started with other settings ({'; '.join(changed)}): "
-                    f"rerun with its settings to resume it, or give another work_dir{hint}"
-                )
+                self._check_unbegun(changed, saved, settings)
+                log.info("work_dir=%r: settings taken by stages not begun: %s", str(path), ", ".join(changed))
+                write_file_atomically(file, json.dumps(settings, indent=2) + "\n")
         else:
             path.mkdir(parents=True, exist_ok=True)
             write_file_atomically(file, json.dumps(settings, indent=2) + "\n")
         for stage in STAGES:
             (path / stage).mkdir(exist_ok=True)
+
+    def _check_unbegun(self, changed: list[str], saved: dict, settings: dict) -> None:
+        """Raises unless every stage that depends on a ``changed`` key is empty."""
+        first = min(
+            STAGES.index(stage)
+            for key in changed
+            for stage, keys in STAGE_SETTINGS.items()
+            if key.split(".")[0] in keys
+        )
+        begun = [
+            str(self.path / stage)
+            for stage in STAGES[first:]
+            if (self.path / stage).is_dir() and any((self.path / stage).iterdir())
+        ]
+        if not begun:
+            return
+        newer = [key for key in changed if key not in saved]
+        hint = (
+            f"; settings newer than the folder ({', '.join(newer)}): if it was built as their defaults, add "
+            f"them to {str(self.path / 'settings.json')!r} with those values to resume it"
+            if newer
+            else ""
+        )
+        raise ValueError(
+            f"work_dir={str(self.path)!r} holds a build started with other settings "
+            f"({'; '.join(f'{key}: {saved.get(key)!r} -> {settings.get(key)!r}' for key in changed)}), and "
+            f"stages that depend on them hold work ({', '.join(begun)}): rerun with its settings to resume "
+            f"it, empty those folders to train them again with these, or give another work_dir{hint}"
+        )
 
     def finished(self, stage: str, steps: int | None = None) -> dict | None:
         """The report entries of ``stage`` if it finished (for ``steps`` training steps, where given), with

@@ -1,6 +1,6 @@
 """The mini-world build as issue 22 needs it: the relational world (world=scenes) builds, a killed build
 resumes to the same bits (as does one whose finished stages were carried to another machine), and its
-work folder refuses settings it was not started with."""
+work folder refuses settings its begun stages were not started with."""
 
 import json
 import shutil
@@ -116,6 +116,26 @@ def test_the_work_folder_refuses_other_settings_and_fewer_steps_naming_them(tmp_
         ValueError, match=r"newer than the folder \(teacher\.precision\): if it was built as their defaults"
     ):
         WorkFolder(tmp_path, scenes_config(tmp_path))
+
+
+def test_the_work_folder_takes_changed_settings_only_where_no_stage_depending_on_them_has_begun(tmp_path):
+    from bksdm.miniworld.build import WorkFolder
+
+    work = WorkFolder(tmp_path, scenes_config(tmp_path))
+    work.finish("vae", {"scaling_factor": 1.1})
+    # the carried finished stages of docs/miniworld.md on an AVX2-only CPU: the U-Net has not begun
+    changed = ("teacher.precision=32-true", "classifier.lr=1e-3")
+    again = WorkFolder(tmp_path, scenes_config(tmp_path, *changed))
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    assert saved["teacher.precision"] == "32-true" and saved["classifier.lr"] == 0.001
+    assert again.finished("vae") == {"scaling_factor": 1.1}
+    with pytest.raises(ValueError, match=r"vae\.lr: 0\.001 -> 0\.01\), and stages .* hold work \(.*/vae\)"):
+        WorkFolder(tmp_path, scenes_config(tmp_path, *changed, "vae.lr=1e-2"))
+    # a later stage's work is kept too: its random state followed from the earlier ones
+    (tmp_path / "teacher/last.ckpt").write_bytes(b"U-Net at step 250")
+    with pytest.raises(ValueError, match=r"hold work \(.*/teacher\)"):
+        WorkFolder(tmp_path, scenes_config(tmp_path, "teacher.precision=32-true"))
+    assert json.loads((tmp_path / "settings.json").read_text()) == saved  # nothing overwritten
 
 
 def test_a_step_s_batch_follows_from_the_step_alone():
