@@ -114,6 +114,7 @@ def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scor
     assert [json.loads(line) for line in log.read_text().splitlines()] == [row] and row["step"] == 2
     assert row["prediction_type"] == "v_prediction" and row["block_out_channels"] == [16, 32, 32, 32]
     assert row["latent_side"] == 32 and row["top_stage_attention"] is False
+    assert row["precision"] == "bf16-mixed"  # the build's default, which test_build.py's resumed builds leave
     report = json.loads((scenes_world / "report.json").read_text())
     figures = ("teacher_accuracy", "teacher_accuracy_held_out_split", *ZEROED_PARTS)
     for figure in figures:
