@@ -451,33 +451,51 @@ def zeroed_changes(
     context: torch.Tensor,
     seed: int,
     parts: dict[str, str] = ZEROED_PARTS,
-) -> dict[str, float]:
+    noise_bands: int = 4,
+) -> dict[str, float | dict[str, float]]:
     """How much the U-Net's prediction moves when one part's output is zeroed, for each ``name: part`` of
     ``parts`` (``mid_block``, or an up stage: ``up_blocks.0`` is the innermost one, whose input is the mid
     block's): the mean square of the change over the mean square of the prediction, on ``latents``
     (B, 4, h, w; scaled) noised at uniformly drawn timesteps, with their captions' ``context`` (B, T, D).
-    Near 0: the part is ignored (the 64 px teacher's mid block works at 1x1)."""
+    Near 0: the part is ignored (the 64 px teacher's mid block works at 1x1).
+
+    ``<name>_by_timestep`` gives the same ratio with every latent noised in each of ``noise_bands`` equal
+    bands of timesteps (``"0-249"``, ...): a deep part can be idle at low noise, where denoising is local,
+    and at work at high noise, where a sample's layout is decided."""
     accepted = ["mid_block", *(f"up_blocks.{i}" for i in range(len(unet.up_blocks)))]
     for part in parts.values():
         if part not in accepted:
             raise ValueError(f"part={part!r}: accepted are {accepted}")
     generator = torch.Generator().manual_seed(seed)
     scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
+    steps = scheduler.config.num_train_timesteps
+    if noise_bands < 1 or steps % noise_bands:
+        raise ValueError(f"noise_bands={noise_bands}: accepted are divisors of the {steps} timesteps")
     noise = torch.randn(latents.shape, generator=generator)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, context).sample
-    changes = {}
-    for name, part in parts.items():
-        hook = unet.get_submodule(part).register_forward_hook(
-            lambda module, args, output: torch.zeros_like(output)
-        )
-        try:
-            zeroed = unet(noisy, timesteps, context).sample
-        finally:
-            hook.remove()
-        changes[name] = float((zeroed - prediction).pow(2).mean() / prediction.pow(2).mean())
-    return changes
+    timesteps = torch.randint(0, steps, (len(latents),), generator=generator)
+    width = steps // noise_bands
+    bands = {
+        f"{low}-{low + width - 1}": torch.randint(low, low + width, (len(latents),), generator=generator)
+        for low in range(0, steps, width)
+    }
+    changes: dict = {name: {} for name in parts}
+    for band, drawn in {"uniform": timesteps, **bands}.items():
+        noisy = scheduler.add_noise(latents, noise, drawn)
+        prediction = unet(noisy, drawn, context).sample
+        for name, part in parts.items():
+            hook = unet.get_submodule(part).register_forward_hook(
+                lambda module, args, output: torch.zeros_like(output)
+            )
+            try:
+                zeroed = unet(noisy, drawn, context).sample
+            finally:
+                hook.remove()
+            changes[name][band] = float((zeroed - prediction).pow(2).mean() / prediction.pow(2).mean())
+    figures = {}
+    for name, by_band in changes.items():
+        figures[name] = by_band.pop("uniform")
+        figures[f"{name}_by_timestep"] = by_band
+    return figures
 
 
 def save_pipeline(

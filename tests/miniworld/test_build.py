@@ -227,12 +227,16 @@ def test_the_teacher_learns_the_noise_or_sd_v2_s_velocity(prediction_type, low, 
     assert low < stage.training_step((0, torch.arange(8)), 0).item() < high
 
 
-def test_zeroing_a_part_the_u_net_does_not_have_is_refused_naming_the_parts():
+def test_zeroing_a_part_moves_the_prediction_in_every_noise_band_and_a_part_it_lacks_is_refused():
     from bksdm.miniworld import models
     from bksdm.miniworld.build import zeroed_changes
 
     unet = models.unet(0, 8)
     latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 64)
-    assert zeroed_changes(unet, latents, context, 0, {"outer": "up_blocks.3"})["outer"] > 0
+    changes = zeroed_changes(unet, latents, context, 0, {"outer": "up_blocks.3"})
+    assert changes["outer"] > 0
+    by_timestep = changes["outer_by_timestep"]  # every latent noised in each quarter of the timesteps
+    assert list(by_timestep) == ["0-249", "250-499", "500-749", "750-999"]
+    assert all(v > 0 for v in by_timestep.values()) and len(set(by_timestep.values())) == 4
     with pytest.raises(ValueError, match=r"part='down_blocks.3'.*'mid_block', 'up_blocks.0'"):
         zeroed_changes(unet, latents, context, 0, {"down": "down_blocks.3"})
