@@ -365,14 +365,14 @@ class WorkFolder:
         settings = _flat(OmegaConf.to_container(OmegaConf.create(chosen), resolve=True), SETTINGS)
         settings.pop("teacher.steps")
         file = path / "settings.json"
-        if file.is_file():
-            saved = json.loads(file.read_text())
-            changed = sorted(key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key))
-            if changed:
+        saved = json.loads(file.read_text()) if file.is_file() else None
+        if saved != settings:
+            if saved is not None:
+                changed = sorted(
+                    key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key)
+                )
                 self._check_unbegun(changed, saved, settings)
                 log.info("work_dir=%r: settings taken by stages not begun: %s", str(path), ", ".join(changed))
-                write_file_atomically(file, json.dumps(settings, indent=2) + "\n")
-        else:
             path.mkdir(parents=True, exist_ok=True)
             write_file_atomically(file, json.dumps(settings, indent=2) + "\n")
         for stage in STAGES:
