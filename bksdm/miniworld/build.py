@@ -208,7 +208,7 @@ def train_teacher(
     stage = TeacherTraining(
         unet, mean, std, pool.caption_index, text_embeds, scaling_factor, cfg.seed, cfg.teacher.lr,
         cfg.teacher.weight_decay, cfg.teacher.warmup_steps, cfg.teacher.caption_dropout,
-        cfg.teacher.prediction_type,
+        cfg.teacher.prediction_type, cfg.teacher.skip_dropout,
     )  # fmt: skip
     checkpoint = folder / "last.ckpt"
     batches = StepBatches(len(pool), cfg.teacher.batch_size, cfg.seed, checkpoint_step(checkpoint))

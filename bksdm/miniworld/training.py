@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -105,8 +106,11 @@ class TeacherTraining(L.LightningModule):
     the frozen VAE's posterior of every pool image (sampled each step, as SD's training does),
     ``caption_index`` (N,) their captions; ``text_embeds`` (C + 1, T, D) the text encoder's output for every
     caption of the world and, last, the empty one. Batches are ``StepBatches``'; every random draw of a step
-    (latent sample, dropped captions, noise, timesteps) comes from a generator seeded by (seed, step), so a
-    resumed run trains bit-identically to an unstopped one."""
+    (latent sample, dropped captions, noise, timesteps, samples without skips) comes from a generator seeded
+    by (seed, step), so a resumed run trains bit-identically to an unstopped one.
+
+    ``skip_dropout``: the fraction of each batch's samples whose skip connections are all zeroed, so that
+    the up path must learn to read the mid block (``skip_connections_kept``)."""
 
     def __init__(
         self,
@@ -122,8 +126,11 @@ class TeacherTraining(L.LightningModule):
         warmup_steps: int,
         caption_dropout: float,
         prediction_type: str = "epsilon",
+        skip_dropout: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= skip_dropout < 1.0:
+            raise ValueError(f"teacher.skip_dropout={skip_dropout!r}: accepted are fractions in [0, 1)")
         self.unet, self.scaling_factor, self.seed = unet, scaling_factor, seed
         # inputs, not state: kept out of checkpoints
         for name, value in (("latent_mean", latent_mean), ("latent_std", latent_std),
@@ -134,7 +141,7 @@ class TeacherTraining(L.LightningModule):
             **{key: SD_SCHEDULER_CONFIG[key] for key in schedule}, prediction_type=prediction_type
         )
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
-        self.caption_dropout = caption_dropout
+        self.caption_dropout, self.skip_dropout = caption_dropout, skip_dropout
 
     def training_step(self, batch, batch_idx):
         step, indices = batch
@@ -150,7 +157,10 @@ class TeacherTraining(L.LightningModule):
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), **draw)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = ddpm_task_target(self.noise_scheduler, latents, noise, timesteps)
-        loss = F.mse_loss(self.unet(noisy, timesteps, context).sample, target)
+        # drawn last, and only when asked, so that a run without it keeps the draws of the runs before it
+        keep = torch.rand(len(indices), **draw) >= self.skip_dropout if self.skip_dropout else None
+        with skip_connections_kept(self.unet, keep):
+            loss = F.mse_loss(self.unet(noisy, timesteps, context).sample, target)
         self.log("teacher/loss", loss, prog_bar=True)
         return loss
 
@@ -186,6 +196,30 @@ class ClassifierTraining(L.LightningModule):
 # how the VAE's learning rate runs: a constant one (the 64 px world's) left the 128 px world's VAE drifting to
 # its last step, with a colour cast (orange read as yellow) that its step-1500 weights had not had
 LR_SCHEDULES = ("constant", "cosine")
+
+
+@contextmanager
+def skip_connections_kept(unet: UNet2DConditionModel, keep: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, the U-Net's up stages see the skip connections of the samples where ``keep`` (B,)
+    is true and zeros for the others; ``None`` keeps them all. diffusers has no switch for this, so forward
+    pre-hooks scale the ``res_hidden_states_tuple`` each up stage is given."""
+    if keep is None:
+        yield
+        return
+
+    def masked(module, args, kwargs):
+        skips = kwargs["res_hidden_states_tuple"]
+        kwargs["res_hidden_states_tuple"] = tuple(
+            skip * keep.view(-1, 1, 1, 1).to(skip.dtype) for skip in skips
+        )
+        return args, kwargs
+
+    handles = [block.register_forward_pre_hook(masked, with_kwargs=True) for block in unet.up_blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> dict:

@@ -240,3 +240,57 @@ def test_zeroing_a_part_moves_the_prediction_in_every_noise_band_and_a_part_it_l
     assert all(v > 0 for v in by_timestep.values()) and len(set(by_timestep.values())) == 4
     with pytest.raises(ValueError, match=r"part='down_blocks.3'.*'mid_block', 'up_blocks.0'"):
         zeroed_changes(unet, latents, context, 0, {"down": "down_blocks.3"})
+
+
+def test_skip_dropout_zeroes_the_skip_connections_of_the_dropped_samples_only_while_asked():
+    from bksdm.miniworld import models
+    from bksdm.miniworld.training import skip_connections_kept
+
+    unet = models.unet(0, 8).eval()
+    noisy, timesteps, context = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 5, 64)
+    seen = []
+    with torch.no_grad():
+        whole = unet(noisy, timesteps, context).sample
+        with skip_connections_kept(unet, torch.tensor([True, False])):
+            # registered after the mask's hooks: they see what the up stages are given
+            handles = [
+                block.register_forward_pre_hook(
+                    lambda module, args, kwargs: seen.append(kwargs["res_hidden_states_tuple"]),
+                    with_kwargs=True,
+                )
+                for block in unet.up_blocks
+            ]
+            dropped = unet(noisy, timesteps, context).sample
+        for handle in handles:
+            handle.remove()
+        skips = [skip for stage in seen for skip in stage]
+        assert len(skips) == 12 and all(s[1].abs().max() == 0 and s[0].abs().max() > 0 for s in skips)
+        torch.testing.assert_close(dropped[0], whole[0])  # a kept sample is untouched
+        assert not torch.allclose(dropped[1], whole[1])
+        torch.testing.assert_close(unet(noisy, timesteps, context).sample, whole)  # the hooks are gone
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_a_teacher_step_with_skip_dropout_draws_its_dropped_samples_from_the_step():
+    from bksdm.miniworld import models
+    from bksdm.miniworld.training import TeacherTraining
+
+    latents, text_embeds = torch.randn(8, 4, 8, 8), torch.randn(2, 5, 64)
+
+    def stage(skip_dropout):
+        return TeacherTraining(
+            models.unet(0, 8), latents, torch.zeros(8, 4, 8, 8), torch.zeros(8, dtype=torch.long), text_embeds,
+            scaling_factor=1.0, seed=0, lr=1e-3, weight_decay=0.0, warmup_steps=0,
+            caption_dropout=0.0, skip_dropout=skip_dropout,
+        )  # fmt: skip
+
+    batch = (3, torch.arange(8))
+    with torch.no_grad():
+        plain, half = stage(0.0).training_step(batch, 0), stage(0.5).training_step(batch, 0)
+        assert half != plain
+        assert stage(0.5).training_step(batch, 0) == half  # the same step drops the same samples
+    for wrong in (1.0, -0.1):
+        with pytest.raises(
+            ValueError, match=rf"teacher\.skip_dropout={wrong}: accepted are fractions in \[0, 1\)"
+        ):
+            stage(wrong)
