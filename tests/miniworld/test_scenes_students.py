@@ -122,6 +122,31 @@ def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scor
         assert row[figure] == pytest.approx(report[figure]), figure
 
 
+def test_the_design_probe_trains_a_u_net_beside_a_build_and_records_its_mid_block_s_part(
+    tmp_path, scenes_world
+):
+    import importlib.util
+
+    script = ROOT / "experiments/miniworld_scenes/design_probe.py"
+    spec = importlib.util.spec_from_file_location("design_probe", script)
+    design_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(design_probe)
+    work = scenes_world.parent / "work"
+    before = {path: path.stat().st_mtime_ns for path in work.rglob("*")}
+    log = tmp_path / "probe.jsonl"
+    overrides = [*scenes_overrides(scenes_world.parent, *BUILT), "teacher.skip_dropout=0.5"]
+    rows = design_probe.main(["--steps", "2", "--at", "1", "2", "--threads", "1", *overrides], log)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == rows
+    assert [row["step"] for row in rows] == [1, 2] and rows[0]["teacher"]["skip_dropout"] == 0.5
+    for row in rows:
+        assert row["held_out_loss"] > 0 and row["mid_block_bypassed_change"] > 0
+        assert row["mid_block_zeroed_change"] > 0 and len(row["mid_block_zeroed_change_by_timestep"]) == 4
+    assert rows[0]["held_out_loss"] != rows[1]["held_out_loss"]  # it trained
+    assert {
+        path: path.stat().st_mtime_ns for path in work.rglob("*")
+    } == before  # the build's folder is left as it was
+
+
 def test_sizes_follow_the_scenes_vae_s_4x_not_sd_s_8x(monkeypatch, capsys, tmp_path, scenes_world):
     """128 px scenes are 32x32 latents: the arch report and the bench count there, and 96 px (24x24 latents)
     passes the training, sampling and bench checks, where SD's 8x would make 12x12 (three downsamplers
