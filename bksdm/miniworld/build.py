@@ -69,9 +69,19 @@ STAGE_SETTINGS = {
     "teacher": ("teacher",),
 }
 SETTINGS = tuple(key for keys in STAGE_SETTINGS.values() for key in keys)
-# what the report calls each part zeroed_changes zeroes: a teacher whose deep stages are idle
-# gives the block-removed students nothing to lose (docs/miniworld.md)
-ZEROED_PARTS = {"mid_block_zeroed_change": "mid_block", "innermost_stage_zeroed_change": "up_blocks.0"}
+# what the report calls the change part_changes measures for each (part, removal): a teacher whose deep
+# stages are idle gives the block-removed students nothing to lose (docs/miniworld.md)
+PART_CHANGES = {
+    "mid_block_zeroed_change": ("mid_block", "zeroed"),
+    "innermost_stage_zeroed_change": ("up_blocks.0", "zeroed"),
+    # as BK-SDM-Small removes it: the up path is given the innermost down stage's output
+    "mid_block_bypassed_change": ("mid_block", "bypassed"),
+}
+# a removed part's output: zeros, or its input (only for the mid block, whose output has its input's shape)
+REMOVALS = {
+    "zeroed": lambda module, args, output: torch.zeros_like(output),
+    "bypassed": lambda module, args, output: args[0],
+}
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +115,7 @@ def build(cfg: DictConfig) -> Path:
 
     latents = encode_pool(vae, held_out["held_out_items"].images[: cfg.report.mid_block_items])[0]
     context = text_embeds[held_out["held_out_items"].caption_index[: len(latents)]]
-    report.update(zeroed_changes(unet, latents * scaling_factor, context, cfg.seed))
+    report.update(part_changes(unet, latents * scaling_factor, context, cfg.seed))
 
     out = Path(cfg.out)
     with atomic_directory(out) as staging:
@@ -445,27 +455,31 @@ def _flat(tree: dict, keys: tuple[str, ...], prefix: str = "") -> dict:
 
 
 @torch.no_grad()
-def zeroed_changes(
+def part_changes(
     unet: UNet2DConditionModel,
     latents: torch.Tensor,
     context: torch.Tensor,
     seed: int,
-    parts: dict[str, str] = ZEROED_PARTS,
+    parts: dict[str, tuple[str, str]] = PART_CHANGES,
     noise_bands: int = 4,
 ) -> dict[str, float | dict[str, float]]:
-    """How much the U-Net's prediction moves when one part's output is zeroed, for each ``name: part`` of
-    ``parts`` (``mid_block``, or an up stage: ``up_blocks.0`` is the innermost one, whose input is the mid
-    block's): the mean square of the change over the mean square of the prediction, on ``latents``
-    (B, 4, h, w; scaled) noised at uniformly drawn timesteps, with their captions' ``context`` (B, T, D).
-    Near 0: the part is ignored (the 64 px teacher's mid block works at 1x1).
+    """How much the U-Net's prediction moves when one part is removed, for each ``name: (part, removal)`` of
+    ``parts``: the part is ``mid_block`` or an up stage (``up_blocks.0`` is the innermost one, whose input
+    is the mid block's), and its output is ``"zeroed"`` or, for the mid block, ``"bypassed"`` (replaced by
+    its input). The figure is the mean square of the change over the mean square of the prediction, on
+    ``latents`` (B, 4, h, w; scaled) noised at uniformly drawn timesteps, with their captions' ``context``
+    (B, T, D). Near 0: the part is ignored (the 64 px teacher's mid block works at 1x1).
 
     ``<name>_by_timestep`` gives the same ratio with every latent noised in each of ``noise_bands`` equal
     bands of timesteps (``"0-249"``, ...): a deep part can be idle at low noise, where denoising is local,
     and at work at high noise, where a sample's layout is decided."""
-    accepted = ["mid_block", *(f"up_blocks.{i}" for i in range(len(unet.up_blocks)))]
-    for part in parts.values():
-        if part not in accepted:
-            raise ValueError(f"part={part!r}: accepted are {accepted}")
+    accepted = {"zeroed": ["mid_block", *(f"up_blocks.{i}" for i in range(len(unet.up_blocks)))],
+                "bypassed": ["mid_block"]}  # fmt: skip
+    for part, removal in parts.values():
+        if removal not in accepted:
+            raise ValueError(f"removal={removal!r}: accepted are {list(accepted)}")
+        if part not in accepted[removal]:
+            raise ValueError(f"part={part!r} {removal}: accepted are {accepted[removal]}")
     generator = torch.Generator().manual_seed(seed)
     scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
     steps = scheduler.config.num_train_timesteps
@@ -482,15 +496,13 @@ def zeroed_changes(
     for band, drawn in {"uniform": timesteps, **bands}.items():
         noisy = scheduler.add_noise(latents, noise, drawn)
         prediction = unet(noisy, drawn, context).sample
-        for name, part in parts.items():
-            hook = unet.get_submodule(part).register_forward_hook(
-                lambda module, args, output: torch.zeros_like(output)
-            )
+        for name, (part, removal) in parts.items():
+            hook = unet.get_submodule(part).register_forward_hook(REMOVALS[removal])
             try:
-                zeroed = unet(noisy, drawn, context).sample
+                removed = unet(noisy, drawn, context).sample
             finally:
                 hook.remove()
-            changes[name][band] = float((zeroed - prediction).pow(2).mean() / prediction.pow(2).mean())
+            changes[name][band] = float((removed - prediction).pow(2).mean() / prediction.pow(2).mean())
     figures = {}
     for name, by_band in changes.items():
         figures[name] = by_band.pop("uniform")

@@ -1,8 +1,8 @@
 """Does a U-Net design keep its mid block at work? Trains the relational world's U-Net from scratch for a few
 hundred steps, with the build's recipe, batches and draws and any ``teacher.*`` override, and at each probe
-step appends a row to ``design_probe.jsonl`` beside this file: the held-out v-loss, and how much zeroing the
-mid block (the report's ``zeroed_changes``) or bypassing it (its output replaced by its input, as
-BK-SDM-Small removes it) moves the prediction.
+step appends a row to ``design_probe.jsonl`` beside this file: the held-out loss, and how much zeroing the
+mid block or bypassing it (its output replaced by its input, as BK-SDM-Small removes it) moves the
+prediction (the report's ``part_changes``).
 
     python experiments/miniworld_scenes/design_probe.py --steps 500 --at 250 500 teacher.skip_dropout=0.1
 
@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from bksdm.bench.run import cpu_model
 from bksdm.distill.losses import ddpm_task_target
 from bksdm.miniworld import models, scenes
-from bksdm.miniworld.build import held_out_pools, teacher_unet, zeroed_changes
+from bksdm.miniworld.build import held_out_pools, part_changes, teacher_unet
 from bksdm.miniworld.training import StepBatches, TeacherTraining, encode_pool
 from bksdm.miniworld.worlds import world_kind
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG
@@ -106,29 +106,21 @@ def main(argv: list[str] | None = None, log: Path = HERE / "design_probe.jsonl")
 
 
 def probe(unet, latents: torch.Tensor, context: torch.Tensor, cfg) -> dict:
-    """The held-out v-loss (``DRAWS`` noise draws of each item, every skip in place), and the mid block's
-    part: zeroed (the report's figures) and bypassed."""
+    """The held-out loss (``DRAWS`` noise draws of each item, every skip in place) and the report's
+    ``part_changes`` (the mid block zeroed and bypassed, the innermost up stage zeroed)."""
     scheduler = DDPMScheduler.from_config(
         {**SD_SCHEDULER_CONFIG, "prediction_type": cfg.teacher.prediction_type}
     )
     generator = torch.Generator().manual_seed(5)
-    loss = bypassed = mean_square = 0.0
+    loss = 0.0
     for _ in range(DRAWS):
         noise = torch.randn(latents.shape, generator=generator).to(latents.device)
         timesteps = torch.randint(0, 1000, (len(latents),), generator=generator).to(latents.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, context).sample
-        hook = unet.mid_block.register_forward_hook(lambda module, args, output: args[0])
-        try:
-            without = unet(noisy, timesteps, context).sample
-        finally:
-            hook.remove()
+        prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, context).sample
         loss += float((prediction - ddpm_task_target(scheduler, latents, noise, timesteps)).pow(2).mean())
-        bypassed += float((without - prediction).pow(2).mean())
-        mean_square += float(prediction.pow(2).mean())
-    zeroed = zeroed_changes(unet.cpu(), latents.cpu(), context.cpu(), cfg.seed)
+    changes = part_changes(unet.cpu(), latents.cpu(), context.cpu(), cfg.seed)  # its draws are on the CPU
     unet.to(latents.device)
-    return {"held_out_loss": loss / DRAWS, "mid_block_bypassed_change": bypassed / mean_square, **zeroed}
+    return {"held_out_loss": loss / DRAWS, **changes}
 
 
 if __name__ == "__main__":

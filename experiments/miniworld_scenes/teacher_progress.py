@@ -25,10 +25,10 @@ from bksdm.miniworld.assets import load_classifier
 from bksdm.miniworld.build import (
     assemble_pipeline,
     held_out_pools,
+    part_changes,
     report_captions,
     teacher_accuracy,
     teacher_unet,
-    zeroed_changes,
 )
 from bksdm.miniworld.training import encode_pool
 from bksdm.miniworld.worlds import world_kind
@@ -73,7 +73,7 @@ def main(overrides: list[str], log: Path = HERE / "teacher_progress.jsonl") -> d
         ids = tokenizer(items.captions[: len(latents)], padding="max_length", return_tensors="pt").input_ids
         context = pipeline.text_encoder(ids)[0]
         scaled = latents * pipeline.vae.config.scaling_factor
-        row.update(zeroed_changes(unet, scaled, context, cfg.seed))
+        row.update(part_changes(unet, scaled, context, cfg.seed))
     row["seconds"] = round(time.perf_counter() - clock, 1)
     row["cpu"] = cpu_model()
     with open(log, "a") as handle:

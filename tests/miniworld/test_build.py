@@ -227,19 +227,31 @@ def test_the_teacher_learns_the_noise_or_sd_v2_s_velocity(prediction_type, low, 
     assert low < stage.training_step((0, torch.arange(8)), 0).item() < high
 
 
-def test_zeroing_a_part_moves_the_prediction_in_every_noise_band_and_a_part_it_lacks_is_refused():
+def test_removing_a_part_moves_the_prediction_in_every_noise_band_and_a_removal_it_cannot_make_is_refused():
     from bksdm.miniworld import models
-    from bksdm.miniworld.build import zeroed_changes
+    from bksdm.miniworld.build import part_changes
 
     unet = models.unet(0, 8)
     latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 64)
-    changes = zeroed_changes(unet, latents, context, 0, {"outer": "up_blocks.3"})
-    assert changes["outer"] > 0
+    parts = {
+        "outer": ("up_blocks.3", "zeroed"),
+        "mid": ("mid_block", "zeroed"),
+        "bypass": ("mid_block", "bypassed"),
+    }
+    changes = part_changes(unet, latents, context, 0, parts)
+    assert all(changes[name] > 0 for name in parts)
+    assert changes["bypass"] < changes["mid"]  # the up path keeps the mid block's input
     by_timestep = changes["outer_by_timestep"]  # every latent noised in each quarter of the timesteps
     assert list(by_timestep) == ["0-249", "250-499", "500-749", "750-999"]
     assert all(v > 0 for v in by_timestep.values()) and len(set(by_timestep.values())) == 4
-    with pytest.raises(ValueError, match=r"part='down_blocks.3'.*'mid_block', 'up_blocks.0'"):
-        zeroed_changes(unet, latents, context, 0, {"down": "down_blocks.3"})
+    with pytest.raises(
+        ValueError, match=r"part='down_blocks.3' zeroed: accepted are \['mid_block', 'up_blocks.0'"
+    ):
+        part_changes(unet, latents, context, 0, {"down": ("down_blocks.3", "zeroed")})
+    with pytest.raises(ValueError, match=r"part='up_blocks.0' bypassed: accepted are \['mid_block'\]"):
+        part_changes(unet, latents, context, 0, {"up": ("up_blocks.0", "bypassed")})
+    with pytest.raises(ValueError, match=r"removal='halved': accepted are \['zeroed', 'bypassed'\]"):
+        part_changes(unet, latents, context, 0, {"mid": ("mid_block", "halved")})
 
 
 def test_skip_dropout_zeroes_the_skip_connections_of_the_dropped_samples_only_while_asked():

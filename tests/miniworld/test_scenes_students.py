@@ -10,7 +10,7 @@ from helpers.miniworld import scenes_config, scenes_overrides
 from helpers.paths import CONF, ROOT
 from helpers.train_config import config
 
-from bksdm.miniworld.build import ZEROED_PARTS
+from bksdm.miniworld.build import PART_CHANGES
 
 pytestmark = pytest.mark.xdist_group("scenes_world")  # the tests sharing the built world share a worker
 
@@ -116,8 +116,8 @@ def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scor
     assert row["latent_side"] == 32 and row["top_stage_attention"] is False
     assert row["precision"] == "bf16-mixed"  # the build's default, which test_build.py's resumed builds leave
     report = json.loads((scenes_world / "report.json").read_text())
-    figures = ("teacher_accuracy", "teacher_accuracy_held_out_split", *ZEROED_PARTS,
-               *(f"{name}_by_timestep" for name in ZEROED_PARTS))  # fmt: skip
+    figures = ("teacher_accuracy", "teacher_accuracy_held_out_split", *PART_CHANGES,
+               *(f"{name}_by_timestep" for name in PART_CHANGES))  # fmt: skip
     for figure in figures:
         assert row[figure] == pytest.approx(report[figure]), figure
 
