@@ -105,11 +105,7 @@ def build(cfg: DictConfig) -> Path:
     vae, mean, std = train_vae(cfg, kind, pool, held_out["held_out_items"], work, report)
     scaling_factor = vae.config.scaling_factor
 
-    tokenizer = models.tokenizer(kind.text_tokens)
-    text_encoder = models.text_encoder(cfg.seed, tokenizer)
-    ids = tokenizer([*captions, ""], padding="max_length", return_tensors="pt").input_ids
-    with torch.no_grad():
-        text_embeds = text_encoder(ids)[0]
+    tokenizer, text_encoder, text_embeds = caption_embeddings(kind, cfg.seed)
     classifier = train_classifier(cfg, kind, pool, held_out, vae, work, report)
     unet = train_teacher(cfg, kind, pool, mean, std, text_embeds, scaling_factor, work, report)
 
@@ -142,6 +138,16 @@ def build(cfg: DictConfig) -> Path:
             report[name] = teacher_accuracy(shipped, stored_classifier, texts, cfg.report, kind)
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
+
+
+def caption_embeddings(kind: WorldKind, seed: int) -> tuple:
+    """The world's tokenizer, its frozen text encoder (drawn from ``seed``) and the encoder's output
+    (C + 1, T, D) for every caption of the world and, last, the empty one."""
+    tokenizer = models.tokenizer(kind.text_tokens)
+    text_encoder = models.text_encoder(seed, tokenizer)
+    ids = tokenizer([*kind.captions(), ""], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        return tokenizer, text_encoder, text_encoder(ids)[0]
 
 
 def held_out_pools(cfg: DictConfig, kind: WorldKind) -> dict[str, Pool]:

@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 
 from bksdm.bench.run import cpu_model
 from bksdm.distill.losses import ddpm_task_target
-from bksdm.miniworld import models, scenes
-from bksdm.miniworld.build import held_out_pools, part_changes, teacher_unet
-from bksdm.miniworld.training import StepBatches, TeacherTraining, encode_pool
+from bksdm.miniworld import scenes
+from bksdm.miniworld.build import caption_embeddings, part_changes, teacher_unet
+from bksdm.miniworld.training import Pool, StepBatches, TeacherTraining, encode_pool
 from bksdm.miniworld.worlds import world_kind
 from bksdm.teachers.builtin import SD_SCHEDULER_CONFIG
 
@@ -56,14 +56,13 @@ def main(argv: list[str] | None = None, log: Path = HERE / "design_probe.jsonl")
     # the pool's captions, drawn without rendering its 50,000 pictures
     index = {text: i for i, text in enumerate(captions)}
     caption_index = torch.tensor([index[scenes.scene(i, cfg.seed).caption] for i in range(cfg.pool.train)])
-    tokenizer = models.tokenizer(kind.text_tokens)
-    ids = tokenizer([*captions, ""], padding="max_length", return_tensors="pt").input_ids
+    text_embeds = caption_embeddings(kind, cfg.seed)[2]
     vae = AutoencoderKL.from_pretrained(work / "vae/model").eval().requires_grad_(False)
-    held = held_out_pools(cfg, kind)["held_out_items"]
+    # the first of the build's held-out items (held_out_pools), without rendering the rest
+    held = Pool(kind.items(min(ITEMS, cfg.pool.held_out), cfg.seed, offset=cfg.pool.train), captions)
     with torch.no_grad():
-        text_embeds = models.text_encoder(cfg.seed, tokenizer)(ids)[0]
-        latents = encode_pool(vae, held.images[:ITEMS])[0] * vae.config.scaling_factor
-    context = text_embeds[held.caption_index[:ITEMS]].to(args.device)
+        latents = encode_pool(vae, held.images)[0] * vae.config.scaling_factor
+    context = text_embeds[held.caption_index].to(args.device)
     latents = latents.to(args.device)
 
     torch.manual_seed(cfg.seed)

@@ -15,6 +15,16 @@ from bksdm.miniworld.build import PART_CHANGES
 pytestmark = pytest.mark.xdist_group("scenes_world")  # the tests sharing the built world share a worker
 
 
+def experiment_script(name: str):
+    """``experiments/miniworld_scenes/<name>.py`` as a module: the folder is not a package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"experiments/miniworld_scenes/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 BUILT = ("teacher.steps=2", "checkpoint_every_n_steps=2")  # its U-Net's last checkpoint is the finished one
 
 
@@ -103,12 +113,7 @@ def test_eval_miniworld_scores_a_built_scenes_teacher_in_its_world(tmp_path, sce
 def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scores_the_teacher(
     tmp_path, scenes_world
 ):
-    import importlib.util
-
-    script = ROOT / "experiments/miniworld_scenes/teacher_progress.py"
-    spec = importlib.util.spec_from_file_location("teacher_progress", script)
-    teacher_progress = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(teacher_progress)
+    teacher_progress = experiment_script("teacher_progress")
     log = tmp_path / "progress.jsonl"
     row = teacher_progress.main(scenes_overrides(scenes_world.parent, *BUILT), log)
     assert [json.loads(line) for line in log.read_text().splitlines()] == [row] and row["step"] == 2
@@ -125,12 +130,7 @@ def test_teacher_progress_scores_a_running_build_s_checkpoint_as_the_report_scor
 def test_the_design_probe_trains_a_u_net_beside_a_build_and_records_its_mid_block_s_part(
     tmp_path, scenes_world
 ):
-    import importlib.util
-
-    script = ROOT / "experiments/miniworld_scenes/design_probe.py"
-    spec = importlib.util.spec_from_file_location("design_probe", script)
-    design_probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(design_probe)
+    design_probe = experiment_script("design_probe")
     work = scenes_world.parent / "work"
     before = {path: path.stat().st_mtime_ns for path in work.rglob("*")}
     log = tmp_path / "probe.jsonl"
